@@ -1,0 +1,348 @@
+"""The agent's configuration: one loader, frozen dataclasses, every problem reported at once.
+
+Each problem reads ``FILE: key.path: what is wrong; how to fix it``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from agent.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/petkeeper/agent.yml")
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+URL_SCHEMES = ("file://", "ssh://", "https://", "http://", "git://")
+SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    url: str
+    branch: str = "main"
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    branch: str = "petkeeper/reports"
+    url: str | None = None  # defaults to the source repo
+    heartbeat: float = 86400.0
+    push: bool = True
+    author_name: str = "Petkeeper"
+    author_email: str = "petkeeper@localhost"
+
+
+@dataclass(frozen=True)
+class AnsibleConfig:
+    timeout: float = 1800.0
+    forks: int = 5
+    private_key_file: str | None = None
+    known_hosts_file: str | None = None
+    artifacts_keep: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one cycle needs to know, as read from agent.yml plus command-line overrides."""
+
+    repo: RepoConfig
+    path: str = "<defaults>"
+    playbooks: tuple[str, ...] = ()
+    inventory: str | None = None
+    limit: str | None = None
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    extra_vars: tuple[str, ...] = ()
+    vault_password_file: str | None = None
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    state_dir: Path = Path("/var/lib/petkeeper")
+    ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
+
+    @property
+    def reports_url(self) -> str:
+        return self.reports.url or self.repo.url
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line may set over the file, like ansible-pull's options."""
+
+    playbooks: tuple[str, ...] = ()
+    limit: str | None = None
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    extra_vars: tuple[str, ...] = ()
+    vault_password_file: str | None = None
+
+
+def load_config(path: Path, overrides: Overrides | None = None) -> Config:
+    """Read PATH and apply OVERRIDES; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found; create it (see README: Configuration) "
+                           "or pass --config FILE"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}; check its permissions"]) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}; fix the syntax"]) from e
+    return parse_config(data, str(path), overrides or Overrides())
+
+
+def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
+    """Given the parsed YAML DATA of SOURCE, return a Config or raise ConfigError."""
+    p = _Problems(source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of settings at the top level, "
+                           f"got {_kind(data)}; see README: Configuration"])
+    top = _Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
+                                 "extra_vars", "vault_password_file", "reports", "state_dir",
+                                 "ansible"})
+    repo_data = top.mapping("repo", required=True)
+    repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout"})
+    url = repo.string("url", required=True)
+    if url and not (url.startswith(URL_SCHEMES) or SCP_LIKE.match(url) or url.startswith("/")):
+        p.add("repo.url", f"expected a Git URL (file://, ssh://, https://), got {url!r}",
+              "write the full URL, e.g. file:///srv/git/pets.git")
+    repo_cfg = RepoConfig(url=url or "", branch=repo.string("branch") or "main",
+                          timeout=repo.duration("timeout", 120.0))
+
+    rep = _Section(p, top.mapping("reports"), "reports.",
+                   {"branch", "url", "heartbeat", "push", "author_name", "author_email"})
+    reports = ReportsConfig(
+        branch=rep.string("branch") or "petkeeper/reports",
+        url=rep.string("url"),
+        heartbeat=rep.duration("heartbeat", 86400.0),
+        push=rep.boolean("push", True),
+        author_name=rep.string("author_name") or "Petkeeper",
+        author_email=rep.string("author_email") or "petkeeper@localhost",
+    )
+    if reports.branch == repo_cfg.branch and not reports.url:
+        p.add("reports.branch", f"must differ from repo.branch ({repo_cfg.branch!r}): Petkeeper "
+              "never writes to the source branch", "use e.g. petkeeper/reports")
+
+    ans = _Section(p, top.mapping("ansible"), "ansible.",
+                   {"timeout", "forks", "private_key_file", "known_hosts_file", "artifacts_keep"})
+    ansible = AnsibleConfig(
+        timeout=ans.duration("timeout", 1800.0),
+        forks=ans.integer("forks", 5, minimum=1),
+        private_key_file=ans.string("private_key_file"),
+        known_hosts_file=ans.string("known_hosts_file"),
+        artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
+    )
+
+    playbooks = top.strings("playbooks")
+    for i, name in enumerate(playbooks):
+        _check_repo_path(p, f"playbooks[{i}]", name)
+    inventory = top.string("inventory")
+    if inventory:
+        _check_repo_path(p, "inventory", inventory)
+    state_dir = top.string("state_dir") or "/var/lib/petkeeper"
+    if not state_dir.startswith("/"):
+        p.add("state_dir", f"expected an absolute path, got {state_dir!r}",
+              "write it as /var/lib/petkeeper or another absolute path")
+    config = Config(
+        path=source, repo=repo_cfg, playbooks=tuple(playbooks), inventory=inventory,
+        limit=top.string("limit"), tags=tuple(top.strings("tags")),
+        skip_tags=tuple(top.strings("skip_tags")), extra_vars=tuple(top.strings("extra_vars")),
+        vault_password_file=top.string("vault_password_file"), reports=reports,
+        state_dir=Path(state_dir), ansible=ansible,
+    )
+    for i, name in enumerate(overrides.playbooks):
+        _check_repo_path(p, f"playbooks[{i}] (command line)", name)
+    for key, values in (("extra_vars", config.extra_vars),
+                        ("extra_vars (command line -e)", overrides.extra_vars)):
+        for i, value in enumerate(values):
+            _check_extra_var(p, f"{key}[{i}]", value)
+    p.raise_if_any()
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, o: Overrides) -> Config:
+    """Return CONFIG with what the command line set in place of the file's values."""
+    return replace(
+        config,
+        playbooks=o.playbooks or config.playbooks,
+        limit=o.limit if o.limit is not None else config.limit,
+        tags=o.tags or config.tags,
+        skip_tags=o.skip_tags or config.skip_tags,
+        extra_vars=config.extra_vars + o.extra_vars,
+        vault_password_file=o.vault_password_file or config.vault_password_file,
+    )
+
+
+def parse_duration(value: Any) -> float | None:
+    """Given "90s", "15m", "24h", "2d" or a number of seconds, return seconds (None if invalid)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        m = DURATION.match(value)
+        if m:
+            return float(m.group(1)) * UNITS[m.group(2)]
+    return None
+
+
+def parse_extra_var(value: str) -> dict[str, Any]:
+    """Given "k=v k2=v2" or a JSON object, return the variables (ValueError if neither)."""
+    text = value.strip()
+    if text.startswith("{"):
+        parsed = json.loads(text)
+        if not isinstance(parsed, dict):
+            raise ValueError("expected a JSON object")
+        return parsed
+    result: dict[str, Any] = {}
+    for word in shlex.split(text):
+        key, sep, val = word.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError("expected key=value")
+        result[key] = val
+    return result
+
+
+def _check_extra_var(p: _Problems, key: str, value: str) -> None:
+    if value.startswith("@"):
+        if len(value) == 1:
+            p.add(key, "'@' names no file", "write @path/to/vars.yml")
+        return
+    try:
+        parse_extra_var(value)
+    except ValueError:
+        # The value itself is never echoed: extra vars often carry secrets.
+        p.add(key, "is neither key=value pairs nor a JSON object",
+              "use key=value pairs, a JSON object, or @file")
+
+
+def _check_repo_path(p: _Problems, key: str, value: str) -> None:
+    parts = PurePosixPath(value).parts
+    if value.startswith("/") or ".." in parts:
+        p.add(key, f"{value!r} leaves the repository",
+              "give a path relative to the repository root, without '..'")
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, problem: str, fix: str) -> None:
+        self.items.append(f"{self.source}: {key}: {problem}; {fix}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+class _Section:
+    """Typed reads from one mapping of the file; unknown keys become problems."""
+
+    def __init__(self, p: _Problems, data: dict[str, Any], prefix: str, known: set[str]) -> None:
+        self.p, self.data, self.prefix = p, data, prefix
+        for key in data:
+            if key not in known:
+                hint = _closest(str(key), known)
+                fix = f"did you mean {prefix}{hint}?" if hint else \
+                    f"remove it (known keys: {', '.join(sorted(known))})"
+                p.add(f"{prefix}{key}", "unknown key", fix)
+
+    def _get(self, key: str, required: bool) -> Any:
+        value = self.data.get(key)
+        if value is None and required:
+            self.p.add(self.prefix + key, "missing", f"set {self.prefix}{key}")
+        return value
+
+    def mapping(self, key: str, required: bool = False) -> dict[str, Any]:
+        value = self._get(key, required)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.p.add(self.prefix + key, f"expected a mapping, got {_kind(value)}",
+                       f"write {self.prefix}{key} as nested keys")
+            return {}
+        return value
+
+    def string(self, key: str, required: bool = False) -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.p.add(self.prefix + key, f"expected a string, got {_kind(value)}",
+                       f"write {self.prefix}{key} as a single value")
+            return None
+        if str(value).strip() == "":
+            self.p.add(self.prefix + key, "is empty", f"set a value or remove {self.prefix}{key}")
+            return None
+        return str(value)
+
+    def strings(self, key: str) -> list[str]:
+        """A list of strings; a comma-separated string is accepted, as on the command line."""
+        value = self._get(key, False)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str | int | float) and
+                                           not isinstance(v, bool) for v in value):
+            return [str(v) for v in value]
+        self.p.add(self.prefix + key, f"expected a list of strings, got {_kind(value)}",
+                   f"write {self.prefix}{key} as [a, b] or 'a,b'")
+        return []
+
+    def duration(self, key: str, default: float) -> float:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.p.add(self.prefix + key, f'expected a duration like "15m", got {value!r}',
+                       'use a number with s, m, h or d, e.g. "90s", "15m", "24h"')
+            return default
+        return seconds
+
+    def integer(self, key: str, default: int, minimum: int) -> int:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.p.add(self.prefix + key, f"expected a whole number >= {minimum}, got {value!r}",
+                       f"set {self.prefix}{key} to e.g. {default}")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.p.add(self.prefix + key, f"expected true or false, got {value!r}",
+                       f"set {self.prefix}{key}: true or false")
+            return default
+        return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None

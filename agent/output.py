@@ -1,0 +1,82 @@
+"""What people read on a terminal: pure renderers over the report and status data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+COLORS = {"clean": "32", "drifted": "33", "failed": "31", "unreachable": "31", "unknown": "35",
+          "+": "32", "-": "31", "@": "36"}
+
+
+def render_check(report: Mapping[str, Any], color: bool = False) -> str:
+    """Given check --json data, return a terraform-plan-like summary with diffs."""
+    paint = _painter(color)
+    lines = []
+    for name, host in report["hosts"].items():
+        changes = host["changes"]
+        head = f"{name}: {paint(host['status'], host['status'])}"
+        if changes:
+            blind = sum(1 for c in changes if c["check_blind"])
+            head += f", {len(changes) - blind} change(s)" + (f", {blind} check-blind" if blind
+                                                            else "")
+        head += f"  [fingerprint {host['fingerprint'][:12]}]"
+        lines.append(head)
+        if host.get("message"):
+            lines.append(f"    {host['message']}")
+        for c in changes:
+            mark = "?" if c["check_blind"] else "~"
+            role = f"{c['role']} | " if c.get("role") else ""
+            note = "  (check mode cannot tell)" if c["check_blind"] else ""
+            lines.append(f"  {mark} {role}{c['task']} ({c['module']}){note}")
+            lines.extend(f"      {_paint_diff_line(d, paint)}" for d in c["diff"].splitlines())
+    lines.append(_footer(report))
+    return "\n".join(lines)
+
+
+def render_status(status: Mapping[str, Any]) -> str:
+    """Given status.json data, return one line per host and the last run."""
+    last = status.get("last_run") or {}
+    reports = last.get("reports") or {}
+    lines = [f"last run {last.get('run_id')} at {last.get('started')}, source "
+             f"{str(last.get('source_sha'))[:12]}, exit {last.get('exit_code')}"]
+    if last.get("fetch_error"):
+        lines.append(f"  fetch failed: {last['fetch_error']}")
+    queued = reports.get("queued", 0)
+    lines.append(f"  reports: {queued} commit(s) queued, not yet pushed" if queued
+                 else "  reports: all pushed")
+    for name, host in sorted((status.get("hosts") or {}).items()):
+        lines.append(f"{name}: {host['status']}, {host['changes']} change(s), checked "
+                     f"{host['checked_at']} at {str(host['source_sha'])[:12]}")
+    return "\n".join(lines)
+
+
+def _footer(report: Mapping[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for host in report["hosts"].values():
+        counts[host["status"]] = counts.get(host["status"], 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no hosts"
+    line = f"\n{summary}. Source {str(report['source_sha'])[:12]}, run {report['run_id']}."
+    if report.get("fetch_error"):
+        line += f"\nwarning: {report['fetch_error']}; checked the last good commit"
+    rep = report.get("reports")
+    if rep:
+        line += f"\nreports: {len(rep['committed'])} committed"
+        line += ", pushed" if rep["pushed"] else (f", {rep['queued']} queued" if rep["queued"]
+                                                 else ", nothing to push")
+        if rep.get("error"):
+            line += f"\nwarning: {rep['error']}"
+    return line
+
+
+def _painter(color: bool):  # type: ignore[no-untyped-def]
+    def paint(text: str, key: str) -> str:
+        code = COLORS.get(key)
+        return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+    return paint
+
+
+def _paint_diff_line(line: str, paint) -> str:  # type: ignore[no-untyped-def]
+    if line.startswith(("+++", "---")):
+        return line
+    return paint(line, line[:1]) if line[:1] in "+-@" else line

@@ -1,0 +1,201 @@
+"""Record: write host reports to the reports branch as commits, and push them.
+
+A host's report is ``hosts/<host>.yml`` on the reports branch: a comment block for people, then
+machine-readable YAML. A commit is made only when a host's status, fingerprint or source commit
+changed, or when the heartbeat period has passed. Commits wait in a local queue until the remote
+accepts them; a rejected push is rebased and pushed by a later cycle, never forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from agent.drift import HostReport
+from agent.errors import FetchError
+from agent.gitrepo import Author, Mirror
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA = 1
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    source_sha: str
+    checked_at: datetime
+    agent: str  # the machine that ran the check
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    committed: tuple[str, ...]  # hosts whose report was committed this cycle
+    queued: int  # report commits the remote does not have yet
+    pushed: bool
+    error: str | None = None
+
+
+def report_path(host: str) -> str:
+    return f"hosts/{UNSAFE.sub('_', host)}.yml"
+
+
+def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
+    """Return the machine-readable report of one host."""
+    return {"schema": REPORT_SCHEMA, "host": report.name, **report.as_dict(),
+            "source_sha": run.source_sha, "run_id": run.run_id,
+            "checked_at": _iso(run.checked_at), "checked_by": run.agent}
+
+
+def render_report(data: Mapping[str, Any]) -> str:
+    """Return the report file: a short human summary in comments, then the YAML."""
+    lines = [f"# {summary_line(data)}",
+             f"# source {str(data['source_sha'])[:12]}, run {data['run_id']}, "
+             f"checked {data['checked_at']} by {data['checked_by']}"]
+    if data.get("message"):
+        lines.append(f"# {_one_line(str(data['message']))}")
+    for c in data.get("changes") or []:
+        mark = "?" if c["check_blind"] else "~"
+        role = f"{c['role']} | " if c.get("role") else ""
+        lines.append(f"#   {mark} {role}{c['task']} ({c['module']})")
+    body = yaml.dump(dict(data), Dumper=_BlockDumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=100)
+    return "\n".join(lines) + "\n" + body
+
+
+def summary_line(data: Mapping[str, Any]) -> str:
+    changes = data.get("changes") or []
+    blind = sum(1 for c in changes if c["check_blind"])
+    known = len(changes) - blind
+    parts = [f"{known} change{'s' if known != 1 else ''}"]
+    if blind:
+        parts.append(f"{blind} check-blind")
+    return f"{data['host']}: {data['status']} ({', '.join(parts)})"
+
+
+def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any],
+                  heartbeat: float) -> str | None:
+    """Why CURRENT must be committed over PREVIOUS (None: it need not be)."""
+    if previous is None:
+        return "first report"
+    for key in ("status", "fingerprint", "source_sha"):
+        if previous.get(key) != current.get(key):
+            return f"{key} changed"
+    try:
+        age = (datetime.fromisoformat(current["checked_at"]) -
+               datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()
+    except (KeyError, ValueError):
+        return "previous report unreadable"
+    return "heartbeat" if age >= heartbeat else None
+
+
+def build_message(data: Mapping[str, Any], reason: str) -> str:
+    return (f"{summary_line(data)}\n\n"
+            f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason}).\n\n"
+            f"Petkeeper-Source: {data['source_sha']}\n"
+            f"Petkeeper-Run: {data['run_id']}\n"
+            f"Petkeeper-Host: {data['host']}\n"
+            f"Petkeeper-Status: {data['status']}\n")
+
+
+def publish_reports(mirror: Mirror, reports: Mapping[str, HostReport], run: RunInfo, *,
+                    url: str, branch: str, author: Author, heartbeat: float,
+                    push: bool = True) -> PublishResult:
+    """Commit the reports that changed onto the local queue, then push the queue."""
+    remote = sync_queue(mirror, branch, author)
+    base = mirror.queued_reports()
+    committed = []
+    for host, report in reports.items():
+        data = build_report(report, run)
+        previous = _read_report(mirror, base, host)
+        reason = commit_reason(previous, data, heartbeat)
+        if reason is None:
+            continue
+        new = mirror.commit_files(base, {report_path(host): render_report(data).encode()},
+                                  build_message(data, reason), author, _iso(run.checked_at))
+        mirror.set_queue(new, base)
+        base = new
+        committed.append(host)
+        log.info("report for %s committed (%s)", host, reason)
+    return push_queue(mirror, url, branch, remote, tuple(committed), push)
+
+
+def push_queue(mirror: Mirror, url: str, branch: str, remote: str | None,
+               committed: tuple[str, ...], push: bool) -> PublishResult:
+    queued = len(mirror.queued_commits(remote))
+    if not queued or not push:
+        return PublishResult(committed, queued, pushed=False)
+    try:
+        pushed = mirror.push_reports(url, branch)
+    except FetchError as e:
+        log.warning("%s; %d report commit(s) stay queued for the next cycle", e, queued)
+        return PublishResult(committed, queued, pushed=False, error=str(e))
+    if not pushed:
+        msg = f"push to {branch} rejected (the remote moved); {queued} report commit(s) " \
+              "stay queued and will be rebased and pushed next cycle"
+        log.warning("%s", msg)
+        return PublishResult(committed, queued, pushed=False, error=msg)
+    log.info("pushed %d report commit(s) to %s", queued, branch)
+    return PublishResult(committed, 0, pushed=True)
+
+
+def sync_queue(mirror: Mirror, branch: str, author: Author) -> str | None:
+    """Bring the local queue onto the remote's tip (fast-forward, or rebase our commits);
+    return the remote tip. Nothing queued is ever dropped."""
+    remote = mirror.remote_reports(branch)
+    local = mirror.queued_reports()
+    if local is None or remote is None or local == remote:
+        if local is None and remote is not None:
+            mirror.set_queue(remote, None)
+        return remote
+    if mirror.is_ancestor(remote, local):
+        return remote  # we are ahead: our commits wait to be pushed
+    if mirror.is_ancestor(local, remote):
+        mirror.set_queue(remote, local)
+        return remote
+    base = remote
+    for commit in mirror.queued_commits(remote):
+        message, when = mirror.commit_message(commit)
+        base = mirror.commit_files(base, mirror.commit_changes(commit), message, author, when)
+    mirror.set_queue(base, local)
+    log.info("rebased queued report commits onto the remote's %s", remote[:12])
+    return remote
+
+
+def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any] | None:
+    blob = mirror.read_blob(commit, report_path(host))
+    if blob is None:
+        return None
+    try:
+        data = yaml.safe_load(blob)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (diffs) as literal blocks, so the file reads like a patch."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value and not any(ord(ch) < 32 and ch not in "\n\t" for ch in value) \
+        else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)

@@ -1,0 +1,200 @@
+"""Runs Ansible: the only module that imports ansible-runner or starts an Ansible program.
+
+Events are kept in memory and returned; none is written to the artifacts folder, which keeps
+only ansible-runner's bounded, rotated bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from agent.config import parse_extra_var
+from agent.errors import AgentError, RepoError
+
+log = logging.getLogger(__name__)
+
+INVENTORY_TIMEOUT = 120.0
+SCRUBBED_ARTIFACTS = ("command", "stdout", "stderr")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class PlaybookRun:
+    """What to run: one playbook of a materialised tree, against an inventory and a limit."""
+
+    tree: Path
+    playbook: str
+    inventory: Path
+    limit: str
+    check: bool
+    ident: str
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    extra_vars: tuple[str, ...] = ()
+    vault_password_file: str | None = None
+    timeout: float = 1800.0
+    forks: int = 5
+    private_key_file: str | None = None
+    known_hosts_file: str | None = None
+
+
+@dataclass
+class RunResult:
+    rc: int
+    status: str  # ansible-runner's: successful, failed, timeout, canceled
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def started(self) -> bool:
+        """Whether any play started; if not, Ansible refused the playbook itself."""
+        return any(e.get("event") == "playbook_on_play_start" for e in self.events)
+
+    @property
+    def error(self) -> str:
+        """Ansible's own error line, for a playbook it refused to run."""
+        for event in self.events:
+            for line in ANSI.sub("", str(event.get("stdout") or "")).splitlines():
+                line = line.strip()
+                if line.startswith(("[ERROR]", "ERROR!")):
+                    return line.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
+        return f"ansible-playbook exited {self.rc} ({self.status})"
+
+
+def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
+                 cancel: Callable[[], bool] | None = None) -> RunResult:
+    """Run RUN through ansible-runner in WORK_DIR; return its rc, status and events."""
+    events: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> bool:
+        events.append(event)
+        return False  # kept in memory only: artifacts stay small and hold no diffs
+
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir:
+        cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
+        log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
+                 "check" if run.check else "apply", run.ident, run.limit)
+        r = ansible_runner.run(
+            private_data_dir=str(work_dir), project_dir=str(run.tree), playbook=run.playbook,
+            inventory=str(run.inventory), limit=run.limit, cmdline=shlex.join(cmdline),
+            envvars=build_env(run), ident=run.ident, quiet=True, timeout=int(run.timeout),
+            rotate_artifacts=keep_artifacts, suppress_env_files=True, event_handler=keep,
+            cancel_callback=cancel, forks=run.forks,
+        )
+    _scrub_artifacts(work_dir / "artifacts" / run.ident)
+    return RunResult(rc=int(r.rc if r.rc is not None else -1), status=str(r.status), events=events)
+
+
+def list_hosts(tree: Path, inventory: Path, limit: str | None,
+               vault_password_file: str | None = None) -> list[str]:
+    """Return the inventory's host names matching LIMIT; RepoError if Ansible cannot parse it
+    or a pattern of LIMIT matches nothing."""
+    argv = ["ansible-inventory", "-i", str(inventory), "--list"]
+    if limit:
+        argv += ["--limit", limit]
+    if vault_password_file:
+        argv += ["--vault-password-file", vault_password_file]
+    env = {**os.environ, **_strict_env(), "PATH": _path_with_venv()}
+    try:
+        proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise AgentError(f"{inventory}: ansible-inventory did not answer within "
+                         f"{INVENTORY_TIMEOUT:.0f}s; check dynamic inventory sources") from e
+    if proc.returncode != 0:
+        raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
+                        "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
+    data = json.loads(proc.stdout)
+    return sorted((data.get("_meta") or {}).get("hostvars") or {})
+
+
+def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:
+    """Return ansible-playbook's options for RUN (the playbook, inventory and limit aside)."""
+    args = ["--check", "--diff"] if run.check else ["--diff"]
+    if run.tags:
+        args += ["--tags", ",".join(run.tags)]
+    if run.skip_tags:
+        args += ["--skip-tags", ",".join(run.skip_tags)]
+    for value in extra_var_args:
+        args += ["--extra-vars", value]
+    if run.vault_password_file:
+        args += ["--vault-password-file", run.vault_password_file]
+    return args
+
+
+def build_env(run: PlaybookRun) -> dict[str, str]:
+    """Return the environment ansible-playbook runs with: strict inventory, host keys checked."""
+    env = {**_strict_env(), "PATH": _path_with_venv(), "ANSIBLE_PIPELINING": "True",
+           "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0"}
+    ssh_args = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+    if run.known_hosts_file:
+        ssh_args += ["-o", f"UserKnownHostsFile={run.known_hosts_file}"]
+    env["ANSIBLE_SSH_COMMON_ARGS"] = shlex.join(ssh_args)
+    if run.private_key_file:
+        env["ANSIBLE_PRIVATE_KEY_FILE"] = run.private_key_file
+    return env
+
+
+def _extra_var_files(values: Sequence[str], folder: Path) -> list[str]:
+    """Write inline extra vars to private files so their values never reach a command line
+    (ansible-runner records the command line in its artifacts)."""
+    args = []
+    for i, value in enumerate(values):
+        if value.startswith("@"):
+            args.append(value)
+            continue
+        path = folder / f"extra-{i}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(parse_extra_var(value), f)
+        args.append(f"@{path}")
+    return args
+
+
+def _scrub_artifacts(folder: Path) -> None:
+    """ansible-runner records the whole environment (`command`) and the printed output with
+    every diff (`stdout`): drop both, so no secret lingers on disk. rc and status stay."""
+    for name in SCRUBBED_ARTIFACTS:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _strict_env() -> dict[str, str]:
+    return {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "True", "ANSIBLE_HOST_PATTERN_MISMATCH": "error",
+            "ANSIBLE_HOST_KEY_CHECKING": "True"}
+
+
+def _path_with_venv() -> str:
+    """ansible-runner starts ansible-playbook by name: find ours first."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    return f"{bin_dir}:{path}"
+
+
+def _first_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("[ERROR]:").strip() for ln in lines if ln.startswith("[ERROR]")]
+    warnings = [ln.removeprefix("[WARNING]:").strip() for ln in lines
+                if ln.startswith("[WARNING]") and "Failed to parse" in ln]
+    text = "; ".join((warnings[:1] + errors[:1]) or lines[-1:] or ["ansible-inventory failed"])
+    return text.rstrip(".")
+
+
+def _relative(path: Path, tree: Path) -> str:
+    try:
+        return str(path.relative_to(tree))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,74 @@
+"""Pull: fetch the GitOps repo into the mirror, pin one commit, materialise it as a clean tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import Config
+from agent.errors import FetchError, RepoError
+from agent.gitrepo import Mirror
+from agent.state import StateDir
+
+log = logging.getLogger(__name__)
+
+TREES_KEPT = 2
+
+
+@dataclass(frozen=True)
+class Source:
+    """The commit a cycle works on, and where its files are."""
+
+    sha: str
+    tree: Path
+    fetch_error: str | None = None  # the fetch failed: this is the last good commit
+
+
+def open_mirror(config: Config, state: StateDir) -> Mirror:
+    return Mirror(state.mirror, config.repo.url, config.repo.timeout)
+
+
+def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
+    """Fetch the branch and materialise its head; on a failed fetch, keep the last good one."""
+    fetch_error = None
+    reports = config.reports.branch if config.reports_url == config.repo.url else None
+    try:
+        mirror.fetch(config.repo.branch, reports)
+    except FetchError as e:
+        if mirror.resolve(config.repo.branch) is None:
+            raise
+        fetch_error = str(e)
+    sha = mirror.resolve(config.repo.branch)
+    if sha is None:
+        raise RepoError(f"{config.path}: repo.branch: branch {config.repo.branch!r} not found in "
+                        f"{mirror.safe_url}; set repo.branch to an existing branch")
+    if fetch_error:
+        log.warning("%s; using the last good commit %s", fetch_error, sha[:12])
+    tree = mirror.materialise(sha, state.trees / sha)
+    prune_trees(state.trees, keep=sha)
+    return Source(sha=sha, tree=tree, fetch_error=fetch_error)
+
+
+def prune_trees(trees: Path, keep: str) -> None:
+    """Keep the current tree and the most recent others, TREES_KEPT in all: disk stays bounded."""
+    others = sorted((p for p in trees.iterdir() if p.is_dir() and p.name != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[TREES_KEPT - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_in_tree(tree: Path, relpath: str, what: str) -> Path:
+    """Return RELPATH inside TREE, following symlinks; RepoError if it leaves the tree or is
+    missing. WHAT names the setting, for the error."""
+    root = Path(os.path.realpath(tree))
+    target = Path(os.path.realpath(root / relpath))
+    if os.path.commonpath([root, target]) != str(root):
+        raise RepoError(f"{what}: {relpath!r} resolves outside the repository (to {target}); "
+                        "point it at a file inside the repository")
+    if not target.is_file():
+        raise RepoError(f"{what}: {relpath!r} not found in the repository at this commit; "
+                        "fix the path or commit the file")
+    return target

@@ -1,0 +1,140 @@
+"""The state directory: atomic writes, the cycle lock and the last cycle's status.
+
+Layout (mode 0700)::
+
+    lock            flock held by the running cycle; holds its PID and command
+    status.json     the last cycle, per host (schema below, versioned)
+    mirror.git/     bare mirror of the GitOps repo (agent.gitrepo)
+    trees/<sha>/    materialised commits (the current one and the one before)
+    runner/         ansible-runner's private data dir, artifacts rotated
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import LockedError, StalledError
+
+STATUS_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def mirror(self) -> Path:
+        return self.root / "mirror.git"
+
+    @property
+    def trees(self) -> Path:
+        return self.root / "trees"
+
+    @property
+    def runner(self) -> Path:
+        return self.root / "runner"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+    def ensure(self) -> None:
+        """Create the state directory, private to root (0700)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+        except OSError as e:
+            raise StalledError(f"{self.root}: cannot create the state directory: {e.strerror}; "
+                               "check state_dir in the config and its permissions") from e
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write DATA to PATH so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def read_status(state: StateDir) -> dict[str, Any] | None:
+    """Return the last cycle's status, or None if there was none."""
+    try:
+        data = json.loads(state.status_file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StalledError(f"{state.status_file}: unreadable ({e}); move it aside and run "
+                           "a new check") from e
+    if data.get("schema") != STATUS_SCHEMA:
+        raise StalledError(f"{state.status_file}: schema {data.get('schema')!r}, expected "
+                           f"{STATUS_SCHEMA}; move it aside and run a new check")
+    return dict(data)
+
+
+def write_status(state: StateDir, status: dict[str, Any]) -> None:
+    body = {"schema": STATUS_SCHEMA, **status}
+    write_atomic(state.status_file, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def cycle_lock(state: StateDir, command: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the state directory's lock for one cycle; LockedError names the holder.
+
+    flock is released by the kernel when its holder dies, so a killed cycle never leaves it
+    stuck. WAIT seconds are spent retrying before giving up."""
+    fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    locked = False
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+                    raise LockedError(
+                        f"{state.lock_file}: another cycle is running ({holder}); wait for it "
+                        "to finish or pass --wait SECONDS") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {command}, since {_now_iso()}\n".encode(), 0)
+        yield
+    finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
