@@ -1,0 +1,167 @@
+"""petkeeper check, end to end: real SSH hosts, a real bare Git remote, real ansible-runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import load_config
+from agent.cycle import run_check
+from tests.conftest import GitRemote, converge, pet_hosts, petkeeper, pets_repo_files, \
+    write_agent_config
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture
+def fleet(host_pool, remote: GitRemote, tmp_path: Path):
+    """alpha converged (clean), beta converged then edited by hand (drifted), ghost down."""
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta", ghost=True)))
+    converge(host_pool, remote, "alpha,beta", tmp_path)
+    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
+                                host_pool)
+    return config
+
+
+def check_json(config: Path, *args: str) -> tuple[int, dict]:
+    r = petkeeper("--config", str(config), "check", "--json", *args)
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_check_reports_each_host_status_and_commits_one_report_per_host(fleet, remote):
+    code, report = check_json(fleet)
+
+    hosts = report["hosts"]
+    assert {n: h["status"] for n, h in hosts.items()} == {
+        "alpha": "clean", "beta": "drifted", "ghost": "unreachable"}
+    assert code == 1  # an unreachable host is an error, never "clean"
+    [motd] = [c for c in hosts["beta"]["changes"] if not c["check_blind"]]
+    assert motd["task"] == "Write the message of the day" and motd["role"] == "motd"
+    assert motd["module"] == "ansible.builtin.copy"
+    assert "-edited by hand" in motd["diff"]
+    blind = [c for c in hosts["alpha"]["changes"] if c["check_blind"]]
+    assert [c["task"] for c in blind] == ["Refresh the package cache"]
+    assert report["source_sha"] == remote.rev("main")
+    assert "connect" in hosts["ghost"]["message"].lower()
+
+    subjects = remote.log()
+    assert sorted(subjects) == ["alpha: clean (0 changes, 1 check-blind)",
+                                "beta: drifted (1 change, 1 check-blind)",
+                                "ghost: unreachable (0 changes)"]
+    trailers = remote.log(fmt="%(trailers:key=Petkeeper-Host,valueonly)%(trailers:key="
+                              "Petkeeper-Status,valueonly)%(trailers:key=Petkeeper-Source,"
+                              "valueonly)%(trailers:key=Petkeeper-Run,valueonly)%x00")
+    for block in trailers:
+        host, status, source, run = block.split()
+        assert status == hosts[host]["status"]
+        assert source == report["source_sha"] and run == report["run_id"]
+    beta = yaml.safe_load(remote.show("petkeeper/reports", "hosts/beta.yml"))
+    assert beta["fingerprint"] == hosts["beta"]["fingerprint"]
+    assert beta["changes"] == hosts["beta"]["changes"]
+    text = remote.show("petkeeper/reports", "hosts/beta.yml")
+    assert text.startswith("# beta: drifted (1 change, 1 check-blind)")
+    assert remote.rev("main") == report["source_sha"]  # the source branch is never written
+
+
+def test_exit_code_is_zero_when_clean_and_two_when_drifted(fleet):
+    assert check_json(fleet, "--limit", "alpha")[0] == 0
+    assert check_json(fleet, "--limit", "alpha,beta")[0] == 2
+
+
+def test_unchanged_drift_keeps_its_fingerprint_and_makes_no_new_commit(fleet, remote):
+    _, first = check_json(fleet, "--limit", "alpha,beta")
+    commits = remote.log()
+    _, second = check_json(fleet, "--limit", "alpha,beta")
+
+    assert second["run_id"] != first["run_id"]
+    for host in ("alpha", "beta"):
+        assert second["hosts"][host]["fingerprint"] == first["hosts"][host]["fingerprint"]
+    assert second["reports"]["committed"] == []
+    assert remote.log() == commits
+
+
+def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remote, host_pool):
+    _, first = check_json(fleet, "--limit", "beta")
+    host_pool.run("beta", "echo 'edited again' >> /etc/motd")
+    _, second = check_json(fleet, "--limit", "beta")
+
+    assert second["hosts"]["beta"]["fingerprint"] != first["hosts"]["beta"]["fingerprint"]
+    assert second["reports"]["committed"] == ["beta"]
+    assert len(remote.log()) == 2
+
+
+def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, remote, tmp_path):
+    config = load_config(fleet)
+    t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    run_check(config, now=t0)
+    quiet = run_check(config, now=t0 + timedelta(hours=23))
+    beat = run_check(config, now=t0 + timedelta(hours=24, seconds=1))
+
+    assert quiet.publish is not None and quiet.publish.committed == ()
+    assert beat.publish is not None and set(beat.publish.committed) == {"alpha", "beta", "ghost"}
+    assert len(remote.log()) == 6
+    assert "(heartbeat)" in remote.log(fmt="%b")[0]
+
+
+def test_new_source_commit_is_checked_and_named_in_the_reports(fleet, remote):
+    check_json(fleet, "--limit", "alpha")
+    files = pets_repo_files({})
+    new_sha = remote.commit({"roles/motd/defaults/main.yml":
+                             files["roles/motd/defaults/main.yml"].replace("Managed", "Kept")})
+    code, report = check_json(fleet, "--limit", "alpha")
+
+    assert code == 2 and report["source_sha"] == new_sha
+    assert report["hosts"]["alpha"]["status"] == "drifted"
+    assert f"Petkeeper-Source: {new_sha}" in remote.log(fmt="%B%x00")[0]
+
+
+def test_tags_extra_vars_and_config_after_subcommand_work_like_ansible_pull(fleet):
+    r = petkeeper("check", "--config", str(fleet), "--json", "--limit", "alpha", "--tags", "conf",
+                  "-e", "pet_mode=racing")
+    report = json.loads(r.stdout)
+    tasks = [c["task"] for c in report["hosts"]["alpha"]["changes"]]
+    assert tasks == ["Write the pet config", "Refresh the package cache"]
+    assert "+mode=racing" in report["hosts"]["alpha"]["changes"][0]["diff"]
+    assert r.returncode == 2
+
+
+def test_status_shows_the_last_cycle_per_host(fleet):
+    _, report = check_json(fleet)
+    r = petkeeper("--config", str(fleet), "status", "--json")
+    status = json.loads(r.stdout)
+
+    assert r.returncode == 1
+    assert status["last_run"]["run_id"] == report["run_id"]
+    assert status["last_run"]["reports"]["queued"] == 0
+    beta = status["hosts"]["beta"]
+    assert beta["status"] == "drifted" and beta["changes"] == 2
+    assert beta["source_sha"] == report["source_sha"] and beta["checked_at"]
+    human = petkeeper("--config", str(fleet), "status").stdout
+    assert "beta: drifted, 2 change(s)" in human and "all pushed" in human
+
+
+def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp_path, remote,
+                                                                     host_pool):
+    fleet = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+                               limit="alpha", ansible={
+                                   "private_key_file": str(host_pool.client_key),
+                                   "known_hosts_file": str(host_pool.known_hosts),
+                                   "artifacts_keep": 2})
+    config = load_config(fleet)
+    for _ in range(config.ansible.artifacts_keep + 2):
+        run_check(config)
+    state = config.state_dir
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    artifacts = list((state / "runner" / "artifacts").iterdir())
+    assert 0 < len(artifacts) <= config.ansible.artifacts_keep
+    leftovers = [p for a in artifacts for p in a.iterdir() if p.name in ("command", "stdout")]
+    assert leftovers == []
+    assert len(list((state / "trees").iterdir())) == 1
