@@ -1,0 +1,258 @@
+"""Faults and bad input: one clear error, and nothing lost or changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.cycle import run_check
+from tests.conftest import GitRemote, converge, git, pet_hosts, petkeeper, pets_repo_files, \
+    write_agent_config
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture
+def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta")))
+    converge(host_pool, remote, "alpha,beta", tmp_path)
+    return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool)
+
+
+def check(config: Path, *args: str) -> tuple[int, dict]:
+    r = petkeeper("--config", str(config), "check", "--json", *args)
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def push_as_other_writer(remote: GitRemote, tmp: Path, path: str, content: str) -> str:
+    """Another agent pushes to the reports branch, as a second Petkeeper would."""
+    clone = tmp / "other-writer"
+    git("clone", "--quiet", "--branch", "petkeeper/reports", str(remote.bare), str(clone))
+    (clone / path).parent.mkdir(parents=True, exist_ok=True)
+    (clone / path).write_text(content)
+    git("-C", str(clone), "add", "--all")
+    git("-C", str(clone), "-c", "user.name=Other", "-c", "user.email=o@test.invalid", "commit",
+        "--quiet", "-m", "other: report")
+    git("-C", str(clone), "push", "--quiet", "origin", "HEAD:petkeeper/reports")
+    return git("-C", str(clone), "rev-parse", "HEAD").strip()
+
+
+def reject_next_push(remote: GitRemote, tmp: Path) -> Path:
+    flag = tmp / "reject-once"
+    flag.touch()
+    hook = remote.bare / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nif [ -e {flag} ]; then rm {flag}; echo 'remote busy' >&2; "
+                    "exit 1; fi\n")
+    hook.chmod(0o755)
+    return flag
+
+
+def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pets, remote,
+                                                                          host_pool, tmp_path):
+    check(pets, "--limit", "alpha")
+    first_tip = remote.rev("petkeeper/reports")
+    reject_next_push(remote, tmp_path)
+    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+
+    code, rejected = check(pets)
+    assert code == 2
+    assert rejected["reports"]["committed"] == ["beta"]
+    assert rejected["reports"]["queued"] == 1 and not rejected["reports"]["pushed"]
+    assert "rejected" in rejected["reports"]["error"]
+    assert remote.rev("petkeeper/reports") == first_tip
+    status = json.loads(petkeeper("--config", str(pets), "status", "--json").stdout)
+    assert status["last_run"]["reports"]["queued"] == 1
+
+    other = push_as_other_writer(remote, tmp_path, "hosts/other.yml", "status: clean\n")
+    _, later = check(pets)
+
+    assert later["reports"]["committed"] == [] and later["reports"]["pushed"]
+    tip = remote.rev("petkeeper/reports")
+    git("--git-dir", str(remote.bare), "merge-base", "--is-ancestor", other, tip)  # no force
+    assert remote.log()[:3] == ["beta: drifted (1 change, 1 check-blind)", "other: report",
+                                "alpha: clean (0 changes, 1 check-blind)"]
+    assert remote.show("petkeeper/reports", "hosts/other.yml") == "status: clean\n"
+    assert "edited by hand" in remote.show("petkeeper/reports", "hosts/beta.yml")
+
+
+def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, remote,
+                                                                      host_pool, tmp_path):
+    elsewhere = GitRemote(tmp_path / "reports-remote")
+    moved = tmp_path / "reports-remote" / "moved.git"
+    cfg = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+                             reports={"url": elsewhere.url})
+    elsewhere.bare.rename(moved)
+    code, down = check(cfg)
+    assert code == 0 and down["reports"]["queued"] == 2 and not down["reports"]["pushed"]
+
+    moved.rename(elsewhere.bare)
+    _, up = check(cfg)
+    assert up["reports"]["pushed"] and up["reports"]["queued"] == 0
+    assert sorted(elsewhere.log()) == ["alpha: clean (0 changes, 1 check-blind)",
+                                       "beta: clean (0 changes, 1 check-blind)"]
+    assert not remote.has("petkeeper/reports")  # reports went only where configured
+
+
+def test_failed_fetch_checks_the_last_good_commit_and_says_so(pets, remote, tmp_path):
+    _, good = check(pets)
+    moved = tmp_path / "away.git"
+    remote.bare.rename(moved)
+    try:
+        code, stale = check(pets)
+        human = petkeeper("--config", str(pets), "check")
+    finally:
+        moved.rename(remote.bare)
+
+    assert code == 1
+    assert stale["source_sha"] == good["source_sha"]
+    assert "git fetch" in stale["fetch_error"] and str(remote.bare) in stale["fetch_error"]
+    assert {h["status"] for h in stale["hosts"].values()} == {"clean"}
+    assert "checked the last good commit" in human.stdout
+
+
+def snapshot(config: Path, remote: GitRemote, pool) -> tuple[bytes, str, str]:
+    state = load_config(config).state_dir
+    status = (state / "status.json").read_bytes() if (state / "status.json").exists() else b""
+    return status, remote.refs(), pool.run("alpha", "md5sum /etc/motd /etc/pet.conf").stdout
+
+
+BAD_INPUT = [
+    ("unknown config key", {"repo": {"url": "URL", "brnach": "main"}}, [],
+     "repo.brnach: unknown key; did you mean repo.branch?"),
+    ("missing branch", {"repo": {"url": "URL", "branch": "nope"}}, [],
+     "branch 'nope' not found"),
+    ("missing playbook", {"playbooks": ["nope.yml"]}, [],
+     "playbooks[0]: 'nope.yml' not found in the repository"),
+    ("playbook outside the repo", {"playbooks": ["../site.yml"]}, [],
+     "playbooks[0]: '../site.yml' leaves the repository"),
+    ("host not in the inventory", {}, ["--limit", "nothere"],
+     "Could not match supplied host pattern"),
+]
+
+
+@pytest.mark.parametrize(("case", "settings", "args", "expected"), BAD_INPUT,
+                         ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool, tmp_path,
+                                                             case, settings, args, expected):
+    check(pets)
+    before = snapshot(pets, remote, host_pool)
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            settings[key] = {k: remote.url if v == "URL" else v for k, v in value.items()}
+    bad = write_agent_config(tmp_path / "bad.yml", remote.url, tmp_path / "state", host_pool,
+                             **settings)
+    r = petkeeper("--config", str(bad), "check", *args)
+
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("petkeeper: error: "), r.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert snapshot(pets, remote, host_pool) == before
+
+
+@pytest.mark.parametrize(("case", "files", "expected"), [
+    ("symlinked playbook leaving the repo", {}, "resolves outside the repository"),
+    ("inventory Ansible cannot parse", {"inventory/hosts.yml": "all: [\n"},
+     "inventory/hosts.yml: "),
+    ("playbook Ansible refuses", {"site.yml": "- hosts: all\n  tasks: {bad\n"},
+     "Ansible refused to run it"),
+], ids=["symlink", "inventory", "playbook"])
+def test_bad_repo_content_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool,
+                                                                    case, files, expected):
+    check(pets)
+    before_status, before_refs, before_host = snapshot(pets, remote, host_pool)
+    if not files:  # a symlink cannot be written as text: make it in the clone
+        (remote.work / "site.yml").unlink()
+        os.symlink("/etc/passwd", remote.work / "site.yml")
+    remote.commit(files, f"Break the repo: {case}")
+    r = petkeeper("--config", str(pets), "check")
+
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+    after_status, after_refs, after_host = snapshot(pets, remote, host_pool)
+    assert after_status == before_status and after_host == before_host
+    assert remote.has("petkeeper/reports") and \
+        before_refs.count("petkeeper/reports") == after_refs.count("petkeeper/reports")
+    assert [ln for ln in after_refs.splitlines() if "reports" in ln] == \
+        [ln for ln in before_refs.splitlines() if "reports" in ln]
+
+
+def test_unreachable_repo_on_first_run_is_one_clear_error(host_pool, tmp_path):
+    cfg = write_agent_config(tmp_path / "agent.yml", f"file://{tmp_path}/missing.git",
+                             tmp_path / "state", host_pool)
+    r = petkeeper("--config", str(cfg), "check")
+    assert r.returncode == 1
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("petkeeper: error: git fetch file://") and "missing.git" in line
+    assert not (tmp_path / "state" / "status.json").exists()
+
+
+def test_second_cycle_is_refused_while_one_runs_and_a_killed_holder_frees_the_lock(pets):
+    state = load_config(pets).state_dir
+    state.mkdir(mode=0o700, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from agent.state import StateDir, cycle_lock\n"
+         f"with cycle_lock(StateDir(Path({str(state)!r})), 'petkeeper check'):\n"
+         "    print('locked', flush=True); time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        r = petkeeper("--config", str(pets), "check")
+        assert r.returncode == 1
+        assert f"another cycle is running (pid {holder.pid}" in r.stderr
+        assert "--wait" in r.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert petkeeper("--config", str(pets), "check").returncode == 0
+
+
+def test_hung_playbook_is_killed_at_the_timeout_and_releases_the_lock(pets, remote, host_pool,
+                                                                     tmp_path):
+    remote.commit({"site.yml": "- hosts: all\n  gather_facts: false\n  tasks:\n"
+                               "    - name: Hang\n      ansible.builtin.command: sleep 600\n"
+                               "      check_mode: false\n"})
+    cfg = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+                             limit="alpha", ansible={
+                                 "private_key_file": str(host_pool.client_key),
+                                 "known_hosts_file": str(host_pool.known_hosts),
+                                 "timeout": "4s"})
+    config = load_config(cfg)
+    started = time.monotonic()
+    cycle = run_check(config)
+    elapsed = time.monotonic() - started
+
+    assert cycle.hosts["alpha"].status == "unknown"
+    assert cycle.exit_code == 1
+    assert elapsed < 60
+    trees = str(config.state_dir / "trees")
+    survivors = [_cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit() and
+                 _cwd(pid).startswith(trees)]
+    assert survivors == []
+    run_check(config)  # the lock is free again
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return pid
+
+
+def _cwd(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""

@@ -1,0 +1,336 @@
+"""agent.drift: ansible-runner events in, one report per host out.
+
+The golden cases under fixtures/drift/ hold real events (see fixtures/drift/README.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.drift import (
+    CLEAN,
+    DRIFTED,
+    FAILED,
+    HIDDEN,
+    UNKNOWN,
+    Change,
+    build_host_reports,
+    fingerprint,
+    render_diff,
+    short_module,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "drift"
+# Every fixture's paths were rewritten to this materialised tree (see the README).
+TREE = "/var/lib/petkeeper/trees/8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
+
+
+def load_events(case: str) -> list[dict[str, Any]]:
+    return json.loads((FIXTURES / case / "events.json").read_text())
+
+
+def load_expected(case: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / case / "expected.json").read_text())
+
+
+def golden_cases() -> list[Any]:
+    cases = []
+    for folder in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):
+        expected = load_expected(folder.name)
+        marks = [pytest.mark.xfail(strict=True, reason=expected["xfail"])] \
+            if "xfail" in expected else []
+        cases.append(pytest.param(folder.name, id=folder.name, marks=marks))
+    return cases
+
+
+def reports_of(case: str, tree_root: str = TREE) -> dict[str, Any]:
+    events = load_events(case)
+    return build_host_reports(events, load_expected(case)["hosts"], tree_root)
+
+
+def find(events: list[dict[str, Any]], kind: str, task: str, host: str | None = None
+         ) -> dict[str, Any]:
+    [event] = [e for e in events if e["event"] == kind and e["event_data"].get("task") == task
+               and (host is None or e["event_data"].get("host") == host)]
+    return event
+
+
+# --- golden fixtures -------------------------------------------------------------------------
+
+def test_every_golden_case_has_events_and_expected_hosts():
+    folders = [p for p in FIXTURES.iterdir() if p.is_dir()]
+    assert len(folders) >= 15
+    for folder in folders:
+        events = load_events(folder.name)
+        assert events and all("event" in e and "event_data" in e for e in events), folder.name
+        assert load_expected(folder.name)["hosts"], folder.name
+
+
+@pytest.mark.parametrize("case", golden_cases())
+def test_golden_case_reports_status_changes_and_message(case: str):
+    expected = load_expected(case)["hosts"]
+
+    reports = reports_of(case)
+
+    actual = {name: {"status": r.status, "message": r.message,
+                     "changes": r.as_dict()["changes"]} for name, r in reports.items()}
+    assert actual == expected
+
+
+@pytest.mark.parametrize("case", [c for c in golden_cases() if not c.marks])
+def test_golden_case_fingerprint_is_the_hash_of_its_status_and_changes(case: str):
+    for report in reports_of(case).values():
+        assert re.fullmatch(r"[0-9a-f]{64}", report.fingerprint)
+        assert report.fingerprint == fingerprint(report.status, report.changes)
+
+
+# --- status rules, beyond the golden cases ---------------------------------------------------
+
+def test_check_with_no_events_at_all_reports_every_expected_host_unknown_not_clean():
+    reports = build_host_reports([], ["web1", "db1"], TREE)
+
+    assert {n: r.status for n, r in reports.items()} == {"db1": UNKNOWN, "web1": UNKNOWN}
+    assert all("ended before" in (r.message or "") for r in reports.values())
+
+
+def test_host_in_the_events_but_not_expected_is_still_reported():
+    events = load_events("unreachable_host")
+
+    reports = build_host_reports(events, ["web1"], TREE)
+
+    assert set(reports) == {"web1", "ghost"}
+    assert reports["ghost"].status == "unreachable"
+
+
+def test_no_log_ambiguous_marks_each_hidden_change_check_blind():
+    reports = reports_of("no_log_ambiguous")
+
+    changes = reports["web1"].changes
+    assert [(c.task, c.diff, c.check_blind) for c in changes] == [
+        ("Unchanged secret", HIDDEN, True), ("Changed secret", HIDDEN, True)]
+
+
+def test_no_log_result_never_contributes_its_content_to_the_report():
+    events = load_events("no_log_exact")
+    secret = find(events, "runner_on_ok", "Secret", "web1")
+    # Even if a censored result carried more keys, only the placeholder may come out.
+    secret["event_data"]["res"]["diff"] = {"before": "", "after": "hunter2-canary\n"}
+
+    reports = build_host_reports(events, ["web1"], TREE)
+
+    assert "hunter2-canary" not in json.dumps(reports["web1"].as_dict())
+    assert [c.diff for c in reports["web1"].changes if c.task == "Secret"] == [HIDDEN]
+
+
+def test_failed_no_log_task_message_is_hidden_not_echoed():
+    events = load_events("failed_task")
+    failed = find(events, "runner_on_failed", "Must pass", "db1")
+    failed["event_data"]["res"] = {"censored": "the output has been hidden due to the fact that"
+                                                " 'no_log: true' was specified for this result"}
+
+    reports = build_host_reports(events, ["db1"], TREE)
+
+    assert reports["db1"].status == FAILED
+    assert reports["db1"].message == f"task 'Must pass': {HIDDEN}"
+
+
+def test_failure_message_falls_back_to_stderr_and_is_capped():
+    events = load_events("failed_task")
+    res = find(events, "runner_on_failed", "Must pass", "db1")["event_data"]["res"]
+    res["msg"] = ""
+    res["stderr"] = "x" * 2000
+
+    message = build_host_reports(events, ["db1"], TREE)["db1"].message
+
+    assert message is not None
+    assert message.startswith("task 'Must pass': xxx")
+    assert message.endswith("...") and len(message) < 600
+
+
+def test_unreachable_wins_over_a_failure_seen_earlier():
+    events = load_events("failed_task")
+    failed = find(events, "runner_on_failed", "Must pass", "db1")
+    unreachable = copy.deepcopy(failed)
+    unreachable["event"] = "runner_on_unreachable"
+    unreachable["event_data"]["res"] = {"unreachable": True, "changed": False,
+                                        "msg": "Failed to connect to the host via ssh"}
+    events.insert(events.index(failed) + 1, unreachable)
+
+    report = build_host_reports(events, ["db1"], TREE)["db1"]
+
+    assert report.status == "unreachable"
+    assert report.message == "Failed to connect to the host via ssh"
+
+
+def test_skipped_task_of_a_module_without_check_mode_is_check_blind_and_keeps_host_clean():
+    events = load_events("check_blind_only")
+
+    report = build_host_reports(events, ["web1"], TREE)["web1"]
+
+    assert report.status == CLEAN
+    assert [(c.task, c.check_blind) for c in report.changes] == [("Run a command", True)]
+
+
+def test_command_with_removes_that_would_run_is_a_known_change():
+    events = load_events("command_creates_would_run")
+    args = find(events, "runner_on_ok", "Run a command with creates", "web1"
+                )["event_data"]["res"]["invocation"]["module_args"]
+    args["removes"], args["creates"] = "/etc/made", None
+
+    report = build_host_reports(events, ["web1"], TREE)["web1"]
+
+    assert report.status == DRIFTED
+    assert [c.check_blind for c in report.changes] == [False]
+
+
+# --- fingerprint -----------------------------------------------------------------------------
+
+def fingerprints(events: list[dict[str, Any]], tree_root: str = TREE) -> dict[str, str]:
+    return {n: r.fingerprint for n, r in build_host_reports(events, ["web1", "ghost"],
+                                                             tree_root).items()}
+
+
+def restamp(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same run as if it ran again: new uuids, run id, pid, times and ansible tmp dirs."""
+    text = json.dumps(events)
+    ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text))
+    for old in ids:
+        text = text.replace(old, str(uuid.uuid4()))
+    text = re.sub(r"2026-11-25T20:36:\d\d\.\d+", "2027-01-02T03:04:05.678901", text)
+    text = re.sub(r"ansible-local-\d+_\w+/tmp\w+", "ansible-local-999_zzzzzzz/tmpabcdefgh", text)
+    new = json.loads(text)
+    for e in new:
+        e["pid"] = 4242
+        e["counter"] += 100
+        if "duration" in e["event_data"]:
+            e["event_data"]["duration"] = 9.5
+    return new
+
+
+def test_same_events_twice_give_the_same_fingerprint():
+    first = fingerprints(load_events("real_check_run"))
+    second = fingerprints(load_events("real_check_run"))
+
+    assert first == second
+    assert first["web1"] != first["ghost"]
+
+
+def test_run_ids_timestamps_uuids_and_tmp_paths_do_not_change_the_fingerprint():
+    events = load_events("real_check_run")
+    again = restamp(events)
+    assert json.dumps(again) != json.dumps(events)  # the restamp did change the events
+
+    assert fingerprints(again) == fingerprints(events)
+
+
+def test_same_drift_in_the_tree_of_another_commit_has_the_same_fingerprint():
+    events = load_events("real_check_run")
+    other_tree = "/var/lib/petkeeper/trees/c9f0f895fb98ab9159f51fd0297e236d0e8a2a1b"
+    moved = json.loads(json.dumps(events).replace(TREE, other_tree))
+
+    assert fingerprints(moved, other_tree) == fingerprints(events, TREE)
+
+
+def test_a_different_diff_changes_the_fingerprint():
+    events = load_events("real_check_run")
+    before = fingerprints(events)
+    res = find(events, "runner_on_ok", "Write motd", "web1")["event_data"]["res"]
+    res["diff"][0]["after"] = "Welcome, again\n"
+
+    assert fingerprints(events)["web1"] != before["web1"]
+
+
+def test_a_different_status_changes_the_fingerprint():
+    events = load_events("drifted_with_diffs")
+    before = build_host_reports(events, ["web1"], TREE)["web1"]
+    without_stats = [e for e in events if e["event"] != "playbook_on_stats"]
+
+    after = build_host_reports(without_stats, ["web1"], TREE)["web1"]
+
+    assert (before.status, after.status) == (DRIFTED, UNKNOWN)
+    assert after.changes == before.changes
+    assert after.fingerprint != before.fingerprint
+
+
+def test_fingerprint_depends_on_status_and_each_change_field():
+    change = Change("Baseline", "base", "Write motd", "ansible.builtin.copy", "-a\n+b\n")
+    base = fingerprint(DRIFTED, [change])
+
+    assert fingerprint(DRIFTED, [change]) == base
+    assert fingerprint(FAILED, [change]) != base
+    assert fingerprint(DRIFTED, []) != base
+    for field, value in (("play", "Other"), ("role", None), ("task", "Other"),
+                         ("module", "ansible.builtin.template"), ("diff", "-a\n+c\n"),
+                         ("check_blind", True)):
+        changed = Change(**{**change.__dict__, field: value})
+        assert fingerprint(DRIFTED, [changed]) != base, field
+
+
+def test_fingerprint_is_the_sha256_of_the_canonical_json_of_status_and_changes():
+    """Pinned: another canonical form re-commits every host's report once. Do it on purpose."""
+    change = Change("Baseline", "base", "Write motd", "ansible.builtin.copy", "-a\n+b\n")
+    canonical = ('{"changes":[{"check_blind":false,"diff":"-a\\n+b\\n","module":'
+                 '"ansible.builtin.copy","play":"Baseline","role":"base","task":"Write motd"}],'
+                 '"status":"drifted"}')
+
+    assert fingerprint(DRIFTED, [change]) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- render_diff -----------------------------------------------------------------------------
+
+def test_render_diff_writes_a_unified_diff_with_cleaned_headers():
+    diff = {"before_header": "/etc/motd", "before": "old\n",
+            "after_header": f"{TREE}/roles/base/files/motd", "after": "new\n"}
+
+    assert render_diff(diff, TREE) == (
+        "--- before: /etc/motd\n+++ after: roles/base/files/motd\n@@ -1 +1 @@\n-old\n+new\n")
+
+
+def test_render_diff_replaces_ansible_tmp_paths_with_generated():
+    diff = {"before": "", "after": "x\n",
+            "after_header": "/home/deploy/.ansible/tmp/ansible-local-77_ab/tmpq/app.j2"}
+
+    assert "+++ after: (generated)\n" in render_diff(diff, TREE)
+
+
+def test_render_diff_keeps_prepared_text_of_modules_without_before_after():
+    diff = {"prepared": "The following packages will be upgraded:\n  openssl\n"}
+
+    assert render_diff([diff]) == "The following packages will be upgraded:\n  openssl\n"
+
+
+def test_render_diff_skips_parts_that_are_equal_or_hold_only_headers():
+    parts = [{"before_header": "/etc/x (file attributes)", "after_header": "/etc/x (file "
+              "attributes)"}, {"before": "same\n", "after": "same\n"}, "not a mapping", None]
+
+    assert render_diff(parts) == ""
+
+
+def test_render_diff_renders_structured_before_and_after_as_sorted_json():
+    diff = {"before": {"state": "absent"}, "after": {"state": "present", "mode": "0644"}}
+
+    text = render_diff(diff)
+
+    assert '-  "state": "absent"\n' in text
+    assert '+  "mode": "0644",\n+  "state": "present"\n' in text
+
+
+def test_render_diff_marks_a_missing_final_newline():
+    text = render_diff({"before": "a\n", "after": "a\nb"})
+
+    assert text.endswith("+b\n\\ No newline at end of file\n")
+
+
+@pytest.mark.parametrize(("action", "short"), [
+    ("ansible.builtin.command", "command"), ("ansible.legacy.shell", "shell"), ("raw", "raw"),
+    ("community.general.ini_file", "ini_file"), ("", "")])
+def test_short_module_drops_the_collection(action: str, short: str):
+    assert short_module(action) == short

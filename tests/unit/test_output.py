@@ -1,0 +1,124 @@
+"""agent.output: what people read on a terminal after `check` and `status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.output import render_check, render_status
+
+FP = "a547283f08a3a78e1f2887dd23ac2248b5ccdbed8f51b937fbfc8aa81f3fa1e4"
+SHA = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
+MOTD = {"play": "Baseline", "role": "base", "task": "Write motd",
+        "module": "ansible.builtin.copy", "check_blind": False,
+        "diff": "--- before: /etc/motd\n+++ after: roles/base/files/motd\n@@ -1 +1 @@\n"
+                "-Hi\n+Welcome\n"}
+PROBE = {"play": "Baseline", "role": None, "task": "Run a command",
+         "module": "ansible.builtin.command", "check_blind": True, "diff": ""}
+
+
+def check_json(**extra: Any) -> dict[str, Any]:
+    return {"run_id": "20261125T203622Z-a1b2c3", "source_sha": SHA,
+            "started": "2026-11-25T20:36:22+00:00", "fetch_error": None,
+            "hosts": {
+                "web1": {"status": "drifted", "fingerprint": FP, "message": None,
+                         "changes": [MOTD, PROBE]},
+                "db1": {"status": "clean", "fingerprint": "0" * 64, "message": None,
+                        "changes": []},
+                "ghost": {"status": "unreachable", "fingerprint": "f" * 64,
+                          "message": "Failed to connect to the host via ssh", "changes": []},
+            },
+            "reports": None, **extra}
+
+
+# --- render_check ----------------------------------------------------------------------------
+
+def test_check_output_reads_like_a_plan_with_each_host_its_changes_and_diffs():
+    assert render_check(check_json()) == "\n".join([
+        f"web1: drifted, 1 change(s), 1 check-blind  [fingerprint {FP[:12]}]",
+        "  ~ base | Write motd (ansible.builtin.copy)",
+        "      --- before: /etc/motd",
+        "      +++ after: roles/base/files/motd",
+        "      @@ -1 +1 @@",
+        "      -Hi",
+        "      +Welcome",
+        "  ? Run a command (ansible.builtin.command)  (check mode cannot tell)",
+        f"db1: clean  [fingerprint {'0' * 12}]",
+        f"ghost: unreachable  [fingerprint {'f' * 12}]",
+        "    Failed to connect to the host via ssh",
+        "",
+        f"1 clean, 1 drifted, 1 unreachable. Source {SHA[:12]}, run 20261125T203622Z-a1b2c3.",
+    ])
+
+
+def test_check_output_without_color_has_no_escape_codes():
+    assert "\x1b" not in render_check(check_json(), color=False)
+
+
+def test_check_output_with_color_paints_status_and_diff_lines_but_not_headers():
+    text = render_check(check_json(), color=True)
+
+    assert "web1: \x1b[33mdrifted\x1b[0m" in text
+    assert "db1: \x1b[32mclean\x1b[0m" in text and "ghost: \x1b[31munreachable\x1b[0m" in text
+    assert "      \x1b[31m-Hi\x1b[0m\n" in text and "      \x1b[32m+Welcome\x1b[0m\n" in text
+    assert "      \x1b[36m@@ -1 +1 @@\x1b[0m\n" in text
+    assert "      --- before: /etc/motd\n" in text and "      +++ after: roles/" in text
+
+
+def test_check_output_with_no_hosts_says_so():
+    assert render_check(check_json(hosts={})).endswith(
+        f"\nno hosts. Source {SHA[:12]}, run 20261125T203622Z-a1b2c3.")
+
+
+def test_check_output_warns_when_the_fetch_failed():
+    text = render_check(check_json(fetch_error="git fetch timed out after 120s"))
+
+    assert text.endswith("\nwarning: git fetch timed out after 120s; checked the last good "
+                         "commit")
+
+
+@pytest.mark.parametrize(("reports", "tail"), [
+    ({"committed": ["web1", "db1"], "queued": 0, "pushed": True, "error": None},
+     "\nreports: 2 committed, pushed"),
+    ({"committed": ["web1"], "queued": 3, "pushed": False, "error": None},
+     "\nreports: 1 committed, 3 queued"),
+    ({"committed": [], "queued": 0, "pushed": False, "error": None},
+     "\nreports: 0 committed, nothing to push"),
+    ({"committed": ["web1"], "queued": 1, "pushed": False, "error": "push to pk rejected"},
+     "\nreports: 1 committed, 1 queued\nwarning: push to pk rejected"),
+])
+def test_check_output_ends_with_what_happened_to_the_reports(reports: dict[str, Any],
+                                                              tail: str):
+    assert render_check(check_json(reports=reports)).endswith(tail)
+
+
+# --- render_status ---------------------------------------------------------------------------
+
+def status_json(**last: Any) -> dict[str, Any]:
+    return {"schema": 1,
+            "last_run": {"run_id": "r2", "started": "2026-11-25T21:00:00+00:00",
+                         "source_sha": SHA, "exit_code": 2, "fetch_error": None,
+                         "reports": {"committed": [], "queued": 0, "pushed": False}, **last},
+            "hosts": {
+                "web1": {"status": "drifted", "changes": 2, "checked_at": "2026-11-25T21:00:00"
+                         "+00:00", "source_sha": SHA},
+                "db1": {"status": "clean", "changes": 0, "checked_at": "2026-11-25T21:00:00"
+                        "+00:00", "source_sha": SHA}}}
+
+
+def test_status_output_has_the_last_run_then_one_line_per_host_sorted():
+    assert render_status(status_json()).splitlines() == [
+        f"last run r2 at 2026-11-25T21:00:00+00:00, source {SHA[:12]}, exit 2",
+        "  reports: all pushed",
+        f"db1: clean, 0 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
+        f"web1: drifted, 2 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
+    ]
+
+
+def test_status_output_shows_a_failed_fetch_and_queued_reports():
+    lines = render_status(status_json(fetch_error="remote hung up",
+                                      reports={"queued": 4})).splitlines()
+
+    assert lines[1:3] == ["  fetch failed: remote hung up",
+                          "  reports: 4 commit(s) queued, not yet pushed"]
