@@ -6,14 +6,17 @@ only ansible-runner's bounded, rotated bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,8 @@ from agent.errors import AgentError, RepoError
 log = logging.getLogger(__name__)
 
 INVENTORY_TIMEOUT = 120.0
+STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is stopped
+BACKSTOP = 30  # ansible-runner's own timeout, in case our stop did not end the run
 SCRUBBED_ARTIFACTS = ("command", "stdout", "stderr")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -75,27 +80,67 @@ class RunResult:
 
 def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                  cancel: Callable[[], bool] | None = None) -> RunResult:
-    """Run RUN through ansible-runner in WORK_DIR; return its rc, status and events."""
+    """Run RUN through ansible-runner in WORK_DIR; return its rc, status and events.
+
+    At RUN.timeout, or when CANCEL returns True, every process of the run is stopped: Ansible's
+    workers leave the run's process group (setsid), so the whole process tree is signalled,
+    and the run's SSH control masters are closed."""
     events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + run.timeout
+    stopped: list[str] = []
 
     def keep(event: dict[str, Any]) -> bool:
         events.append(event)
         return False  # kept in memory only: artifacts stay small and hold no diffs
 
+    def should_stop() -> bool:
+        if not stopped and (time.monotonic() > deadline or (cancel is not None and cancel())):
+            stopped.append("timeout" if time.monotonic() > deadline else "canceled")
+            stop_process_tree(_ansible_children())
+        return bool(stopped)
+
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir:
+    # SSH control sockets need a short path (108 bytes at most): a private folder in /tmp.
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir, \
+            tempfile.TemporaryDirectory(prefix="pk-cp-") as cp_dir:
+        control_dir = Path(cp_dir)
         cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
         log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
                  "check" if run.check else "apply", run.ident, run.limit)
         r = ansible_runner.run(
             private_data_dir=str(work_dir), project_dir=str(run.tree), playbook=run.playbook,
             inventory=str(run.inventory), limit=run.limit, cmdline=shlex.join(cmdline),
-            envvars=build_env(run), ident=run.ident, quiet=True, timeout=int(run.timeout),
-            rotate_artifacts=keep_artifacts, suppress_env_files=True, event_handler=keep,
-            cancel_callback=cancel, forks=run.forks,
+            envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)},
+            ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
+            settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
+            suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
+            forks=run.forks,
         )
+        if stopped:
+            close_control_masters(control_dir)
     _scrub_artifacts(work_dir / "artifacts" / run.ident)
-    return RunResult(rc=int(r.rc if r.rc is not None else -1), status=str(r.status), events=events)
+    status = stopped[0] if stopped else str(r.status)
+    return RunResult(rc=int(r.rc if r.rc is not None else -1), status=status, events=events)
+
+
+def stop_process_tree(roots: list[int], grace: float = STOP_GRACE) -> None:
+    """SIGTERM ROOTS and all their descendants, then SIGKILL whatever is left after GRACE."""
+    victims = _descendants(roots)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(_alive(pid) for pid in victims):
+            time.sleep(0.05)
+
+
+def close_control_masters(control_dir: Path) -> None:
+    """Ask each SSH ControlPersist master of a stopped run to exit (they left its tree)."""
+    for sock in control_dir.iterdir():
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "petkeeper"],
+                           capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
 
 
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
@@ -163,6 +208,46 @@ def _extra_var_files(values: Sequence[str], folder: Path) -> list[str]:
             json.dump(parse_extra_var(value), f)
         args.append(f"@{path}")
     return args
+
+
+def _ansible_children() -> list[int]:
+    """Our child processes that run Ansible (pexpect starts ansible-playbook as our child)."""
+    me = os.getpid()
+    return [pid for pid, parent in _parents().items() if parent == me and
+            b"ansible" in _read_proc(pid, "cmdline")]
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    parents = _parents()
+    found, frontier = list(roots), list(roots)
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found.extend(frontier)
+    return found
+
+
+def _parents() -> dict[int, int]:
+    result = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat_line = _read_proc(int(entry), "stat")
+            fields = stat_line.rpartition(b")")[2].split()
+            if len(fields) > 1:
+                result[int(entry)] = int(fields[1])
+    return result
+
+
+def _alive(pid: int) -> bool:
+    fields = _read_proc(pid, "stat").rpartition(b")")[2].split()
+    return bool(fields) and fields[0] != b"Z"
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _scrub_artifacts(folder: Path) -> None:
