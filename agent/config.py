@@ -6,6 +6,7 @@ Each problem reads ``FILE: key.path: what is wrong; how to fix it``.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass, field, replace
@@ -132,7 +133,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         author_name=rep.string("author_name") or "Petkeeper",
         author_email=rep.string("author_email") or "petkeeper@localhost",
     )
-    if reports.branch == repo_cfg.branch and not reports.url:
+    if reports.branch == repo_cfg.branch and (reports.url or url) == url:
         p.add("reports.branch", f"must differ from repo.branch ({repo_cfg.branch!r}): Petkeeper "
               "never writes to the source branch", "use e.g. petkeeper/reports")
 
@@ -159,7 +160,8 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     config = Config(
         path=source, repo=repo_cfg, playbooks=tuple(playbooks), inventory=inventory,
         limit=top.string("limit"), tags=tuple(top.strings("tags")),
-        skip_tags=tuple(top.strings("skip_tags")), extra_vars=tuple(top.strings("extra_vars")),
+        skip_tags=tuple(top.strings("skip_tags")),
+        extra_vars=tuple(top.strings("extra_vars", split=False)),
         vault_password_file=top.string("vault_password_file"), reports=reports,
         state_dir=Path(state_dir), ansible=ansible,
     )
@@ -188,15 +190,15 @@ def apply_overrides(config: Config, o: Overrides) -> Config:
 
 def parse_duration(value: Any) -> float | None:
     """Given "90s", "15m", "24h", "2d" or a number of seconds, return seconds (None if invalid)."""
-    if isinstance(value, bool):
+    seconds = None
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := DURATION.match(value)):
+            seconds = float(m.group(1)) * UNITS[m.group(2)]
+    except OverflowError:
         return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str):
-        m = DURATION.match(value)
-        if m:
-            return float(m.group(1)) * UNITS[m.group(2)]
-    return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 def parse_extra_var(value: str) -> dict[str, Any]:
@@ -259,7 +261,7 @@ class _Section:
                 hint = _closest(str(key), known)
                 fix = f"did you mean {prefix}{hint}?" if hint else \
                     f"remove it (known keys: {', '.join(sorted(known))})"
-                p.add(f"{prefix}{key}", "unknown key", fix)
+                p.add(prefix + _printable(key), "unknown key", fix)
 
     def _get(self, key: str, required: bool) -> Any:
         value = self.data.get(key)
@@ -290,13 +292,14 @@ class _Section:
             return None
         return str(value)
 
-    def strings(self, key: str) -> list[str]:
-        """A list of strings; a comma-separated string is accepted, as on the command line."""
+    def strings(self, key: str, split: bool = True) -> list[str]:
+        """A list of strings; one string is accepted too, comma-separated where SPLIT, as on
+        the command line."""
         value = self._get(key, False)
         if value is None:
             return []
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            return [v.strip() for v in value.split(",") if v.strip()] if split else [value]
         if isinstance(value, list) and all(isinstance(v, str | int | float) and
                                            not isinstance(v, bool) for v in value):
             return [str(v) for v in value]
@@ -334,6 +337,12 @@ class _Section:
                        f"set {self.prefix}{key}: true or false")
             return default
         return value
+
+
+def _printable(key: Any) -> str:
+    """A key as written, or quoted when it holds what would break the one-line message."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _kind(value: Any) -> str:

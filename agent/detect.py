@@ -87,7 +87,7 @@ def write_local_inventory(state: StateDir, name: str) -> Path:
 def check_drift(config: Config, source: Source, targets: Targets, state: StateDir, run_id: str,
                 cancel: Callable[[], bool] | None = None) -> dict[str, HostReport]:
     """Run every playbook in check + diff mode; return the drift report per targeted host."""
-    events = []
+    events, facts = [], []
     for i, playbook in enumerate(targets.playbooks):
         result = run_playbook(_playbook_run(config, source, targets, playbook,
                                             f"{run_id}-check-{i}"),
@@ -100,7 +100,8 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
             raise RepoError(f"{playbook}: Ansible refused to run it: {result.error}; fix the "
                             f"playbook (commit {source.sha[:12]})")
         events.extend(result.events)
-    return build_host_reports(events, targets.hosts, str(source.tree))
+        facts.extend(result.facts)
+    return build_host_reports(events, targets.hosts, str(source.tree), facts)
 
 
 def _playbook_run(config: Config, source: Source, targets: Targets, playbook: str,

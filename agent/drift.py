@@ -53,35 +53,47 @@ class HostReport:
 class _HostTally:
     changes: list[Change] = field(default_factory=list)
     seen_changed: int = 0
-    hidden: list[dict[str, Any]] = field(default_factory=list)  # no_log results
+    hidden: list[dict[str, Any]] = field(default_factory=list)  # no_log results, unknown change
     failed: str | None = None
     unreachable: str | None = None
     processed: bool = False
     stats_changed: int = 0
+    stats_failures: int = 0
+
+
+Facts = Mapping[tuple[str, str], Mapping[str, Any]]  # (task_uuid, host) -> the plugin's record
 
 
 def build_host_reports(events: Iterable[Mapping[str, Any]], expected: Iterable[str],
-                       tree_root: str = "") -> dict[str, HostReport]:
-    """Given the events of one or more check runs and the hosts they were meant to cover,
-    return a report per host; a host with no result at all is UNKNOWN, never CLEAN."""
+                       tree_root: str = "", facts: Iterable[Mapping[str, Any]] = ()
+                       ) -> dict[str, HostReport]:
+    """Given the events of one or more check runs, the facts the petkeeper_facts callback
+    recorded, and the hosts the runs were meant to cover, return a report per host.
+
+    A host is UNKNOWN, never CLEAN, when it has no result or any run ended without stats."""
     tallies: dict[str, _HostTally] = {name: _HostTally() for name in expected}
+    known: Facts = {(str(f.get("task_uuid")), str(f.get("host"))): f for f in facts}
     conditional: dict[str, bool] = {}
-    saw_stats = False
+    started, finished = set(), set()
     for event in events:
         kind = event.get("event")
         data = event.get("event_data") or {}
-        if kind == "playbook_on_task_start":
+        run = str(event.get("runner_ident", ""))
+        if kind == "playbook_on_start":
+            started.add(run)
+        elif kind == "playbook_on_task_start":
             conditional[data.get("task_uuid", "")] = bool(data.get("is_conditional"))
         elif kind == "playbook_on_stats":
-            saw_stats = True
+            finished.add(run)
             _read_stats(data, tallies)
         elif kind in ("runner_on_ok", "runner_on_skipped", "runner_on_failed",
                       "runner_on_unreachable"):
             host = data.get("host")
             if host:
                 tally = tallies.setdefault(host, _HostTally())
-                _read_result(kind, data, tally, conditional, tree_root)
-    return {name: _conclude(name, t, saw_stats) for name, t in sorted(tallies.items())}
+                _read_result(kind, data, tally, conditional, known, tree_root)
+    complete = bool(finished) and started <= finished
+    return {name: _conclude(name, t, complete) for name, t in sorted(tallies.items())}
 
 
 def fingerprint(status: str, changes: Iterable[Change]) -> str:
@@ -124,27 +136,36 @@ def _read_stats(data: Mapping[str, Any], tallies: dict[str, _HostTally]) -> None
         tallies.setdefault(host, _HostTally()).processed = True
     for host, n in (data.get("changed") or {}).items():
         tallies.setdefault(host, _HostTally()).stats_changed += int(n)
+    for host, n in (data.get("failures") or {}).items():
+        tallies.setdefault(host, _HostTally()).stats_failures += int(n)
 
 
 def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
-                 conditional: Mapping[str, bool], tree_root: str) -> None:
+                 conditional: Mapping[str, bool], known: Facts, tree_root: str) -> None:
     res = data.get("res") or {}
-    module = short_module(str(data.get("resolved_action") or data.get("task_action") or ""))
+    action = str(data.get("resolved_action") or data.get("task_action") or "")
+    module = short_module(action)
     where = dict(play=str(data.get("play") or ""), role=data.get("role") or None,
-                 task=str(data.get("task") or module), module=str(
-                     data.get("resolved_action") or data.get("task_action") or ""))
+                 task=str(data.get("task") or module), module=action)
+    fact = known.get((str(data.get("task_uuid", "")), str(data.get("host", ""))))
     if kind == "runner_on_unreachable":
         tally.unreachable = _message(res, "unreachable")
     elif kind == "runner_on_failed":
         if not data.get("ignore_errors"):
             tally.failed = f"task {where['task']!r}: {_message(res, 'failed')}"
     elif kind == "runner_on_skipped":
-        # Ansible skips a task in check mode when its module cannot predict the outcome;
-        # a skip with a `when:` is the play's own choice, not drift.
-        if not conditional.get(str(data.get("task_uuid", "")), False):
+        # A module that cannot predict its outcome in check mode skips itself: check-blind.
+        # A false `when:` is the play's own choice, not drift.
+        skipped_by_when = fact["conditional"] if fact else \
+            conditional.get(str(data.get("task_uuid", "")), False)
+        if not skipped_by_when:
             tally.changes.append(Change(**where, diff="", check_blind=True))
     elif "censored" in res:
-        tally.hidden.append(where)
+        if fact is None:
+            tally.hidden.append(where)
+        elif fact.get("changed"):
+            tally.seen_changed += 1
+            tally.changes.append(Change(**where, diff=HIDDEN))
     elif res.get("changed") or _any_item_changed(res):
         tally.seen_changed += 1
         blind = module in COMMAND_MODULES and not _predicted(res)
@@ -152,17 +173,18 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
                                     check_blind=blind))
 
 
-def _conclude(name: str, t: _HostTally, saw_stats: bool) -> HostReport:
+def _conclude(name: str, t: _HostTally, complete: bool) -> HostReport:
     changes = t.changes + _hidden_changes(t)
+    unexplained = complete and t.stats_changed > t.seen_changed
     if t.unreachable:
         status, message = UNREACHABLE, t.unreachable
-    elif t.failed:
-        status, message = FAILED, t.failed
-    elif not saw_stats or not t.processed:
+    elif (t.stats_failures if complete else t.failed):
+        status, message = FAILED, t.failed or "a task failed"
+    elif not complete or not t.processed:
         status = UNKNOWN
-        message = ("the run ended before this host's results were complete" if not saw_stats
+        message = ("the run ended before this host's results were complete" if not complete
                    else "no play ran on this host: it matches no play's hosts pattern")
-    elif any(not c.check_blind for c in changes):
+    elif unexplained or any(not c.check_blind for c in changes):
         status, message = DRIFTED, None
     else:
         status, message = CLEAN, None
@@ -170,13 +192,12 @@ def _conclude(name: str, t: _HostTally, saw_stats: bool) -> HostReport:
 
 
 def _hidden_changes(t: _HostTally) -> list[Change]:
-    """no_log results hide even `changed`: attribute the stats' changed count to them."""
-    if not t.hidden:
-        return []
+    """Without the callback's facts, no_log results hide even `changed`: attribute the stats'
+    changed count to them, check-blind where it cannot tell which of them changed."""
     unexplained = t.stats_changed - t.seen_changed
-    if unexplained <= 0:
+    if not t.hidden or unexplained <= 0:
         return []
-    blind = unexplained != len(t.hidden)  # cannot tell which of them changed
+    blind = unexplained != len(t.hidden)
     return [Change(**where, diff=HIDDEN, check_blind=blind) for where in t.hidden]
 
 

@@ -91,7 +91,7 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
     try:
         age = (datetime.fromisoformat(current["checked_at"]) -
                datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         return "previous report unreadable"
     return "heartbeat" if age >= heartbeat else None
 
@@ -191,10 +191,22 @@ def _one_line(text: str) -> str:
 class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (diffs) as literal blocks, so the file reads like a patch."""
 
+    def analyze_scalar(self, scalar: str) -> yaml.emitter.ScalarAnalysis:
+        analysis = super().analyze_scalar(scalar)
+        # PyYAML refuses block style when a line ends in a space, as a diff's empty context
+        # line does; a literal block keeps such spaces, so it reads back the same.
+        if _block_friendly(scalar):
+            analysis.allow_block = True
+        return analysis
+
+
+def _block_friendly(value: str) -> bool:
+    return "\n" in value and not value.endswith(" ") and \
+        not any(ord(ch) < 32 and ch not in "\n\t" for ch in value)
+
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value and not any(ord(ch) < 32 and ch not in "\n\t" for ch in value) \
-        else None
+    style = "|" if _block_friendly(value) else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

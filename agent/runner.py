@@ -30,6 +30,7 @@ from agent.errors import AgentError, RepoError
 log = logging.getLogger(__name__)
 
 INVENTORY_TIMEOUT = 120.0
+PLUGINS = Path(__file__).parent / "plugins"  # petkeeper_facts: skip reasons, no_log changes
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 BACKSTOP = 30  # ansible-runner's own timeout, in case our stop did not end the run
 SCRUBBED_ARTIFACTS = ("command", "stdout", "stderr")
@@ -61,6 +62,7 @@ class RunResult:
     rc: int
     status: str  # ansible-runner's: successful, failed, timeout, canceled
     events: list[dict[str, Any]] = field(default_factory=list)
+    facts: list[dict[str, Any]] = field(default_factory=list)  # from the petkeeper_facts plugin
 
     @property
     def started(self) -> bool:
@@ -104,13 +106,15 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir, \
             tempfile.TemporaryDirectory(prefix="pk-cp-") as cp_dir:
         control_dir = Path(cp_dir)
+        facts_file = Path(vars_dir) / "facts.jsonl"
         cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
         log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
                  "check" if run.check else "apply", run.ident, run.limit)
         r = ansible_runner.run(
             private_data_dir=str(work_dir), project_dir=str(run.tree), playbook=run.playbook,
             inventory=str(run.inventory), limit=run.limit, cmdline=shlex.join(cmdline),
-            envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)},
+            envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+                     "PETKEEPER_FACTS_FILE": str(facts_file)},
             ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
             settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
             suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
@@ -118,9 +122,11 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
         )
         if stopped:
             close_control_masters(control_dir)
+        facts = _read_facts(facts_file)
     _scrub_artifacts(work_dir / "artifacts" / run.ident)
     status = stopped[0] if stopped else str(r.status)
-    return RunResult(rc=int(r.rc if r.rc is not None else -1), status=status, events=events)
+    return RunResult(rc=int(r.rc if r.rc is not None else -1), status=status, events=events,
+                     facts=facts)
 
 
 def stop_process_tree(roots: list[int], grace: float = STOP_GRACE) -> None:
@@ -184,7 +190,8 @@ def build_env(run: PlaybookRun) -> dict[str, str]:
     """Return the environment ansible-playbook runs with: strict inventory, host keys checked."""
     env = {**_strict_env(), "PATH": _path_with_venv(), "ANSIBLE_PIPELINING": "True",
            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0"}
+           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
+           "ANSIBLE_CALLBACKS_ENABLED": "petkeeper_facts"}
     ssh_args = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
     if run.known_hosts_file:
         ssh_args += ["-o", f"UserKnownHostsFile={run.known_hosts_file}"]
@@ -208,6 +215,16 @@ def _extra_var_files(values: Sequence[str], folder: Path) -> list[str]:
             json.dump(parse_extra_var(value), f)
         args.append(f"@{path}")
     return args
+
+
+def _read_facts(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    facts = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            facts.append(json.loads(line))
+    return facts
 
 
 def _ansible_children() -> list[int]:

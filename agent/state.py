@@ -91,6 +91,9 @@ def read_status(state: StateDir) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise StalledError(f"{state.status_file}: unreadable ({e}); move it aside and run "
                            "a new check") from e
+    if not isinstance(data, dict):
+        raise StalledError(f"{state.status_file}: not a status object; move it aside and run "
+                           "a new check")
     if data.get("schema") != STATUS_SCHEMA:
         raise StalledError(f"{state.status_file}: schema {data.get('schema')!r}, expected "
                            f"{STATUS_SCHEMA}; move it aside and run a new check")

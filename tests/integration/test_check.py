@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,8 +12,14 @@ import yaml
 
 from agent.config import load_config
 from agent.cycle import run_check
-from tests.conftest import GitRemote, converge, pet_hosts, petkeeper, pets_repo_files, \
-    write_agent_config
+from tests.conftest import (
+    GitRemote,
+    converge,
+    pet_hosts,
+    petkeeper,
+    pets_repo_files,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.hosts
 

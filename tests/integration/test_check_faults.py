@@ -14,8 +14,15 @@ import pytest
 
 from agent.config import load_config
 from agent.cycle import run_check
-from tests.conftest import GitRemote, converge, git, pet_hosts, petkeeper, pets_repo_files, \
-    write_agent_config
+from tests.conftest import (
+    GitRemote,
+    converge,
+    git,
+    pet_hosts,
+    petkeeper,
+    pets_repo_files,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.hosts
 

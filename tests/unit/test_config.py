@@ -167,8 +167,6 @@ def test_unknown_key_gets_a_did_you_mean_hint(data: dict[str, Any], hint: str):
     assert line.endswith(hint)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an unknown key is echoed raw into the problem, so "
-                   "a key holding a line break splits one problem over two lines")
 def test_unknown_key_with_a_line_break_stays_one_line_starting_with_the_file():
     with pytest.raises(ConfigError) as e:
         parse(minimal(**{"state_dir\nrepo.url": "x"}))
@@ -212,8 +210,6 @@ def test_bad_duration_in_the_file_shows_the_value_and_the_expected_form():
                      "'soon'; use a number with s, m, h or d, e.g. \"90s\", \"15m\", \"24h\"")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse_duration calls float() on any int, and an "
-                   "int beyond float range raises OverflowError instead of a ConfigError")
 def test_a_huge_integer_duration_is_a_config_error_not_a_crash():
     lines = problems(minimal(ansible={"timeout": 10 ** 400}))
 
@@ -263,8 +259,6 @@ def test_reports_branch_equal_to_repo_branch_is_allowed_in_another_repository():
     assert config.reports.branch == "main"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the check skips when reports.url is set at all, "
-                   "so reports.url equal to repo.url lets reports be written to the source branch")
 def test_reports_branch_equal_to_repo_branch_is_rejected_when_reports_url_is_the_source():
     [line] = problems({"repo": {"url": URL}, "reports": {"branch": "main", "url": URL}})
 
@@ -309,8 +303,6 @@ def test_bare_at_sign_names_no_file():
     assert line == f"{SOURCE}: extra_vars[0]: '@' names no file; write @path/to/vars.yml"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: extra_vars goes through the comma-splitting list "
-                   "reader, so one JSON object written as a string is cut at its commas")
 def test_one_json_extra_var_written_as_a_string_is_one_value():
     value = '{"region": "eu", "tier": "web"}'
 

@@ -51,9 +51,15 @@ def golden_cases() -> list[Any]:
     return cases
 
 
+def load_facts(case: str) -> list[dict[str, Any]]:
+    """What the petkeeper_facts callback recorded in that run, where the case has it."""
+    path = FIXTURES / case / "facts.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def reports_of(case: str, tree_root: str = TREE) -> dict[str, Any]:
     events = load_events(case)
-    return build_host_reports(events, load_expected(case)["hosts"], tree_root)
+    return build_host_reports(events, load_expected(case)["hosts"], tree_root, load_facts(case))
 
 
 def find(events: list[dict[str, Any]], kind: str, task: str, host: str | None = None

@@ -152,9 +152,6 @@ def test_render_report_writes_every_real_diff_without_blank_context_as_block_lit
     assert "  diff: |\n" + "".join(f"    {line}\n" for line in motd.splitlines()) in text
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PyYAML refuses block style for a line ending in a "
-                   "space, and a unified diff writes an empty context line as ' ', so such "
-                   "diffs (the real lineinfile one) come out as one escaped double-quoted string")
 def test_render_report_writes_a_diff_with_an_empty_context_line_as_a_block_literal():
     data = data_of(real_reports()["web1"])
     [line_diff] = [c["diff"] for c in data["changes"] if c["task"] == "Line"]
@@ -243,9 +240,6 @@ def test_previous_without_checked_at_is_committed():
     assert commit_reason(previous, later(1), DAY) == "previous report unreadable"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: commit_reason catches KeyError/ValueError only; a "
-                   "previous checked_at without an offset makes the subtraction raise TypeError "
-                   "(naive minus aware) and publishing crashes")
 def test_previous_checked_at_without_offset_is_unreadable_not_a_crash():
     previous = {**as_read_back(data_of(host())), "checked_at": "2026-11-25T20:36:22"}
 

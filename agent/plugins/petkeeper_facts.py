@@ -1,0 +1,58 @@
+"""Ansible callback plugin, loaded into ansible-playbook by agent.runner.
+
+ansible-runner's events leave out two facts that drift detection needs: why a task was skipped
+(a `when:` that is false, or a module that cannot run in check mode), and whether a `no_log`
+task changed anything (its whole result is censored). This plugin writes exactly those facts,
+one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
+never a value, an argument or any output of a task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+    name: petkeeper_facts
+    type: aggregate
+    short_description: Records skip reasons and no_log changed flags for Petkeeper
+    description: Writes JSON lines to the file named by PETKEEPER_FACTS_FILE.
+    requirements: [enabled by Petkeeper through ANSIBLE_CALLBACKS_ENABLED]
+"""
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "petkeeper_facts"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        path = os.environ.get("PETKEEPER_FACTS_FILE")
+        self._out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def _write(self, result, **facts) -> None:
+        if self._out is None:
+            return
+        record = {"host": result._host.get_name(), "task_uuid": result._task._uuid, **facts}
+        self._out.write(json.dumps(record) + "\n")
+        self._out.flush()
+
+    def v2_runner_on_skipped(self, result) -> None:
+        res = result._result
+        items = res.get("results") or []
+        conditional = "false_condition" in res or (
+            bool(items) and all(isinstance(i, dict) and "false_condition" in i for i in items))
+        self._write(result, event="skipped", conditional=conditional)
+
+    def v2_runner_on_ok(self, result) -> None:
+        if result._task.no_log or result._result.get("_ansible_no_log"):
+            self._write(result, event="hidden", changed=bool(result._result.get("changed")))
+
+    def v2_playbook_on_stats(self, stats) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
