@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as e:
         print(f"petkeeper: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # e.g. `petkeeper check --json | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("petkeeper: interrupted", file=sys.stderr)
         return 130

@@ -79,7 +79,10 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
 def write_local_inventory(state: StateDir, name: str) -> Path:
     """With no inventory configured, a pet manages itself: an inventory of this host only."""
     path = state.root / "local-inventory.yml"
-    data = {"all": {"hosts": {name: {"ansible_connection": "local"}}}}
+    # Modules run with the controller's own Python, as for Ansible's implicit localhost.
+    data = {"all": {"hosts": {name: {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}}
     write_atomic(path, yaml.safe_dump(data).encode())
     return path
 
