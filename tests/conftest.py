@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -149,6 +150,13 @@ def write_agent_config(path: Path, remote_url: str, state_dir: Path, pool: TestH
     config.update(extra)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def check_json(config: Path, *args: str) -> tuple[int, dict]:
+    """Run `petkeeper check --json`; return its exit code and report."""
+    r = petkeeper("--config", str(config), "check", "--json", *args)
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, json.loads(r.stdout)
 
 
 def petkeeper(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from agent.config import load_config
 from agent.cycle import run_check
 from tests.conftest import (
     GitRemote,
+    check_json,
     converge,
     pet_hosts,
     petkeeper,
@@ -34,11 +35,6 @@ def fleet(host_pool, remote: GitRemote, tmp_path: Path):
                                 host_pool)
     return config
 
-
-def check_json(config: Path, *args: str) -> tuple[int, dict]:
-    r = petkeeper("--config", str(config), "check", "--json", *args)
-    assert r.stdout.strip(), r.stderr
-    return r.returncode, json.loads(r.stdout)
 
 
 def test_check_reports_each_host_status_and_commits_one_report_per_host(fleet, remote):

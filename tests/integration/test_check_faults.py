@@ -16,6 +16,7 @@ from agent.config import load_config
 from agent.cycle import run_check
 from tests.conftest import (
     GitRemote,
+    check_json,
     converge,
     git,
     pet_hosts,
@@ -33,11 +34,6 @@ def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
     converge(host_pool, remote, "alpha,beta", tmp_path)
     return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool)
 
-
-def check(config: Path, *args: str) -> tuple[int, dict]:
-    r = petkeeper("--config", str(config), "check", "--json", *args)
-    assert r.stdout.strip(), r.stderr
-    return r.returncode, json.loads(r.stdout)
 
 
 def push_as_other_writer(remote: GitRemote, tmp: Path, path: str, content: str) -> str:
@@ -65,12 +61,12 @@ def reject_next_push(remote: GitRemote, tmp: Path) -> Path:
 
 def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pets, remote,
                                                                           host_pool, tmp_path):
-    check(pets, "--limit", "alpha")
+    check_json(pets, "--limit", "alpha")
     first_tip = remote.rev("petkeeper/reports")
     reject_next_push(remote, tmp_path)
     host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
 
-    code, rejected = check(pets)
+    code, rejected = check_json(pets)
     assert code == 2
     assert rejected["reports"]["committed"] == ["beta"]
     assert rejected["reports"]["queued"] == 1 and not rejected["reports"]["pushed"]
@@ -80,7 +76,7 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
     assert status["last_run"]["reports"]["queued"] == 1
 
     other = push_as_other_writer(remote, tmp_path, "hosts/other.yml", "status: clean\n")
-    _, later = check(pets)
+    _, later = check_json(pets)
 
     assert later["reports"]["committed"] == [] and later["reports"]["pushed"]
     tip = remote.rev("petkeeper/reports")
@@ -98,11 +94,11 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
     cfg = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
                              reports={"url": elsewhere.url})
     elsewhere.bare.rename(moved)
-    code, down = check(cfg)
+    code, down = check_json(cfg)
     assert code == 0 and down["reports"]["queued"] == 2 and not down["reports"]["pushed"]
 
     moved.rename(elsewhere.bare)
-    _, up = check(cfg)
+    _, up = check_json(cfg)
     assert up["reports"]["pushed"] and up["reports"]["queued"] == 0
     assert sorted(elsewhere.log()) == ["alpha: clean (0 changes, 1 check-blind)",
                                        "beta: clean (0 changes, 1 check-blind)"]
@@ -110,11 +106,11 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
 
 
 def test_failed_fetch_checks_the_last_good_commit_and_says_so(pets, remote, tmp_path):
-    _, good = check(pets)
+    _, good = check_json(pets)
     moved = tmp_path / "away.git"
     remote.bare.rename(moved)
     try:
-        code, stale = check(pets)
+        code, stale = check_json(pets)
         human = petkeeper("--config", str(pets), "check")
     finally:
         moved.rename(remote.bare)
@@ -150,7 +146,7 @@ BAD_INPUT = [
                          ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool, tmp_path,
                                                              case, settings, args, expected):
-    check(pets)
+    check_json(pets)
     before = snapshot(pets, remote, host_pool)
     for key, value in settings.items():
         if isinstance(value, dict):
@@ -176,7 +172,7 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_
 ], ids=["symlink", "inventory", "playbook"])
 def test_bad_repo_content_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool,
                                                                     case, files, expected):
-    check(pets)
+    check_json(pets)
     before_status, before_refs, before_host = snapshot(pets, remote, host_pool)
     if not files:  # a symlink cannot be written as text: make it in the clone
         (remote.work / "site.yml").unlink()
