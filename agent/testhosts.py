@@ -61,6 +61,8 @@ class TestHostError(AgentError):
 class TestHost:
     """One running test host, reachable as root@address:port."""
 
+    __test__ = False  # a harness, not a pytest test class
+
     name: str
     address: str
     port: int
@@ -80,6 +82,8 @@ class TestHost:
 @dataclass
 class TestHostPool:
     """Starts, reaches and stops test hosts that share one client key."""
+
+    __test__ = False
 
     workdir: Path
     hosts: dict[str, TestHost] = field(default_factory=dict)

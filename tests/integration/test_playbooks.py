@@ -37,7 +37,7 @@ VENV_BIN = Path(sys.executable).parent  # not resolved: a venv's python is a sym
 # The demo's pets on addresses of their own, so that a running demo (127.0.80.11 and
 # 127.0.80.12, port 2222) and these tests do not clash.
 TEST_ADDRESSES = {"pet1": "127.0.81.11", "pet2": "127.0.81.12"}
-PLAYBOOK_TIMEOUT = 240  # seconds per run; one takes 15-40 s on a slow machine
+PLAYBOOK_TIMEOUT = 240  # seconds per run; one took 20-75 s on a loaded 2-CPU machine
 
 # Where the playbook writes, as overlay upper dirs of a test host. /root is left out: every
 # SSH login may write there (Ansible's remote tmp, the login shell's own files).
@@ -48,7 +48,8 @@ HAND_EDITED = "/etc/petkeeper-demo/app.conf"
 HAND_EDIT_TASK = ("baseline", "Write the demo application config")
 HAND_EDIT_LINE = "# edited by hand"
 TOKEN_TASK = ("backup_job", "Write the backup token")  # no_log: true
-CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
+CENSORED = ("the output has been hidden due to the fact that 'no_log: true' was specified"
+            " for this result")
 
 Task = tuple[str, str, str]  # (host, role, task name)
 
@@ -118,8 +119,9 @@ def assert_clean(run: PlaybookRun) -> None:
 
 def run_playbook(pets: Pets, ident: str, *, check: bool) -> PlaybookRun:
     """Run site.yml on the test pets through the ansible-runner CLI; return what it reported."""
-    # A fresh private data dir per run: ansible-runner saves --cmdline to env/cmdline and
-    # replays it in later runs from the same dir, which would quietly turn an apply into a check.
+    # A fresh private data dir per run: without --omit-env-files, ansible-runner saves
+    # --cmdline to env/cmdline and replays it in later runs from the same dir, which quietly
+    # turns an apply into a check.
     private = pets.workdir / "runs" / ident
     (private / "env").mkdir(parents=True)
     (private / "env" / "settings").write_text(json.dumps({"job_timeout": PLAYBOOK_TIMEOUT}))
