@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -28,6 +28,7 @@ class Targets:
     inventory: Path
     hosts: tuple[str, ...]
     limit: str
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # host -> its groups
 
 
 def this_host_names() -> list[str]:
@@ -73,7 +74,7 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
     if not hosts:
         raise RepoError(f"{config.path}: limit: {limit!r} selects no host of the inventory; "
                         "fix the limit")
-    return Targets(playbooks, inventory, tuple(hosts), limit)
+    return Targets(playbooks, inventory, tuple(hosts), limit, hosts)
 
 
 def write_local_inventory(state: StateDir, name: str) -> Path:

@@ -34,6 +34,10 @@ class Change:
     module: str
     diff: str
     check_blind: bool = False
+    tags: tuple[str, ...] = ()  # the task's tags, for the policy; not part of the fingerprint
+
+
+FINGERPRINTED = ("play", "role", "task", "module", "diff", "check_blind")
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,14 @@ class HostReport:
     changes: tuple[Change, ...] = ()
     fingerprint: str = ""
     message: str | None = None  # why a host failed, was unreachable or is unknown
+    classes: tuple[str, ...] = ()  # each change's drift class (agent.ledger), when known
 
     def as_dict(self) -> dict[str, Any]:
+        changes = [{**asdict(c), "tags": list(c.tags)} for c in self.changes]
+        for change, cls in zip(changes, self.classes, strict=False):
+            change["class"] = cls
         return {"status": self.status, "fingerprint": self.fingerprint, "message": self.message,
-                "changes": [asdict(c) for c in self.changes]}
+                "changes": changes}
 
 
 @dataclass
@@ -98,8 +106,9 @@ def build_host_reports(events: Iterable[Mapping[str, Any]], expected: Iterable[s
 
 def fingerprint(status: str, changes: Iterable[Change]) -> str:
     """Return a stable sha256 of what would change: same drift, same fingerprint."""
-    canonical = json.dumps({"status": status, "changes": [asdict(c) for c in changes]},
-                           sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps({"status": status, "changes": [
+        {k: getattr(c, k) for k in FINGERPRINTED} for c in changes]},
+        sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -145,9 +154,10 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
     res = data.get("res") or {}
     action = str(data.get("resolved_action") or data.get("task_action") or "")
     module = short_module(action)
-    where = dict(play=str(data.get("play") or ""), role=data.get("role") or None,
-                 task=str(data.get("task") or module), module=action)
     fact = known.get((str(data.get("task_uuid", "")), str(data.get("host", ""))))
+    where = dict(play=str(data.get("play") or ""), role=data.get("role") or None,
+                 task=str(data.get("task") or module), module=action,
+                 tags=tuple(sorted(fact.get("tags") or ())) if fact else ())
     if kind == "runner_on_unreachable":
         tally.unreachable = _message(res, "unreachable")
     elif kind == "runner_on_failed":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,34 +97,66 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
 
 
 def build_message(data: Mapping[str, Any], reason: str) -> str:
-    return (f"{summary_line(data)}\n\n"
-            f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason}).\n\n"
-            f"Petkeeper-Source: {data['source_sha']}\n"
-            f"Petkeeper-Run: {data['run_id']}\n"
-            f"Petkeeper-Host: {data['host']}\n"
-            f"Petkeeper-Status: {data['status']}\n")
+    return format_message(
+        summary_line(data),
+        f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason}).",
+        {"Source": data["source_sha"], "Run": data["run_id"], "Host": data["host"],
+         "Status": data["status"]})
+
+
+def format_message(subject: str, body: str, trailers: Mapping[str, Any]) -> str:
+    """A commit message whose TRAILERS become `Petkeeper-<Key>: value` lines."""
+    lines = "".join(f"Petkeeper-{key}: {value}\n" for key, value in trailers.items())
+    return f"{subject}\n\n{body}\n\n{lines}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One file to commit to the reports branch, with its commit message."""
+
+    host: str
+    path: str
+    content: str
+    message: str
+    when: str
+
+
+def drift_records(mirror: Mirror, base: str | None, reports: Mapping[str, HostReport],
+                  run: RunInfo, heartbeat: float) -> list[Record]:
+    """The host reports that must be committed over what BASE holds (changed or heartbeat)."""
+    records = []
+    for host, report in reports.items():
+        data = build_report(report, run)
+        reason = commit_reason(_read_report(mirror, base, host), data, heartbeat)
+        if reason is not None:
+            records.append(Record(host, report_path(host), render_report(data),
+                                  build_message(data, reason), _iso(run.checked_at)))
+    return records
+
+
+def publish(mirror: Mirror, make_records: Callable[[str | None], list[Record]], *, url: str,
+            branch: str, author: Author, push: bool = True) -> PublishResult:
+    """Sync the local queue with the remote, commit the records MAKE_RECORDS returns for the
+    queue's tip, one commit each, then push the queue."""
+    remote = sync_queue(mirror, branch, author)
+    base = mirror.queued_reports()
+    committed = []
+    for record in make_records(base):
+        new = mirror.commit_files(base, {record.path: record.content.encode()}, record.message,
+                                  author, record.when)
+        mirror.set_queue(new, base)
+        base = new
+        committed.append(record.host)
+        log.info("%s", record.message.splitlines()[0])
+    return push_queue(mirror, url, branch, remote, tuple(committed), push)
 
 
 def publish_reports(mirror: Mirror, reports: Mapping[str, HostReport], run: RunInfo, *,
                     url: str, branch: str, author: Author, heartbeat: float,
                     push: bool = True) -> PublishResult:
     """Commit the reports that changed onto the local queue, then push the queue."""
-    remote = sync_queue(mirror, branch, author)
-    base = mirror.queued_reports()
-    committed = []
-    for host, report in reports.items():
-        data = build_report(report, run)
-        previous = _read_report(mirror, base, host)
-        reason = commit_reason(previous, data, heartbeat)
-        if reason is None:
-            continue
-        new = mirror.commit_files(base, {report_path(host): render_report(data).encode()},
-                                  build_message(data, reason), author, _iso(run.checked_at))
-        mirror.set_queue(new, base)
-        base = new
-        committed.append(host)
-        log.info("report for %s committed (%s)", host, reason)
-    return push_queue(mirror, url, branch, remote, tuple(committed), push)
+    return publish(mirror, lambda base: drift_records(mirror, base, reports, run, heartbeat),
+                   url=url, branch=branch, author=author, push=push)
 
 
 def push_queue(mirror: Mirror, url: str, branch: str, remote: str | None,

@@ -150,9 +150,9 @@ def close_control_masters(control_dir: Path) -> None:
 
 
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
-               vault_password_file: str | None = None) -> list[str]:
-    """Return the inventory's host names matching LIMIT; RepoError if Ansible cannot parse it
-    or a pattern of LIMIT matches nothing."""
+               vault_password_file: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Return the inventory's hosts matching LIMIT, each with every group it is in; RepoError
+    if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing."""
     argv = ["ansible-inventory", "-i", str(inventory), "--list"]
     if limit:
         argv += ["--limit", limit]
@@ -168,8 +168,24 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
     if proc.returncode != 0:
         raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
                         "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
-    data = json.loads(proc.stdout)
-    return sorted((data.get("_meta") or {}).get("hostvars") or {})
+    return parse_inventory_list(json.loads(proc.stdout))
+
+
+def parse_inventory_list(data: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Given `ansible-inventory --list` JSON, return each host with all its groups (nested
+    groups included, 'all' and 'ungrouped' left out)."""
+    hosts = sorted((data.get("_meta") or {}).get("hostvars") or {})
+
+    def members(group: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        entry = data.get(group) or {}
+        found = set(entry.get("hosts") or ())
+        for child in entry.get("children") or ():
+            if child not in seen:
+                found |= members(child, seen | {group})
+        return found
+
+    groups = {g: members(g) for g in data if g not in ("_meta", "all", "ungrouped")}
+    return {h: tuple(sorted(g for g, m in groups.items() if h in m)) for h in hosts}
 
 
 def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:

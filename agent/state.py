@@ -4,6 +4,11 @@ Layout (mode 0700)::
 
     lock            flock held by the running cycle; holds its PID and command
     status.json     the last cycle, per host (schema below, versioned)
+    plans.json      the last check's plan per host (id, decision, window)
+    approvals/      host-side approvals, one file per plan id
+    used-approvals.json  approvals already used once (never replayed)
+    journal/        applies in progress: found after a crash, recorded as interrupted
+    ledger.json     per host: last converged source, flapping tasks (agent.ledger)
     mirror.git/     bare mirror of the GitOps repo (agent.gitrepo)
     trees/<sha>/    materialised commits (the current one and the one before)
     runner/         ansible-runner's private data dir, artifacts rotated
@@ -51,6 +56,26 @@ class StateDir:
     def lock_file(self) -> Path:
         return self.root / "lock"
 
+    @property
+    def plans_file(self) -> Path:
+        return self.root / "plans.json"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def used_approvals_file(self) -> Path:
+        return self.root / "used-approvals.json"
+
+    @property
+    def approvals(self) -> Path:
+        return self.root / "approvals"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal"
+
     def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""
         try:
@@ -80,6 +105,21 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def read_json(path: Path, default: Any) -> Any:
+    """PATH's JSON, or DEFAULT when the file does not exist."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        raise StalledError(f"{path}: unreadable ({e}); move it aside and run again") from e
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_status(state: StateDir) -> dict[str, Any] | None:

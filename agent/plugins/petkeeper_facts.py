@@ -1,8 +1,9 @@
 """Ansible callback plugin, loaded into ansible-playbook by agent.runner.
 
-ansible-runner's events leave out two facts that drift detection needs: why a task was skipped
-(a `when:` that is false, or a module that cannot run in check mode), and whether a `no_log`
-task changed anything (its whole result is censored). This plugin writes exactly those facts,
+ansible-runner's events leave out three facts that drift detection needs: why a task was
+skipped (a `when:` that is false, or a module that cannot run in check mode), whether a `no_log`
+task changed anything (its whole result is censored), and a changed task's tags (for the
+policy). This plugin writes exactly those facts,
 one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
 never a value, an argument or any output of a task.
 """
@@ -37,7 +38,8 @@ class CallbackModule(CallbackBase):
     def _write(self, result, **facts) -> None:
         if self._out is None:
             return
-        record = {"host": result._host.get_name(), "task_uuid": result._task._uuid, **facts}
+        record = {"host": result._host.get_name(), "task_uuid": result._task._uuid,
+                  "tags": sorted(str(t) for t in result._task.tags), **facts}
         self._out.write(json.dumps(record) + "\n")
         self._out.flush()
 
@@ -49,8 +51,11 @@ class CallbackModule(CallbackBase):
         self._write(result, event="skipped", conditional=conditional)
 
     def v2_runner_on_ok(self, result) -> None:
+        changed = bool(result._result.get("changed"))
         if result._task.no_log or result._result.get("_ansible_no_log"):
-            self._write(result, event="hidden", changed=bool(result._result.get("changed")))
+            self._write(result, event="hidden", changed=changed)
+        elif changed:
+            self._write(result, event="changed", changed=True)
 
     def v2_playbook_on_stats(self, stats) -> None:
         if self._out is not None:

@@ -1,0 +1,144 @@
+"""Approvals: a person's yes to one exact drift. Pure functions over plain data.
+
+A plan binds a host, the source commit and the drift fingerprint; its id is a hash of the three.
+An approval counts only for that host, that source commit and that fingerprint, until it expires,
+and only once: a new commit, a different drift, expiry or use makes it void, and the plan asks
+again. The plan's source commit is the newest commit that changed anything outside
+``approvals/``, so committing an approval file does not void the plan it approves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.config import parse_duration
+from agent.errors import RepoError
+
+APPROVALS_DIR = "approvals"
+PLAN_ID_LENGTH = 16
+HOST, GIT = "host", "git"
+
+
+@dataclass(frozen=True)
+class Approval:
+    host: str
+    plan_id: str
+    source_sha: str
+    fingerprint: str
+    approver: str
+    how: str  # HOST (petkeeper approve) or GIT (a file under approvals/)
+    approved_at: str  # ISO 8601
+    expires_at: str
+    comment: str = ""
+    origin: str = ""  # for Git approvals: "<path>@<commit>"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Approval:
+        return cls(**{k: str(data.get(k) or "") for k in cls.__dataclass_fields__})
+
+
+def plan_id(host: str, source_sha: str, fingerprint: str) -> str:
+    """The id that binds HOST, SOURCE_SHA and FINGERPRINT (same three, same id)."""
+    digest = hashlib.sha256(f"{host}\n{source_sha}\n{fingerprint}".encode()).hexdigest()
+    return digest[:PLAN_ID_LENGTH]
+
+
+def void_reason(approval: Approval, host: str, source_sha: str, fingerprint: str,
+                now: datetime, used: bool = False) -> str | None:
+    """Why APPROVAL does not allow correcting HOST now (None: it does)."""
+    if approval.host != host:
+        return f"approval is for host {approval.host!r}, not {host!r}"
+    if used:
+        return f"approval by {approval.approver} was already used; approve the plan again"
+    if approval.source_sha != source_sha:
+        return (f"approved for source commit {approval.source_sha[:12]}, but the source is now "
+                f"{source_sha[:12]}: a new commit voids an approval")
+    if approval.fingerprint != fingerprint:
+        return (f"approved drift {approval.fingerprint[:12]} differs from the current "
+                f"{fingerprint[:12]}: drift changed since approval")
+    try:
+        expires = datetime.fromisoformat(approval.expires_at)
+        expired = expires <= now
+    except (ValueError, TypeError):
+        return f"approval has an unreadable expiry {approval.expires_at!r}"
+    if expired:
+        return f"approval by {approval.approver} expired at {approval.expires_at}"
+    return None
+
+
+def expiry(now: datetime, value: str) -> datetime:
+    """NOW plus a duration like "4h" (ValueError when VALUE is not one)."""
+    seconds = parse_duration(value)
+    if not seconds:
+        raise ValueError(f"expected a duration like 4h, got {value!r}")
+    return now + timedelta(seconds=seconds)
+
+
+def parse_git_approval(data: Any, path: str, commit: str, author: str,
+                       committed_at: datetime,
+                       plans: Mapping[str, tuple[str, str, str]]) -> Approval:
+    """Given the YAML of an approval file, return the Approval it states; RepoError naming the
+    file and key when it is invalid. PLANS maps known plan ids to (host, source, fingerprint).
+
+    The file names the host, and either the plan id or the fingerprint and source commit,
+    and an expiry (an ISO 8601 time, or a duration counted from the commit)::
+
+        host: db1
+        plan: 3f2a9c0d1e2b4a5f
+        expires: 8h
+        comment: planned change, ticket OPS-42
+    """
+    where = f"{path} (commit {commit[:12]})"
+    if not isinstance(data, dict):
+        raise RepoError(f"{where}: expected a mapping with host, plan and expires; see README: "
+                        "Approving through Git")
+    unknown = sorted(set(map(str, data)) - {"host", "plan", "fingerprint", "source", "expires",
+                                            "comment"})
+    if unknown:
+        raise RepoError(f"{where}: {unknown[0]}: unknown key; use host, plan (or fingerprint "
+                        "and source), expires, comment")
+    host = str(data.get("host") or "")
+    if not host:
+        raise RepoError(f"{where}: host: missing; name the host this approval is for")
+    pid = str(data.get("plan") or "")
+    if pid:
+        bound = plans.get(pid)
+        source, fp = (bound[1], bound[2]) if bound and bound[0] == host else ("?", "?")
+    else:
+        source, fp = str(data.get("source") or ""), str(data.get("fingerprint") or "")
+        if not source or not fp:
+            raise RepoError(f"{where}: plan: missing; give the plan id from `petkeeper plan`, "
+                            "or both fingerprint and source")
+        pid = plan_id(host, source, fp)
+    return Approval(host=host, plan_id=pid, source_sha=source, fingerprint=fp, approver=author,
+                    how=GIT, approved_at=committed_at.isoformat(timespec="seconds"),
+                    expires_at=_expires(data.get("expires"), committed_at, where),
+                    comment=str(data.get("comment") or ""), origin=f"{path}@{commit}")
+
+
+def _expires(value: Any, committed_at: datetime, where: str) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    text = str(value or "")
+    if not text:
+        raise RepoError(f"{where}: expires: missing; give an ISO 8601 time or a duration "
+                        "like 8h")
+    try:
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return when.isoformat(timespec="seconds")
+    except ValueError:
+        pass
+    try:
+        return expiry(committed_at, text).isoformat(timespec="seconds")
+    except ValueError:
+        raise RepoError(f"{where}: expires: {text!r} is neither an ISO 8601 time with a zone "
+                        "nor a duration; write e.g. 2026-12-01T18:00:00+00:00 or 8h") from None
