@@ -57,6 +57,9 @@ def void_reason(approval: Approval, host: str, source_sha: str, fingerprint: str
         return f"approval is for host {approval.host!r}, not {host!r}"
     if used:
         return f"approval by {approval.approver} was already used; approve the plan again"
+    if not approval.source_sha:
+        return (f"approval names plan {approval.plan_id}, which is not a current plan of "
+                f"{host}: approve the plan id petkeeper plan shows for it")
     if approval.source_sha != source_sha:
         return (f"approved for source commit {approval.source_sha[:12]}, but the source is now "
                 f"{source_sha[:12]}: a new commit voids an approval")
@@ -110,7 +113,7 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
     pid = str(data.get("plan") or "")
     if pid:
         bound = plans.get(pid)
-        source, fp = (bound[1], bound[2]) if bound and bound[0] == host else ("?", "?")
+        source, fp = (bound[1], bound[2]) if bound and bound[0] == host else ("", "")
     else:
         source, fp = str(data.get("source") or ""), str(data.get("fingerprint") or "")
         if not source or not fp:

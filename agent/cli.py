@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import pwd
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import output
+from agent.apply import approval_record
+from agent.approval import expiry
 from agent.config import DEFAULT_PATH, Overrides, load_config
-from agent.cycle import EXIT_ERROR, run_check
+from agent.cycle import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
+from agent.decide import approve_plan
 from agent.errors import AgentError, ConfigError
-from agent.state import StateDir, read_status
+from agent.gitrepo import Author
+from agent.report import publish, report_history
+from agent.source import open_mirror
+from agent.state import StateDir, cycle_lock, read_status
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +41,48 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep pet servers true to Git: check drift with Ansible, report it to Git.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", parents=[common],
+    pull = argparse.ArgumentParser(add_help=False)
+    pull.add_argument("-l", "--limit", help="host pattern to check (default: this host)")
+    pull.add_argument("-t", "--tags", action="append", default=[], help="only these tags")
+    pull.add_argument("--skip-tags", action="append", default=[], help="skip these tags")
+    pull.add_argument("-e", "--extra-vars", action="append", default=[],
+                      help="key=value, JSON, or @file (repeatable)")
+    pull.add_argument("--vault-password-file", help="file holding the vault password")
+    pull.add_argument("--json", action="store_true", help="print the result as JSON")
+    pull.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="wait this long for a running cycle to finish (default: don't)")
+
+    playbooks = argparse.ArgumentParser(add_help=False)
+    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
+                           help="playbooks to run, relative to the repository (ansible-pull)")
+
+    sub.add_parser("check", parents=[common, playbooks, pull],
                            help="run one detect-only cycle; exit 0 clean, 2 drift, 1 error",
                            description="Fetch, check every host in check + diff mode, commit "
                                        "the reports. Exit 0: all clean; 2: drift; 1: an error, "
                                        "or a host failed, unreachable or unknown.")
-    check.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
-                       help="playbooks to run, relative to the repository (like ansible-pull)")
-    check.add_argument("-l", "--limit", help="host pattern to check (default: this host)")
-    check.add_argument("-t", "--tags", action="append", default=[], help="only these tags")
-    check.add_argument("--skip-tags", action="append", default=[], help="skip these tags")
-    check.add_argument("-e", "--extra-vars", action="append", default=[],
-                       help="key=value, JSON, or @file (repeatable)")
-    check.add_argument("--vault-password-file", help="file holding the vault password")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                       help="wait this long for a running cycle to finish (default: don't)")
+    sub.add_parser("plan", parents=[common, playbooks, pull],
+                   help="check, then show each host's drift with its plan id and decision",
+                   description="A check that shows, per host, the plan id to approve, which "
+                               "policy rule decided, the maintenance window, and the diffs.")
+    sub.add_parser("run", parents=[common, playbooks, pull],
+                   help="one full cycle: fetch, check, decide, apply what may be, report",
+                   description="What the daemon runs: applies only what policy (auto) or a "
+                               "valid approval allows, re-checking before and after.")
+    apply = sub.add_parser("apply", parents=[common, pull],
+                           help="like run; with PLAN_ID, apply that approved plan alone")
+    apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
+                       help="apply only this plan (it must be approved or auto)")
+    approve = sub.add_parser("approve", parents=[common],
+                             help="approve one plan of the last check (root only)")
+    approve.add_argument("plan_id", metavar="PLAN_ID")
+    approve.add_argument("--expires", default=None, metavar="DURATION",
+                         help="how long the approval counts (default approvals.expires, 4h)")
+    approve.add_argument("--comment", default="", help="why; recorded with the approval")
+    history = sub.add_parser("history", parents=[common],
+                             help="what the reports branch says: drift, approvals, applies")
+    history.add_argument("host", nargs="?", help="only this host")
+    history.add_argument("--json", action="store_true", help="print the history as JSON")
 
     status = sub.add_parser("status", parents=[common], help="show the last cycle per host")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -85,18 +120,74 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """check, plan, run and apply: one cycle each, differing in steps and what they print."""
     overrides = Overrides(
-        playbooks=tuple(args.playbooks), limit=args.limit, tags=tuple(_split(args.tags)),
+        playbooks=tuple(getattr(args, "playbooks", ())), limit=args.limit,
+        tags=tuple(_split(args.tags)),
         skip_tags=tuple(_split(args.skip_tags)),
         extra_vars=tuple(_absolute_var_file(v) for v in args.extra_vars),
         vault_password_file=_absolute(args.vault_password_file))
     config = load_config(_config_path(args), overrides)
-    cycle = run_check(config, wait=args.wait)
+    steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
+    cycle = run_cycle(config, steps, args.command, wait=args.wait,
+                      only_plan=getattr(args, "plan_id", None))
+    data = cycle.as_json()
     if args.json:
-        print(json.dumps(cycle.as_json(), indent=2))
+        print(json.dumps(data, indent=2))
+    elif args.command == "check":
+        print(output.render_check(data, color=sys.stdout.isatty()))
     else:
-        print(output.render_check(cycle.as_json(), color=sys.stdout.isatty()))
+        print(output.render_plan(data, color=sys.stdout.isatty()))
     return cycle.exit_code
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise AgentError("approve: only root may approve a change to a pet; run it with sudo "
+                         "(your login name is recorded)")
+    config = load_config(_config_path(args))
+    state = StateDir(config.state_dir)
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        expires = expiry(now, args.expires) if args.expires else \
+            now + timedelta(seconds=config.approvals.expires)
+    except ValueError as e:
+        raise AgentError(f"approve: --expires: {e}; write e.g. --expires 4h") from None
+    with cycle_lock(state, f"petkeeper approve {args.plan_id}"):
+        mirror = open_mirror(config, state)
+        approval = approve_plan(config, state, mirror, args.plan_id, approver_name(), now,
+                                expires, args.comment)
+        r = config.reports
+        result = publish(mirror, lambda base: [approval_record(approval)],
+                         url=config.reports_url, branch=r.branch,
+                         author=Author(r.author_name, r.author_email), push=r.push)
+    print(f"approved plan {approval.plan_id} for {approval.host} as {approval.approver}, "
+          f"until {approval.expires_at}; the next `petkeeper run` applies it")
+    if result.error:
+        print(f"warning: {result.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    state = StateDir(config.state_dir)
+    mirror = open_mirror(config, state)
+    with contextlib.suppress(AgentError):  # offline: show what the mirror has
+        mirror.fetch_reports(config.reports_url, config.reports.branch)
+    entries = report_history(mirror, config.reports.branch, args.host)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        print(output.render_history(entries))
+    return 0
+
+
+def approver_name() -> str:
+    """The login name of the person at the terminal, also through sudo."""
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -118,7 +209,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir)
 
 
-COMMANDS: dict[str, Any] = {"check": cmd_check, "status": cmd_status, "demo": cmd_demo}
+COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
+                            "apply": cmd_check, "approve": cmd_approve,
+                            "history": cmd_history, "status": cmd_status, "demo": cmd_demo}
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -51,6 +51,14 @@ class AnsibleConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    verify: bool = False  # count Git approvals only from commits signed by an allowed key
+    allowed_signers: str | None = None  # ssh allowed_signers file (gpg.ssh.allowedSignersFile)
+    gpg_home: str | None = None  # a dedicated OpenPGP keyring, not root's
+    expires: float = 4 * 3600.0  # default lifetime of `petkeeper approve`
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one cycle needs to know, as read from agent.yml plus command-line overrides."""
 
@@ -66,6 +74,8 @@ class Config:
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     state_dir: Path = Path("/var/lib/petkeeper")
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
+    policy: str = "petkeeper/policy.yml"  # inside the repo; absent file: everything waits
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
     @property
     def reports_url(self) -> str:
@@ -113,7 +123,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
                            f"got {_kind(data)}; see README: Configuration"])
     top = _Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                  "extra_vars", "vault_password_file", "reports", "state_dir",
-                                 "ansible"})
+                                 "ansible", "policy", "approvals"})
     repo_data = top.mapping("repo", required=True)
     repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout"})
     url = repo.string("url", required=True)
@@ -147,6 +157,16 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
     )
 
+    appr = _Section(p, top.mapping("approvals"), "approvals.",
+                    {"verify", "allowed_signers", "gpg_home", "expires"})
+    approvals = ApprovalsConfig(
+        verify=appr.boolean("verify", False), allowed_signers=appr.string("allowed_signers"),
+        gpg_home=appr.string("gpg_home"), expires=appr.duration("expires", 4 * 3600.0))
+    if approvals.verify and not (approvals.allowed_signers or approvals.gpg_home):
+        p.add("approvals.verify", "is on, but no key may sign approvals",
+              "set approvals.allowed_signers (SSH) or approvals.gpg_home (OpenPGP)")
+    policy = top.string("policy") or "petkeeper/policy.yml"
+    _check_repo_path(p, "policy", policy)
     playbooks = top.strings("playbooks")
     for i, name in enumerate(playbooks):
         _check_repo_path(p, f"playbooks[{i}]", name)
@@ -163,7 +183,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         skip_tags=tuple(top.strings("skip_tags")),
         extra_vars=tuple(top.strings("extra_vars", split=False)),
         vault_password_file=top.string("vault_password_file"), reports=reports,
-        state_dir=Path(state_dir), ansible=ansible,
+        state_dir=Path(state_dir), ansible=ansible, policy=policy, approvals=approvals,
     )
     for i, name in enumerate(overrides.playbooks):
         _check_repo_path(p, f"playbooks[{i}] (command line)", name)

@@ -1,7 +1,8 @@
 """One reconcile cycle: an ordered list of small steps sharing one signature.
 
 Each step reads and fills the Cycle record and may raise AgentError, which ends the cycle at
-that step. The stage only moves forward.
+that step. The stage only moves forward. ``check`` and ``plan`` detect, decide and record;
+``run`` (and ``apply``) also recover interrupted applies first and apply what may be applied.
 """
 
 from __future__ import annotations
@@ -15,15 +16,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.apply import (
+    FAILED_APPLY,
+    INTERRUPTED,
+    NOT_CONVERGED,
+    ApplyResult,
+    apply_plan,
+    apply_record,
+    recover_interrupted,
+)
 from agent.config import Config
+from agent.decide import APPLY, Plan, classify_report, decide_plans
 from agent.detect import Targets, check_drift, select_targets
 from agent.drift import CLEAN, DRIFTED, HostReport
-from agent.errors import FetchError
+from agent.errors import FetchError, RepoError
 from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
-from agent.report import PublishResult, RunInfo, publish_reports
+from agent.report import PublishResult, Record, RunInfo, drift_records, publish
 from agent.source import Source, open_mirror, sync_source
-from agent.state import StateDir, cycle_lock, write_status
+from agent.state import StateDir, cycle_lock, read_json, write_status
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +45,13 @@ class Stage(enum.IntEnum):
     STARTED = 0
     FETCHED = 1
     TARGETED = 2
-    CHECKED = 3
-    RECORDED = 4
-    SAVED = 5
+    RECOVERED = 3
+    CHECKED = 4
+    DECIDED = 5
+    RECORDED = 6
+    APPLIED = 7
+    APPLIES_RECORDED = 8
+    SAVED = 9
 
 
 @dataclass
@@ -50,8 +65,13 @@ class Cycle:
     source: Source | None = None
     targets: Targets | None = None
     hosts: dict[str, HostReport] = field(default_factory=dict)
+    plans: dict[str, Plan] = field(default_factory=dict)
+    applies: list[ApplyResult] = field(default_factory=list)
+    pending: list[Record] = field(default_factory=list)  # apply records not committed yet
     publish: PublishResult | None = None
+    only_plan: str | None = None  # `petkeeper apply PLAN_ID`: apply that plan alone
     cancel: Callable[[], bool] | None = None
+    clock: Callable[[], datetime] = field(default=lambda: _now())
 
     def advance(self, stage: Stage) -> None:
         if stage < self.stage:
@@ -67,6 +87,8 @@ class Cycle:
             return EXIT_ERROR
         if self.source is not None and self.source.fetch_error:
             return EXIT_ERROR
+        if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY) for a in self.applies):
+            return EXIT_ERROR
         return EXIT_DRIFT if DRIFTED in statuses else EXIT_CLEAN
 
     def as_json(self) -> dict[str, Any]:
@@ -76,6 +98,8 @@ class Cycle:
             "started": self.started.isoformat(timespec="seconds"),
             "fetch_error": self.source.fetch_error if self.source else None,
             "hosts": {name: r.as_dict() for name, r in self.hosts.items()},
+            "plans": {name: p.as_dict() for name, p in self.plans.items()},
+            "applies": [a.as_dict() for a in self.applies],
             "reports": None if self.publish is None else {
                 "committed": list(self.publish.committed), "queued": self.publish.queued,
                 "pushed": self.publish.pushed, "error": self.publish.error},
@@ -94,59 +118,122 @@ def target_step(c: Cycle) -> None:
     c.advance(Stage.TARGETED)
 
 
+def recover_step(c: Cycle) -> None:
+    """Applies a crash cut short are recorded as interrupted, never resumed."""
+    for result in recover_interrupted(c.state, c.clock()):
+        c.applies.append(result)
+        c.pending.append(apply_record(result))
+    c.advance(Stage.RECOVERED)
+
+
 def check_step(c: Cycle) -> None:
     assert c.source is not None and c.targets is not None
     c.hosts = check_drift(c.config, c.source, c.targets, c.state, c.run_id, c.cancel)
     c.advance(Stage.CHECKED)
 
 
+def decide_step(c: Cycle) -> None:
+    assert c.mirror is not None and c.source is not None and c.targets is not None
+    c.plans, c.hosts = decide_plans(c.config, c.state, c.mirror, c.source, c.hosts,
+                                    c.targets.groups, c.clock())
+    if c.only_plan and c.only_plan not in {p.plan_id for p in c.plans.values()}:
+        raise RepoError(f"plan {c.only_plan}: not a current plan (the drift or the source "
+                        "changed since); run petkeeper plan and approve the new plan id")
+    c.advance(Stage.DECIDED)
+
+
 def record_step(c: Cycle) -> None:
-    assert c.mirror is not None and c.source is not None
-    r = c.config.reports
-    if c.config.reports_url != c.config.repo.url:
-        _fetch_reports_quietly(c.mirror, c.config.reports_url, r.branch)
-    run = RunInfo(c.run_id, c.source.sha, c.started, socket.gethostname())
-    c.publish = publish_reports(c.mirror, c.hosts, run, url=c.config.reports_url,
-                                branch=r.branch, author=Author(r.author_name, r.author_email),
-                                heartbeat=r.heartbeat, push=r.push)
+    _publish(c)
     c.advance(Stage.RECORDED)
+
+
+def apply_step(c: Cycle) -> None:
+    """Apply the plans that policy or a valid approval allows, one host at a time."""
+    assert c.source is not None and c.targets is not None
+    ledger = read_json(c.state.ledger_file, {})
+    for host, plan in c.plans.items():
+        if plan.action != APPLY or (c.only_plan and plan.plan_id != c.only_plan):
+            continue
+        result, after = apply_plan(c.config, c.source, c.targets, c.state, plan, c.run_id,
+                                   c.clock, c.cancel)
+        ledger = read_json(c.state.ledger_file, ledger)
+        c.hosts[host] = classify_report(after, ledger.get(host), plan.source_sha)
+        c.applies.append(result)
+        c.pending.append(apply_record(result))
+    c.advance(Stage.APPLIED)
+
+
+def record_applies_step(c: Cycle) -> None:
+    if c.pending:
+        _publish(c)
+    c.advance(Stage.APPLIES_RECORDED)
 
 
 def save_step(c: Cycle) -> None:
     assert c.source is not None
     write_status(c.state, {
-        "last_run": {**c.as_json(), "hosts": None, "finished": _now().isoformat(
+        "last_run": {**c.as_json(), "hosts": None, "plans": None, "finished": _now().isoformat(
             timespec="seconds"), "exit_code": c.exit_code},
         "hosts": {name: {"status": r.status, "fingerprint": r.fingerprint,
                          "changes": len(r.changes), "message": r.message,
                          "source_sha": c.source.sha, "checked_at": c.started.isoformat(
-                             timespec="seconds"), "run_id": c.run_id}
+                             timespec="seconds"), "run_id": c.run_id,
+                         "plan": c.plans[name].as_dict() if name in c.plans else None}
                   for name, r in c.hosts.items()},
     })
     c.advance(Stage.SAVED)
 
 
-CHECK_STEPS: tuple[Callable[[Cycle], None], ...] = (
-    fetch_step, target_step, check_step, record_step, save_step)
+Step = Callable[[Cycle], None]
+CHECK_STEPS: tuple[Step, ...] = (fetch_step, target_step, check_step, decide_step, record_step,
+                                 save_step)
+RUN_STEPS: tuple[Step, ...] = (fetch_step, target_step, recover_step, check_step, decide_step,
+                               record_step, apply_step, record_applies_step, save_step)
 
 
 def run_check(config: Config, *, wait: float = 0.0, now: datetime | None = None,
               cancel: Callable[[], bool] | None = None) -> Cycle:
     """Run one detect-only cycle under the state directory's lock; return its record."""
+    return run_cycle(config, CHECK_STEPS, "check", wait=wait, now=now, cancel=cancel)
+
+
+def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: float = 0.0,
+              now: datetime | None = None, only_plan: str | None = None,
+              cancel: Callable[[], bool] | None = None) -> Cycle:
+    """Run STEPS under the state directory's lock; return the cycle's record. With NOW, the
+    clock is frozen there (tests control time)."""
     state = StateDir(config.state_dir)
     state.ensure()
     started = now or _now()
-    cycle = Cycle(config, state, new_run_id(started), started, cancel=cancel)
-    with cycle_lock(state, f"petkeeper check, run {cycle.run_id}", wait):
-        log.info("cycle %s: check of %s of %s (check mode)", cycle.run_id, config.repo.branch,
+    cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
+                  cancel=cancel, clock=(lambda: now) if now else _now)
+    with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
+        log.info("cycle %s: %s of %s of %s", cycle.run_id, command, config.repo.branch,
                  redact_text(config.repo.url))
-        for step in CHECK_STEPS:
+        for step in steps:
             step(cycle)
     return cycle
 
 
 def new_run_id(when: datetime) -> str:
     return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def _publish(c: Cycle) -> None:
+    assert c.mirror is not None and c.source is not None
+    r = c.config.reports
+    if c.config.reports_url != c.config.repo.url:
+        _fetch_reports_quietly(c.mirror, c.config.reports_url, r.branch)
+    run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname())
+    pending, c.pending = c.pending, []
+    mirror, hosts = c.mirror, c.hosts
+    result = publish(mirror, lambda base: pending + drift_records(mirror, base, hosts, run,
+                                                                   r.heartbeat),
+                     url=c.config.reports_url, branch=r.branch,
+                     author=Author(r.author_name, r.author_email), push=r.push)
+    earlier = c.publish.committed if c.publish else ()
+    c.publish = PublishResult(earlier + result.committed, result.queued, result.pushed,
+                              result.error)
 
 
 def _fetch_reports_quietly(mirror: Mirror, url: str, branch: str) -> None:

@@ -93,7 +93,7 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
     """Run every playbook in check + diff mode; return the drift report per targeted host."""
     events, facts = [], []
     for i, playbook in enumerate(targets.playbooks):
-        result = run_playbook(_playbook_run(config, source, targets, playbook,
+        result = run_playbook(playbook_run(config, source, targets, playbook,
                                             f"{run_id}-check-{i}"),
                               state.runner, config.ansible.artifacts_keep, cancel)
         log.info("check of %s finished: %s (rc %s)", playbook, result.status, result.rc)
@@ -108,7 +108,7 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
     return build_host_reports(events, targets.hosts, str(source.tree), facts)
 
 
-def _playbook_run(config: Config, source: Source, targets: Targets, playbook: str,
+def playbook_run(config: Config, source: Source, targets: Targets, playbook: str,
                   ident: str, check: bool = True) -> PlaybookRun:
     a = config.ansible
     return PlaybookRun(

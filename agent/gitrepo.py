@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -181,9 +182,97 @@ class Mirror:
         self._git("update-ref", f"refs/remotes/origin/{branch}", QUEUE_REF)
         return True
 
+    def history(self, ref: str, paths: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Commits of REF touching PATHS, newest first: sha, date, subject, Petkeeper trailers."""
+        if self._rev(ref) is None:
+            return []
+        fmt = "%H%x1f%aI%x1f%s%x1f%(trailers:only,unfold,separator=%x1e)%x1d"
+        out = self._git("log", f"--format={fmt}", ref, "--", *paths)
+        entries = []
+        for chunk in out.split("\x1d"):
+            fields = chunk.strip("\n").split("\x1f")
+            if len(fields) != 4:
+                continue
+            trailers = dict(t.split(": ", 1) for t in fields[3].split("\x1e") if ": " in t)
+            entries.append({"sha": fields[0], "date": fields[1], "subject": fields[2],
+                            "trailers": trailers})
+        return entries
+
     def fetch_reports(self, url: str, branch: str) -> None:
         self._git("fetch", "--no-tags", "--no-write-fetch-head", url,
                   f"+refs/heads/{branch}*:refs/remotes/origin/{branch}*")
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def files_under(self, commit: str, folder: str) -> dict[str, bytes]:
+        """Return every regular file under FOLDER (recursive) at COMMIT: path -> exact bytes.
+
+        Symlinks and submodules are skipped, never followed; a missing folder gives {}.
+        """
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""  # "": the whole tree
+        # ls-tree takes "--" as a path after --end-of-options; a plain "--" ends its options.
+        out = self._git("--literal-pathspecs", "ls-tree", "-r", "-z", "--", commit,
+                        *filter(None, [prefix]))
+        files: dict[str, bytes] = {}
+        for entry in filter(None, out.split("\0")):
+            meta, _, path = entry.partition("\t")
+            mode, kind, sha = meta.split()
+            if kind == "blob" and mode in ("100644", "100755") and path.startswith(prefix):
+                files[path] = self.repo.odb.stream(bytes.fromhex(sha)).read()
+        return files
+
+    def last_commit_touching(self, commit: str, path: str) -> str:
+        """Return the newest commit reachable from COMMIT that changed PATH (RepoError: none)."""
+        sha = self._git("--literal-pathspecs", "log", "-1", "--format=%H", "--end-of-options",
+                        commit, "--", path).strip()
+        if not sha:
+            raise RepoError(f"no commit reachable from {commit[:12]} touches {path!r}")
+        return sha
+
+    def commit_author(self, commit: str) -> str:
+        """Return COMMIT's author as "Name <email>" (as recorded: no mailmap)."""
+        return self._git("log", "-1", "--format=%cn <%ce>", "--end-of-options", commit).strip()
+
+    def changed_paths(self, old: str, new: str) -> list[str]:
+        """Return the paths whose content differs between OLD and NEW; a rename gives both."""
+        out = self._git("diff-tree", "-r", "-z", "--name-only", "--no-renames", "--no-ext-diff",
+                        "--end-of-options", old, new)
+        return [path for path in out.split("\0") if path]
+
+    def verify_commit(self, commit: str, allowed_signers: Path | None,
+                      gpg_home: Path | None) -> tuple[bool, str]:
+        """Return (True, "good signature by ...") if COMMIT is signed by a trusted key, else
+        (False, why). SSH keys are trusted from ALLOWED_SIGNERS only, OpenPGP keys from the
+        dedicated keyring GPG_HOME only (any key in it); never from root's own config or keyring."""
+        kind = self._signature_kind(commit)
+        if kind is None:
+            return False, "unsigned"
+        if kind not in ("ssh", "openpgp"):
+            return False, f"signed in an unsupported format ({kind})"
+        trust = allowed_signers if kind == "ssh" else gpg_home
+        if trust is None:
+            what = "allowed signers file" if kind == "ssh" else "OpenPGP keyring"
+            return False, f"signed with {kind}, but no {what} is configured"
+        if not trust.exists():
+            return False, f"signed with {kind}, but {trust} does not exist"
+        env = {"GIT_CONFIG_GLOBAL": os.devnull}
+        if gpg_home is not None:
+            env["GNUPGHOME"] = str(gpg_home)
+        # %G? and friends are git's structured verdict; %GT is avoided: git 2.39 aborts on it
+        # when no allowed signers file is set.
+        out = self._git("-c", f"gpg.ssh.allowedSignersFile={allowed_signers or ''}", "log", "-1",
+                        "--format=%G?%x00%GS%x00%GK%x00%GF", "--end-of-options", commit, env=env)
+        status, signer, key_id, fingerprint = out.strip("\n").split("\0", 3)
+        return _verdict(kind, trust, status, " ".join(signer.split()), fingerprint or key_id)
+
+    def _signature_kind(self, commit: str) -> str | None:
+        """Return "ssh", "openpgp", another word or None (unsigned) from COMMIT's gpgsig header."""
+        header = self._git("cat-file", "commit", "--end-of-options", commit).partition("\n\n")[0]
+        for line in header.splitlines():
+            if line.startswith(("gpgsig ", "gpgsig-sha256 ")):
+                armor = line.partition(" ")[2].strip()
+                return _SIGNATURE_KINDS.get(armor, armor.strip("-").lower() or "unknown")
+        return None
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -229,3 +318,29 @@ def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
     return (fatal or lines or [""])[-1]
+
+
+_SIGNATURE_KINDS = {"-----BEGIN SSH SIGNATURE-----": "ssh",
+                    "-----BEGIN PGP SIGNATURE-----": "openpgp"}
+_VERIFIERS = {"ssh": "ssh-keygen", "openpgp": "gpg"}
+
+
+def _verdict(kind: str, trust: Path, status: str, signer: str, key: str) -> tuple[bool, str]:
+    """Map git's %G? STATUS for a KIND signature to (trusted, one-line reason).
+
+    "U" is a good signature from a key of unknown validity: for OpenPGP that is a key in our
+    dedicated keyring (the keyring is the trust list); for SSH, a key not in TRUST.
+    """
+    if status == "G" or (status == "U" and kind == "openpgp"):
+        return True, f"good signature by {signer or 'unknown signer'} (key {key})"
+    reasons = {
+        "U": f"signed by a key not in {trust} (key {key})",
+        "E": (f"signed by a key not in {trust} (key {key})" if kind == "openpgp" and key
+              else f"signature could not be checked (is {_VERIFIERS[kind]} installed?)"),
+        "B": "bad signature",
+        "X": f"good signature by {signer} (key {key}), but the signature has expired",
+        "Y": f"good signature by {signer}, but key {key} has expired",
+        "R": f"signed by revoked key {key}",
+        "N": "unsigned",
+    }
+    return False, reasons.get(status, f"unexpected signature status {status!r}")

@@ -34,6 +34,47 @@ def render_check(report: Mapping[str, Any], color: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
+    """Given plan/run --json data, return each host's plan, decision and diffs, then applies."""
+    paint = _painter(color)
+    lines = []
+    for name, host in report["hosts"].items():
+        plan = (report.get("plans") or {}).get(name) or {}
+        lines.append(f"{name}: {paint(host['status'], host['status'])}  plan "
+                     f"{plan.get('plan_id', '-')}  [{plan.get('action', '-')}] "
+                     f"{plan.get('reason', '')}")
+        if host.get("message"):
+            lines.append(f"    {host['message']}")
+        decisions = plan.get("decisions") or []
+        for i, c in enumerate(host["changes"]):
+            mode, rule = decisions[i] if i < len(decisions) else ("-", "-")
+            role = f"{c['role']} | " if c.get("role") else ""
+            lines.append(f"  {'?' if c['check_blind'] else '~'} {role}{c['task']} "
+                         f"({c['module']})  [{c.get('class', '-')}; {mode} by {rule}]")
+            lines.extend(f"      {_paint_diff_line(d, paint)}" for d in c["diff"].splitlines())
+    for a in report.get("applies") or []:
+        lines.append(f"applied plan {a['plan_id']} to {a['host']}: {a['result']} (approved by "
+                     f"{a['approved_by']}; {a['before_status']} -> {a['after_status']})")
+        if a.get("leftovers"):
+            lines.append(f"    still changing: {', '.join(a['leftovers'])}")
+    lines.append(_footer(report))
+    return "\n".join(lines)
+
+
+def render_history(entries: list[Mapping[str, Any]]) -> str:
+    """Given report_history() entries, return one line per commit, newest first."""
+    if not entries:
+        return "no reports yet"
+    lines = []
+    for e in entries:
+        t = e["trailers"]
+        source = str(t.get("Petkeeper-Source", ""))[:12]
+        by = f", approved by {t['Petkeeper-Approved-By']}" if "Petkeeper-Approved-By" in t \
+            else ""
+        lines.append(f"{e['date']}  {e['subject']}  (source {source}{by})")
+    return "\n".join(lines)
+
+
 def render_status(status: Mapping[str, Any]) -> str:
     """Given status.json data, return one line per host and the last run."""
     last = status.get("last_run") or {}

@@ -19,7 +19,7 @@ import yaml
 
 from agent.drift import HostReport
 from agent.errors import FetchError
-from agent.gitrepo import Author, Mirror
+from agent.gitrepo import QUEUE_REF, Author, Mirror
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,15 @@ def sync_queue(mirror: Mirror, branch: str, author: Author) -> str | None:
     mirror.set_queue(base, local)
     log.info("rebased queued report commits onto the remote's %s", remote[:12])
     return remote
+
+
+def report_history(mirror: Mirror, branch: str, host: str | None = None) -> list[dict[str, Any]]:
+    """The reports branch's commits (ours queued included), newest first, for HOST or all."""
+    ref = QUEUE_REF if mirror.queued_reports() else f"refs/remotes/origin/{branch}"
+    entries = mirror.history(ref)
+    if host:
+        entries = [e for e in entries if e["trailers"].get("Petkeeper-Host") == host]
+    return entries
 
 
 def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any] | None:

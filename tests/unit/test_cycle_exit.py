@@ -71,8 +71,15 @@ def test_every_status_drift_can_report_has_an_exit_code():
 
 def test_stages_are_ordered_as_the_cycle_runs():
     assert list(Stage) == sorted(Stage)
-    assert [s.name for s in Stage] == ["STARTED", "FETCHED", "TARGETED", "CHECKED", "RECORDED",
-                                       "SAVED"]
+    assert [s.name for s in Stage] == ["STARTED", "FETCHED", "TARGETED", "RECOVERED",
+                                       "CHECKED", "DECIDED", "RECORDED", "APPLIED",
+                                       "APPLIES_RECORDED", "SAVED"]
+
+
+def test_every_step_list_moves_the_stage_forward_only():
+    from agent.cycle import CHECK_STEPS, RUN_STEPS
+
+    assert CHECK_STEPS == tuple(s for s in RUN_STEPS if s in CHECK_STEPS)
 
 
 def test_a_new_cycle_starts_at_started():

@@ -1,0 +1,154 @@
+"""Apply: correct only what policy or an approval allows, re-checking before and after.
+
+Each apply is journaled before it starts (and its approval marked used), so a crash or reboot
+mid-apply is found by the next cycle, recorded as ``interrupted``, and never re-applied
+without a new, valid approval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from agent.approval import Approval
+from agent.config import Config
+from agent.decide import Plan, mark_used
+from agent.detect import Targets, check_drift, playbook_run
+from agent.drift import CLEAN, HostReport
+from agent.ledger import record_apply
+from agent.report import UNSAFE, Record, format_message
+from agent.runner import run_playbook
+from agent.source import Source
+from agent.state import StateDir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+CONVERGED, NOT_CONVERGED, INTERRUPTED = "converged", "not converged", "interrupted"
+DRIFT_CHANGED, FAILED_APPLY = "drift changed since approval", "apply failed"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    host: str
+    plan_id: str
+    source_sha: str
+    result: str  # CONVERGED, NOT_CONVERGED, INTERRUPTED, DRIFT_CHANGED, FAILED_APPLY
+    approved_by: str  # the approver, or "policy: auto (<rule>)"
+    approval: dict[str, Any] | None
+    before_status: str
+    after_status: str
+    leftovers: tuple[str, ...] = ()  # tasks still changing after the apply
+    started: str = ""
+    finished: str = ""
+    run_id: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "leftovers": list(self.leftovers)}
+
+
+def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
+               run_id: str, now: Callable[[], datetime],
+               cancel: Callable[[], bool] | None = None) -> tuple[ApplyResult, HostReport]:
+    """Re-check PLAN's host, apply if its drift is still the planned one, re-check again;
+    return the result and the host's report after it."""
+    one = replace(targets, hosts=(plan.host,), limit=plan.host)
+    started = now().isoformat(timespec="seconds")
+    approved_by = plan.approval.approver if plan.approval else f"policy: auto ({plan.rule})"
+    common = dict(host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
+                  approved_by=approved_by, run_id=run_id, started=started,
+                  approval=plan.approval.as_dict() if plan.approval else None,
+                  before_status=plan.status)
+    before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel)
+    report = before[plan.host]
+    if report.fingerprint != plan.fingerprint:
+        log.warning("%s: drift changed since it was planned; not applied", plan.host)
+        return ApplyResult(**common, result=DRIFT_CHANGED, after_status=report.status,
+                           finished=started, message="the re-check found other drift than "
+                           "the plan's: plan and approve again"), report
+    journal = state.journal / f"{plan.plan_id}.json"
+    write_json(journal, {**common, "state": "applying"})
+    if plan.approval is not None:
+        mark_used(state, plan.approval)
+    failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
+    after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
+                        cancel)[plan.host]
+    leftovers = tuple(c.task for c in after.changes if not c.check_blind)
+    converged = after.status == CLEAN and not failed
+    ledger = read_json(state.ledger_file, {})
+    ledger[plan.host] = record_apply(ledger.get(plan.host), plan.source_sha, converged,
+                                     [c for c in after.changes if not c.check_blind])
+    write_json(state.ledger_file, ledger)
+    result = ApplyResult(**common, result=CONVERGED if converged else (
+        FAILED_APPLY if failed else NOT_CONVERGED), after_status=after.status,
+        leftovers=leftovers, finished=now().isoformat(timespec="seconds"), message=failed)
+    journal.unlink(missing_ok=True)
+    log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
+    return result, after
+
+
+def recover_interrupted(state: StateDir, now: datetime) -> list[ApplyResult]:
+    """Applies a crash cut short: record them as interrupted (their approval stays used)."""
+    if not state.journal.is_dir():
+        return []
+    found = []
+    for path in sorted(state.journal.glob("*.json")):
+        entry = read_json(path, {})
+        fields = {k: entry.get(k) for k in ("host", "plan_id", "source_sha", "approved_by",
+                                             "approval", "before_status", "started", "run_id")}
+        found.append(ApplyResult(**fields, result=INTERRUPTED, after_status="unknown",
+                                 finished=now.isoformat(timespec="seconds"),
+                                 message="the agent stopped during this apply; it was not "
+                                         "resumed and will not be re-applied without a new "
+                                         "approval"))
+        path.unlink()
+        log.warning("%s: apply of plan %s was interrupted", entry.get("host"),
+                    entry.get("plan_id"))
+    return found
+
+
+def apply_record(result: ApplyResult) -> Record:
+    """The reports-branch record of one apply: applies/<host>.yml and its commit."""
+    data = result.as_dict()
+    subject = f"{result.host}: apply of plan {result.plan_id}: {result.result}"
+    body = (f"Approved by {result.approved_by}. Before: {result.before_status}, after: "
+            f"{result.after_status}.")
+    if result.leftovers:
+        body += "\nStill changing: " + ", ".join(result.leftovers)
+    message = format_message(subject, body, {
+        "Source": result.source_sha, "Run": result.run_id, "Host": result.host,
+        "Status": result.after_status, "Plan": result.plan_id,
+        "Approved-By": result.approved_by})
+    content = f"# {subject}\n" + yaml.safe_dump(data, sort_keys=False)
+    return Record(result.host, f"applies/{UNSAFE.sub('_', result.host)}.yml", content,
+                  message, result.finished)
+
+
+def approval_record(approval: Approval) -> Record:
+    """The reports-branch record of an approval given on the host."""
+    subject = f"{approval.host}: plan {approval.plan_id} approved by {approval.approver}"
+    body = f"Expires {approval.expires_at}." + (f"\n{approval.comment}" if approval.comment
+                                                 else "")
+    message = format_message(subject, body, {
+        "Source": approval.source_sha, "Host": approval.host, "Plan": approval.plan_id,
+        "Approved-By": approval.approver})
+    content = f"# {subject}\n" + yaml.safe_dump(approval.as_dict(), sort_keys=False)
+    return Record(approval.host, f"approvals/{UNSAFE.sub('_', approval.host)}.yml", content,
+                  message, approval.approved_at)
+
+
+def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,
+               cancel: Callable[[], bool] | None) -> str:
+    """Apply every playbook to the one host; return why it failed ('' when it did not)."""
+    for i, playbook in enumerate(targets.playbooks):
+        run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
+        result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
+        if result.status != "successful":
+            return f"{playbook}: ansible-playbook {result.status} (rc {result.rc})"
+    return ""
+

@@ -1,0 +1,226 @@
+"""Decide: what to do about each host's drift, by policy, windows and approvals.
+
+Reads the policy from the repo, the approvals given on this host (``petkeeper approve``) and
+those committed under ``approvals/``, and turns each host report into a Plan: apply, wait
+(for an approval or a window), report only, or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.approval import APPROVALS_DIR, Approval, parse_git_approval, plan_id, void_reason
+from agent.config import Config
+from agent.drift import CLEAN, DRIFTED, HostReport
+from agent.errors import RepoError
+from agent.gitrepo import Mirror
+from agent.ledger import classify
+from agent.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
+from agent.source import Source, resolve_in_tree
+from agent.state import StateDir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+APPLY, WAIT, REPORT_ONLY, NOTHING = "apply", "wait", "report-only", "nothing"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the cycle will do about one host's drift, and why."""
+
+    host: str
+    plan_id: str
+    source_sha: str
+    fingerprint: str
+    status: str
+    action: str
+    reason: str
+    mode: str | None = None
+    rule: str = ""
+    decisions: tuple[tuple[str, str], ...] = ()  # per change: (mode, rule)
+    gate: Gate | None = None
+    approval: Approval | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "source_sha": self.source_sha,
+                "fingerprint": self.fingerprint, "status": self.status, "action": self.action,
+                "reason": self.reason, "mode": self.mode, "rule": self.rule,
+                "decisions": [list(d) for d in self.decisions],
+                "approval": self.approval.as_dict() if self.approval else None}
+
+
+def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source_sha: str,
+               plan_id: str, approvals: Iterable[tuple[Approval, str | None]],
+               now: datetime) -> Plan:
+    """Decide what to do about REPORT's host. APPROVALS pairs each approval found for it with
+    a reason it cannot count (bad signature, already used) or None."""
+    base = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
+                fingerprint=report.fingerprint, status=report.status)
+    if report.status != DRIFTED:
+        why = "nothing to correct" if report.status == CLEAN else \
+            f"not corrected while {report.status}"
+        return Plan(**base, action=NOTHING, reason=why)
+    decisions = [decide_change(policy, report.name, groups, c.tags) for c in report.changes]
+    host_decision = decide_host(decisions)
+    assert host_decision is not None
+    mode, rule = host_decision.mode, host_decision.rule
+    gate = window_gate(policy, report.name, groups, now)
+    base.update(mode=mode, rule=rule, gate=gate,
+                decisions=tuple((d.mode, d.rule) for d in decisions))
+    if mode == "report":
+        return Plan(**base, action=REPORT_ONLY, reason=f"policy {rule}: report only, never "
+                                                       "applied, even when approved")
+    if mode == "auto":
+        if not gate.open:
+            return Plan(**base, action=WAIT, reason=f"policy {rule}: auto; {gate.reason}")
+        return Plan(**base, action=APPLY, reason=f"policy {rule}: auto")
+    valid, voids = None, []
+    for approval, problem in approvals:
+        why = problem or void_reason(approval, report.name, source_sha, report.fingerprint, now)
+        if why is None and valid is None:
+            valid = approval
+        elif why is not None:
+            voids.append(f"{approval.how} approval by {approval.approver}: {why}")
+    if valid is None:
+        asked = f"awaiting approval: petkeeper approve {plan_id}"
+        return Plan(**base, action=WAIT, reason="; ".join([asked, *voids]))
+    if not gate.open:
+        return Plan(**base, action=WAIT, approval=valid,
+                    reason=f"approved by {valid.approver}; {gate.reason}")
+    return Plan(**base, action=APPLY, approval=valid,
+                reason=f"approved by {valid.approver} ({valid.how})")
+
+
+def load_policy(config: Config, source: Source) -> Policy:
+    """The repo's policy file, or the default (every correction waits for approval)."""
+    if not (source.tree / config.policy).exists() and \
+            not (source.tree / config.policy).is_symlink():
+        return Policy()
+    path = resolve_in_tree(source.tree, config.policy, f"{config.path}: policy")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RepoError(f"{config.policy}: not valid YAML ({e}); fix the policy file") from None
+    return parse_policy(data, config.policy)
+
+
+def plan_source(mirror: Mirror, head: str) -> str:
+    """The commit a plan binds: the newest one that changed anything outside approvals/."""
+    return mirror.last_commit_touching(head, f":(exclude){APPROVALS_DIR}") or head
+
+
+def git_approvals(config: Config, mirror: Mirror, head: str,
+                  plans: Mapping[str, tuple[str, str, str]]
+                  ) -> list[tuple[Approval, str | None]]:
+    """Approvals committed under approvals/ at HEAD, each with why it cannot count (or None)."""
+    found = []
+    for path, blob in sorted(mirror.files_under(head, APPROVALS_DIR).items()):
+        if not path.endswith((".yml", ".yaml")):
+            continue
+        commit = mirror.last_commit_touching(head, path)
+        _, when = mirror.commit_message(commit)
+        try:
+            data = yaml.safe_load(blob)
+        except yaml.YAMLError as e:
+            raise RepoError(f"{path} (commit {commit[:12]}): not valid YAML ({e}); fix or "
+                            "remove the approval file") from None
+        approval = parse_git_approval(data, path, commit, mirror.commit_author(commit),
+                                      datetime.fromisoformat(when), plans)
+        problem = None
+        if config.approvals.verify:
+            ok, why = mirror.verify_commit(commit, _path(config.approvals.allowed_signers),
+                                           _path(config.approvals.gpg_home))
+            if not ok:
+                problem = f"{path}: commit {commit[:12]} is not signed by an allowed " \
+                          f"approver ({why})"
+                log.warning("%s", problem)
+        found.append((approval, problem))
+    return found
+
+
+def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source,
+                 reports: Mapping[str, HostReport], groups: Mapping[str, Sequence[str]],
+                 now: datetime) -> tuple[dict[str, Plan], dict[str, HostReport]]:
+    """Plans per host, and the reports with each change's drift class; plans.json is saved."""
+    policy = load_policy(config, source)
+    bound = plan_source(mirror, source.sha)
+    ledger = read_json(state.ledger_file, {})
+    classified = {h: classify_report(r, ledger.get(h), bound) for h, r in reports.items()}
+    ids = {h: plan_id(h, bound, r.fingerprint) for h, r in reports.items()}
+    index = {pid: (h, bound, reports[h].fingerprint) for h, pid in ids.items()}
+    from_git = git_approvals(config, mirror, source.sha, index)
+    used = used_approvals(state)
+    plans = {}
+    for host, report in reports.items():
+        mine = [(a, "already used once" if approval_key(a) in used else None)
+                for a in host_approvals(state, host)]
+        mine += [(a, p or ("already used once" if approval_key(a) in used else None))
+                 for a, p in from_git if a.host == host]
+        plans[host] = build_plan(report, groups.get(host, ()), policy, bound, ids[host], mine,
+                                 now)
+    write_json(state.plans_file, {h: p.as_dict() for h, p in plans.items()})
+    return plans, classified
+
+
+def classify_report(report: HostReport, entry: Mapping[str, Any] | None,
+                    source_sha: str) -> HostReport:
+    return replace(report, classes=tuple(classify(c, entry, source_sha)
+                                         for c in report.changes))
+
+
+def approval_key(approval: Approval) -> str:
+    return f"{approval.how}:{approval.plan_id}:{approval.approved_at}:{approval.origin}"
+
+
+def used_approvals(state: StateDir) -> set[str]:
+    return set(read_json(state.used_approvals_file, []))
+
+
+def mark_used(state: StateDir, approval: Approval) -> None:
+    used = used_approvals(state) | {approval_key(approval)}
+    write_json(state.used_approvals_file, sorted(used))
+
+
+def host_approvals(state: StateDir, host: str) -> list[Approval]:
+    """Approvals given on this machine with `petkeeper approve`, newest first."""
+    if not state.approvals.is_dir():
+        return []
+    found = [Approval.from_dict(read_json(p, {})) for p in state.approvals.glob("*.json")]
+    return sorted((a for a in found if a.host == host), key=lambda a: a.approved_at,
+                  reverse=True)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def approve_plan(config: Config, state: StateDir, mirror: Mirror, pid: str, approver: str,
+                 now: datetime, expires: datetime, comment: str) -> Approval:
+    """Record APPROVER's yes to plan PID of the last check; return the approval.
+
+    The approval binds the plan's host, source commit and fingerprint; RepoError when PID is
+    not a plan of the last check that waits for an approval."""
+    plans = read_json(state.plans_file, {})
+    match = [(host, p) for host, p in plans.items() if p.get("plan_id") == pid]
+    if not match:
+        raise RepoError(f"plan {pid}: not a plan of the last check; run petkeeper plan and "
+                        "approve one of the plan ids it shows")
+    host, plan = match[0]
+    if plan.get("mode") == "report":
+        raise RepoError(f"plan {pid} ({host}): the policy says report only ({plan['rule']}); "
+                        "an approval would never be applied: change the policy in Git instead")
+    if plan.get("action") not in (APPLY, WAIT):
+        raise RepoError(f"plan {pid} ({host}): nothing to approve ({plan.get('reason')})")
+    approval = Approval(host=host, plan_id=pid, source_sha=plan["source_sha"],
+                        fingerprint=plan["fingerprint"], approver=approver, how="host",
+                        approved_at=now.isoformat(timespec="seconds"),
+                        expires_at=expires.isoformat(timespec="seconds"), comment=comment)
+    write_json(state.approvals / f"{pid}.json", approval.as_dict())
+    return approval
