@@ -33,6 +33,7 @@ from agent.errors import FetchError, RepoError
 from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
 from agent.report import PublishResult, Record, RunInfo, drift_records, publish
+from agent.runner import stop_strays
 from agent.source import Source, open_mirror, sync_source
 from agent.state import StateDir, cycle_lock, read_json, write_status
 
@@ -119,7 +120,9 @@ def target_step(c: Cycle) -> None:
 
 
 def recover_step(c: Cycle) -> None:
-    """Applies a crash cut short are recorded as interrupted, never resumed."""
+    """Applies a crash cut short are recorded as interrupted, never resumed; what their
+    Ansible left running is stopped first."""
+    stop_strays(c.state.trees)
     for result in recover_interrupted(c.state, c.clock()):
         c.applies.append(result)
         c.pending.append(apply_record(result))

@@ -113,7 +113,7 @@ def load_policy(config: Config, source: Source) -> Policy:
 
 def plan_source(mirror: Mirror, head: str) -> str:
     """The commit a plan binds: the newest one that changed anything outside approvals/."""
-    return mirror.last_commit_touching(head, f":(exclude){APPROVALS_DIR}") or head
+    return mirror.last_commit_outside(head, APPROVALS_DIR)
 
 
 def git_approvals(config: Config, mirror: Mirror, head: str,

@@ -229,9 +229,15 @@ class Mirror:
             raise RepoError(f"no commit reachable from {commit[:12]} touches {path!r}")
         return sha
 
+    def last_commit_outside(self, commit: str, folder: str) -> str:
+        """The newest commit reachable from COMMIT that changed anything outside FOLDER."""
+        sha = self._git("log", "-1", "--format=%H", "--end-of-options", commit, "--", ".",
+                        f":(exclude,literal){folder}").strip()
+        return sha or commit
+
     def commit_author(self, commit: str) -> str:
         """Return COMMIT's author as "Name <email>" (as recorded: no mailmap)."""
-        return self._git("log", "-1", "--format=%cn <%ce>", "--end-of-options", commit).strip()
+        return self._git("log", "-1", "--format=%an <%ae>", "--end-of-options", commit).strip()
 
     def changed_paths(self, old: str, new: str) -> list[str]:
         """Return the paths whose content differs between OLD and NEW; a rename gives both."""
@@ -266,12 +272,12 @@ class Mirror:
         return _verdict(kind, trust, status, " ".join(signer.split()), fingerprint or key_id)
 
     def _signature_kind(self, commit: str) -> str | None:
-        """Return "ssh", "openpgp", another word or None (unsigned) from COMMIT's gpgsig header."""
+        """Return "ssh", "openpgp", "x509", "unknown" or None (unsigned) from COMMIT's gpgsig."""
         header = self._git("cat-file", "commit", "--end-of-options", commit).partition("\n\n")[0]
         for line in header.splitlines():
             if line.startswith(("gpgsig ", "gpgsig-sha256 ")):
                 armor = line.partition(" ")[2].strip()
-                return _SIGNATURE_KINDS.get(armor, armor.strip("-").lower() or "unknown")
+                return _SIGNATURE_KINDS.get(armor, "unknown")
         return None
 
     # -- plumbing --------------------------------------------------------------------------
@@ -321,7 +327,8 @@ def _last_line(text: str) -> str:
 
 
 _SIGNATURE_KINDS = {"-----BEGIN SSH SIGNATURE-----": "ssh",
-                    "-----BEGIN PGP SIGNATURE-----": "openpgp"}
+                    "-----BEGIN PGP SIGNATURE-----": "openpgp",
+                    "-----BEGIN SIGNED MESSAGE-----": "x509"}
 _VERIFIERS = {"ssh": "ssh-keygen", "openpgp": "gpg"}
 
 

@@ -120,8 +120,8 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
             suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
             forks=run.forks,
         )
-        if stopped:
-            close_control_masters(control_dir)
+        # Masters of a per-run control folder cannot serve a later run: close them now.
+        close_control_masters(control_dir)
         facts = _read_facts(facts_file)
     _scrub_artifacts(work_dir / "artifacts" / run.ident)
     status = stopped[0] if stopped else str(r.status)
@@ -141,8 +141,21 @@ def stop_process_tree(roots: list[int], grace: float = STOP_GRACE) -> None:
             time.sleep(0.05)
 
 
+def stop_strays(folder: Path) -> list[int]:
+    """Stop the processes left running in FOLDER by a run whose agent was killed (Ansible's
+    workers outlive it); only a lock holder may call this. Return their PIDs."""
+    root = str(folder.resolve())
+    strays = [pid for pid in _parents() if pid != os.getpid() and
+              _cwd(pid).startswith(root + os.sep)]
+    if strays:
+        log.warning("stopping %d process(es) left by an interrupted run: %s", len(strays),
+                    ", ".join(map(str, strays)))
+        stop_process_tree(strays)
+    return strays
+
+
 def close_control_masters(control_dir: Path) -> None:
-    """Ask each SSH ControlPersist master of a stopped run to exit (they left its tree)."""
+    """Ask each SSH ControlPersist master of a run to exit (they left its process tree)."""
     for sock in control_dir.iterdir():
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "petkeeper"],
@@ -268,6 +281,13 @@ def _parents() -> dict[int, int]:
             if len(fields) > 1:
                 result[int(entry)] = int(fields[1])
     return result
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:

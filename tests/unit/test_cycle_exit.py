@@ -79,7 +79,7 @@ def test_stages_are_ordered_as_the_cycle_runs():
 def test_every_step_list_moves_the_stage_forward_only():
     from agent.cycle import CHECK_STEPS, RUN_STEPS
 
-    assert CHECK_STEPS == tuple(s for s in RUN_STEPS if s in CHECK_STEPS)
+    assert tuple(s for s in RUN_STEPS if s in CHECK_STEPS) == CHECK_STEPS
 
 
 def test_a_new_cycle_starts_at_started():
