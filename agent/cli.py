@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "bare repo, and run a check against them")
     demo.add_argument("--workdir", type=Path, default=Path("/tmp/petkeeper-demo"),
                       help="where the demo keeps its repo, hosts and state")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo hosts up until Ctrl-C, to try plan, approve and run")
     return parser
 
 
@@ -206,7 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo  # the demo needs root and sshd; nothing else does
 
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, keep=args.keep)
 
 
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,

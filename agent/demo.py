@@ -8,8 +8,10 @@ file on pet2 by hand (the drift), then runs ``petkeeper check`` and shows the re
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -29,8 +31,9 @@ PLAYBOOK = "playbooks/site.yml"
 INVENTORY = "inventories/demo/hosts.yml"
 
 
-def run_demo(workdir: Path) -> int:
-    """Run the whole demo in WORKDIR (recreated); return 0 when it showed the drift."""
+def run_demo(workdir: Path, keep: bool = False) -> int:
+    """Run the whole demo in WORKDIR (recreated); return 0 when it showed the drift. With KEEP,
+    the hosts stay up until Ctrl-C, for trying plan, approve and run by hand."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, mode=0o700)
@@ -47,6 +50,13 @@ def run_demo(workdir: Path) -> int:
         _say(f"petkeeper --config {config_path} check")
         cycle = run_check(config)
         print(render_check(cycle.as_json(), color=sys.stdout.isatty()))
+        if keep:
+            _say(f"the demo hosts stay up until Ctrl-C. In another shell, try:\n"
+                 f"   petkeeper --config {config_path} plan\n"
+                 f"   petkeeper --config {config_path} approve PLAN_ID\n"
+                 f"   petkeeper --config {config_path} run\n"
+                 f"   petkeeper --config {config_path} history pet2")
+            _wait_for_interrupt()
     log = subprocess.run(["git", "--git-dir", str(remote), "log", "--format=%h %s%n%(trailers)",
                           "petkeeper/reports"], capture_output=True, text=True, check=True)
     _say(f"report commits on petkeeper/reports of {remote}:")
@@ -103,6 +113,14 @@ def converge(config: Config, workdir: Path) -> None:
     if result.status != "successful":
         raise AgentError(f"demo: converging the demo hosts failed ({result.status}, rc "
                          f"{result.rc}): {result.error}")
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    _say("stopping the demo hosts")
 
 
 def _git(*args: str) -> None:
