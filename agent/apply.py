@@ -23,8 +23,9 @@ from agent.drift import CLEAN, HostReport
 from agent.ledger import record_apply
 from agent.report import UNSAFE, Record, format_message
 from agent.runner import run_playbook
-from agent.source import Source
+from agent.source import Source, resolve_folder
 from agent.state import StateDir, read_json, write_json
+from agent.verify import run_host_tests
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ApplyResult:
     finished: str = ""
     run_id: str = ""
     message: str = ""
+    tests: dict[str, Any] | None = None  # the repo's post-apply tests (agent.verify)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "leftovers": list(self.leftovers)}
@@ -80,13 +82,15 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
                         cancel)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
     converged = after.status == CLEAN and not failed
+    tests = _post_apply_tests(config, source, one, plan.host)
     ledger = read_json(state.ledger_file, {})
     ledger[plan.host] = record_apply(ledger.get(plan.host), plan.source_sha, converged,
                                      [c for c in after.changes if not c.check_blind])
     write_json(state.ledger_file, ledger)
     result = ApplyResult(**common, result=CONVERGED if converged else (
         FAILED_APPLY if failed else NOT_CONVERGED), after_status=after.status,
-        leftovers=leftovers, finished=now().isoformat(timespec="seconds"), message=failed)
+        leftovers=leftovers, finished=now().isoformat(timespec="seconds"), message=failed,
+        tests=tests)
     journal.unlink(missing_ok=True)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
     return result, after
@@ -118,6 +122,10 @@ def apply_record(result: ApplyResult) -> Record:
     subject = f"{result.host}: apply of plan {result.plan_id}: {result.result}"
     body = (f"Approved by {result.approved_by}. Before: {result.before_status}, after: "
             f"{result.after_status}.")
+    if result.tests is not None:
+        t = result.tests
+        body += (f"\nPost-apply tests: {'passed' if t['passed'] else 'FAILED'} ({t['tests']} "
+                 f"run, {t['failures'] + t['errors']} failed)")
     if result.leftovers:
         body += "\nStill changing: " + ", ".join(result.leftovers)
     message = format_message(subject, body, {
@@ -140,6 +148,17 @@ def approval_record(approval: Approval) -> Record:
     content = f"# {subject}\n" + yaml.safe_dump(approval.as_dict(), sort_keys=False)
     return Record(approval.host, f"approvals/{UNSAFE.sub('_', approval.host)}.yml", content,
                   message, approval.approved_at)
+
+
+def _post_apply_tests(config: Config, source: Source, targets: Targets,
+                      host: str) -> dict[str, Any] | None:
+    """Run the repo's testinfra tests against HOST when the repo has them."""
+    if not config.post_apply_tests or not (source.tree / config.post_apply_tests).is_dir():
+        return None
+    folder = resolve_folder(source.tree, config.post_apply_tests,
+                            f"{config.path}: post_apply_tests")
+    run = playbook_run(config, source, targets, targets.playbooks[0], "tests", check=False)
+    return run_host_tests(run, folder, host).as_dict()
 
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,

@@ -75,6 +75,8 @@ class Config:
     state_dir: Path = Path("/var/lib/petkeeper")
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     policy: str = "petkeeper/policy.yml"  # inside the repo; absent file: everything waits
+    post_apply_tests: str | None = "tests"  # the repo's testinfra tests, run after an apply
+    requirements: str = "requirements.yml"  # Galaxy roles and collections, in the repo
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
     @property
@@ -123,7 +125,8 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
                            f"got {_kind(data)}; see README: Configuration"])
     top = _Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                  "extra_vars", "vault_password_file", "reports", "state_dir",
-                                 "ansible", "policy", "approvals"})
+                                 "ansible", "policy", "approvals", "post_apply_tests",
+                                 "requirements"})
     repo_data = top.mapping("repo", required=True)
     repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout"})
     url = repo.string("url", required=True)
@@ -167,6 +170,15 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
               "set approvals.allowed_signers (SSH) or approvals.gpg_home (OpenPGP)")
     policy = top.string("policy") or "petkeeper/policy.yml"
     _check_repo_path(p, "policy", policy)
+    requirements = top.string("requirements") or "requirements.yml"
+    _check_repo_path(p, "requirements", requirements)
+    tests: str | None = "tests"
+    if data.get("post_apply_tests", "tests") is False:
+        tests = None
+    elif "post_apply_tests" in data:
+        tests = top.string("post_apply_tests")
+        if tests:
+            _check_repo_path(p, "post_apply_tests", tests)
     playbooks = top.strings("playbooks")
     for i, name in enumerate(playbooks):
         _check_repo_path(p, f"playbooks[{i}]", name)
@@ -184,6 +196,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         extra_vars=tuple(top.strings("extra_vars", split=False)),
         vault_password_file=top.string("vault_password_file"), reports=reports,
         state_dir=Path(state_dir), ansible=ansible, policy=policy, approvals=approvals,
+        post_apply_tests=tests, requirements=requirements,
     )
     for i, name in enumerate(overrides.playbooks):
         _check_repo_path(p, f"playbooks[{i}] (command line)", name)

@@ -12,7 +12,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from agent.decide import APPLY, Plan, classify_report, decide_plans
 from agent.detect import Targets, check_drift, select_targets
 from agent.drift import CLEAN, DRIFTED, HostReport
 from agent.errors import FetchError, RepoError
+from agent.galaxy import install_requirements
 from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
 from agent.report import PublishResult, Record, RunInfo, drift_records, publish
@@ -88,7 +89,8 @@ class Cycle:
             return EXIT_ERROR
         if self.source is not None and self.source.fetch_error:
             return EXIT_ERROR
-        if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY) for a in self.applies):
+        if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY) or
+               (a.tests is not None and not a.tests["passed"]) for a in self.applies):
             return EXIT_ERROR
         return EXIT_DRIFT if DRIFTED in statuses else EXIT_CLEAN
 
@@ -108,8 +110,12 @@ class Cycle:
 
 
 def fetch_step(c: Cycle) -> None:
+    """Pull: fetch, pin the commit, materialise it, install its Galaxy requirements."""
     c.mirror = open_mirror(c.config, c.state)
-    c.source = sync_source(c.config, c.state, c.mirror)
+    source = sync_source(c.config, c.state, c.mirror)
+    env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
+                               c.config.ansible.timeout)
+    c.source = replace(source, env=env)
     c.advance(Stage.FETCHED)
 
 

@@ -63,14 +63,15 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
         inventory = write_local_inventory(state, names[1] if len(names) > 1 else names[0])
     limit = config.limit
     if limit is None:
-        everyone = list_hosts(source.tree, inventory, None, config.vault_password_file)
+        everyone = list_hosts(source.tree, inventory, None, config.vault_password_file,
+                              source.env)
         mine = [n for n in names if n in everyone]
         if not mine:
             raise RepoError(f"{config.path}: limit: not set, and this host ({', '.join(names)}) "
                             f"is not in the inventory {config.inventory or inventory}; add it to "
                             "the inventory or set limit: to the hosts to check")
         limit = mine[0]
-    hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file)
+    hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env)
     if not hosts:
         raise RepoError(f"{config.path}: limit: {limit!r} selects no host of the inventory; "
                         "fix the limit")
@@ -116,4 +117,4 @@ def playbook_run(config: Config, source: Source, targets: Targets, playbook: str
         check=check, ident=ident, tags=config.tags, skip_tags=config.skip_tags,
         extra_vars=config.extra_vars, vault_password_file=config.vault_password_file,
         timeout=a.timeout, forks=a.forks, private_key_file=a.private_key_file,
-        known_hosts_file=a.known_hosts_file)
+        known_hosts_file=a.known_hosts_file, env=source.env)

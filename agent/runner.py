@@ -1,4 +1,5 @@
-"""Runs Ansible: the only module that imports ansible-runner or starts an Ansible program.
+"""Runs Ansible: the only module that imports ansible-runner (agent.galaxy alone starts
+ansible-galaxy).
 
 Events are kept in memory and returned; none is written to the artifacts folder, which keeps
 only ansible-runner's bounded, rotated bookkeeping.
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class PlaybookRun:
     forks: int = 5
     private_key_file: str | None = None
     known_hosts_file: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # e.g. agent.galaxy's paths
 
 
 @dataclass
@@ -163,7 +165,8 @@ def close_control_masters(control_dir: Path) -> None:
 
 
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
-               vault_password_file: str | None = None) -> dict[str, tuple[str, ...]]:
+               vault_password_file: str | None = None,
+               extra_env: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
     """Return the inventory's hosts matching LIMIT, each with every group it is in; RepoError
     if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing."""
     argv = ["ansible-inventory", "-i", str(inventory), "--list"]
@@ -171,7 +174,7 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
         argv += ["--limit", limit]
     if vault_password_file:
         argv += ["--vault-password-file", vault_password_file]
-    env = {**os.environ, **_strict_env(), "PATH": _path_with_venv()}
+    env = {**os.environ, **_strict_env(), **(extra_env or {}), "PATH": path_with_venv()}
     try:
         proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True,
                               timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -217,7 +220,7 @@ def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:
 
 def build_env(run: PlaybookRun) -> dict[str, str]:
     """Return the environment ansible-playbook runs with: strict inventory, host keys checked."""
-    env = {**_strict_env(), "PATH": _path_with_venv(), "ANSIBLE_PIPELINING": "True",
+    env = {**_strict_env(), "PATH": path_with_venv(), "ANSIBLE_PIPELINING": "True",
            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS),
            "ANSIBLE_CALLBACKS_ENABLED": "petkeeper_facts"}
@@ -227,7 +230,7 @@ def build_env(run: PlaybookRun) -> dict[str, str]:
     env["ANSIBLE_SSH_COMMON_ARGS"] = shlex.join(ssh_args)
     if run.private_key_file:
         env["ANSIBLE_PRIVATE_KEY_FILE"] = run.private_key_file
-    return env
+    return {**env, **run.env}
 
 
 def _extra_var_files(values: Sequence[str], folder: Path) -> list[str]:
@@ -315,7 +318,7 @@ def _strict_env() -> dict[str, str]:
             "ANSIBLE_HOST_KEY_CHECKING": "True"}
 
 
-def _path_with_venv() -> str:
+def path_with_venv() -> str:
     """ansible-runner starts ansible-playbook by name: find ours first."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "/usr/bin:/bin")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import Config
@@ -25,6 +26,7 @@ class Source:
     sha: str
     tree: Path
     fetch_error: str | None = None  # the fetch failed: this is the last good commit
+    env: Mapping[str, str] = field(default_factory=dict)  # for Ansible: Galaxy requirements
 
 
 def open_mirror(config: Config, state: StateDir) -> Mirror:
@@ -60,14 +62,28 @@ def prune_trees(trees: Path, keep: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_in_tree(tree: Path, relpath: str, what: str) -> Path:
-    """Return RELPATH inside TREE, following symlinks; RepoError if it leaves the tree or is
-    missing. WHAT names the setting, for the error."""
+def resolve_folder(tree: Path, relpath: str, what: str) -> Path:
+    """Return folder RELPATH inside TREE (RepoError if it resolves outside)."""
+    target = _contained(tree, relpath, what)
+    if not target.is_dir():
+        raise RepoError(f"{what}: {relpath!r} is not a folder in the repository at this "
+                        "commit; fix the path")
+    return target
+
+
+def _contained(tree: Path, relpath: str, what: str) -> Path:
     root = Path(os.path.realpath(tree))
     target = Path(os.path.realpath(root / relpath))
     if os.path.commonpath([root, target]) != str(root):
         raise RepoError(f"{what}: {relpath!r} resolves outside the repository (to {target}); "
-                        "point it at a file inside the repository")
+                        "point it inside the repository")
+    return target
+
+
+def resolve_in_tree(tree: Path, relpath: str, what: str) -> Path:
+    """Return RELPATH inside TREE, following symlinks; RepoError if it leaves the tree or is
+    missing. WHAT names the setting, for the error."""
+    target = _contained(tree, relpath, what)
     if not target.is_file():
         raise RepoError(f"{what}: {relpath!r} not found in the repository at this commit; "
                         "fix the path or commit the file")

@@ -1,0 +1,81 @@
+"""Galaxy requirements: roles and collections a GitOps repo asks for, installed per content.
+
+When the repo has ``requirements.yml`` (the ``requirements`` setting), its roles and collections
+are installed with ``ansible-galaxy`` into ``STATE_DIR/galaxy/<hash of the file>/`` before any
+check, and every Ansible run of that commit uses them. Sources may be local (``type: file``,
+``dir``, ``git`` with a file:// URL), so an offline pet works. An unchanged file is installed
+once; a failed install is a clear error and leaves no half-filled cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from agent.errors import RepoError
+from agent.runner import path_with_venv
+
+log = logging.getLogger(__name__)
+
+CACHES_KEPT = 3
+DEFAULT_COLLECTIONS = "~/.ansible/collections:/usr/share/ansible/collections"
+
+
+def install_requirements(tree: Path, requirements: str, cache_root: Path,
+                         timeout: float) -> dict[str, str]:
+    """Install REQUIREMENTS of TREE (if the file exists) into a cache under CACHE_ROOT; return
+    the environment that points Ansible at it ({} when there is nothing to install)."""
+    source = tree / requirements
+    if not source.is_file():
+        return {}
+    content = source.read_bytes()
+    cache = cache_root / hashlib.sha256(content).hexdigest()[:16]
+    if not cache.is_dir():
+        _install(source, requirements, cache, timeout)
+        _prune(cache_root, keep=cache)
+    else:
+        os.utime(cache)  # most recently used
+    return {"ANSIBLE_ROLES_PATH": str(cache / "roles"),
+            "ANSIBLE_COLLECTIONS_PATH": f"{cache / 'collections'}:{DEFAULT_COLLECTIONS}"}
+
+
+def _install(source: Path, name: str, cache: Path, timeout: float) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
+    try:
+        for kind in ("role", "collection"):
+            target = tmp / ("roles" if kind == "role" else "collections")
+            argv = ["ansible-galaxy", kind, "install", "-r", str(source), "-p", str(target)]
+            _galaxy(argv, source.parent, name, kind, timeout)
+        os.replace(tmp, cache)
+        log.info("installed %s into %s", name, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _galaxy(argv: list[str], cwd: Path, name: str, kind: str, timeout: float) -> None:
+    env = {**os.environ, "PATH": path_with_venv(), "ANSIBLE_NOCOLOR": "1"}
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RepoError(f"{name}: installing its {kind}s took over {timeout:.0f}s; check the "
+                        "sources it names") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "ERROR" in ln] or lines[-1:] or ["no output"]
+        raise RepoError(f"{name}: ansible-galaxy could not install its {kind}s: "
+                        f"{errors[0].removeprefix('[ERROR]:').strip()}; fix the requirement "
+                        "or its source")
+
+
+def _prune(cache_root: Path, keep: Path) -> None:
+    others = sorted((p for p in cache_root.iterdir() if p.is_dir() and p != keep and
+                     not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[CACHES_KEPT - 1:]:
+        shutil.rmtree(old, ignore_errors=True)

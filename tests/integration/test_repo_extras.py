@@ -1,0 +1,150 @@
+"""What a GitOps repo may bring besides playbooks: testinfra tests run after an apply, and
+Galaxy requirements installed from local sources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import (
+    GitRemote,
+    converge,
+    git,
+    pet_hosts,
+    petkeeper,
+    pets_repo_files,
+    write_agent_config,
+)
+
+pytestmark = pytest.mark.hosts
+
+PET_TESTS = '''\
+def test_motd_is_the_managed_one(host):
+    assert "edited by hand" not in host.file("/etc/motd").content_string
+
+
+def test_pet_conf_is_steady(host):
+    assert host.file("/etc/pet.conf").contains("mode=steady")
+'''
+
+
+@pytest.fixture
+def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "beta")))
+    converge(host_pool, remote, "beta", tmp_path)
+    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+    return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+                              limit="beta")
+
+
+def run_json(config: Path, command: str = "run") -> tuple[int, dict]:
+    r = petkeeper("--config", str(config), command, "--json")
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_repo_tests_run_after_an_apply_and_their_result_is_recorded(pets, remote, host_pool):
+    remote.commit({"petkeeper/policy.yml": "default: auto\n", "tests/test_pet.py": PET_TESTS})
+    code, ran = run_json(pets)
+
+    [applied] = ran["applies"]
+    assert applied["result"] == "converged"
+    assert applied["tests"]["passed"] and applied["tests"]["tests"] == 2
+    assert code == 0
+    record = yaml.safe_load(remote.show("petkeeper/reports", "applies/beta.yml"))
+    assert record["tests"]["passed"]
+    assert "Post-apply tests: passed (2 run, 0 failed)" in remote.log(fmt="%B%x00")[1]
+
+    remote.commit({"tests/test_pet.py": PET_TESTS + '''
+
+def test_a_file_nobody_manages(host):
+    assert host.file("/etc/not-there").exists
+'''})
+    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+    code, failed = run_json(pets)
+    [applied] = failed["applies"]
+    assert applied["result"] == "converged" and not applied["tests"]["passed"]
+    assert applied["tests"]["failed"] == [
+        "tests.test_pet::test_a_file_nobody_manages[ansible://beta]"]
+    assert code == 1  # a correction that broke a test is visible at once
+
+
+def build_sources(tmp: Path) -> dict[str, str]:
+    """A role as a tarball, a role in a Git repo, and a collection tarball, all local."""
+    role = tmp / "src" / "galaxy_motd"
+    (role / "tasks").mkdir(parents=True)
+    (role / "meta").mkdir()
+    (role / "tasks" / "main.yml").write_text(
+        "- name: Write the Galaxy role's file\n  ansible.builtin.copy:\n"
+        "    content: \"from galaxy\\n\"\n    dest: /etc/from-galaxy\n    mode: \"0644\"\n")
+    (role / "meta" / "main.yml").write_text(
+        "galaxy_info: {author: t, description: t, license: MIT, min_ansible_version: '2.15', "
+        "platforms: []}\ndependencies: []\n")
+    subprocess.run(["tar", "-czf", str(tmp / "galaxy_motd.tar.gz"), "-C", str(tmp / "src"),
+                    "galaxy_motd"], check=True)
+    git_role = GitRemote(tmp / "gitrole")
+    git_role.commit({"tasks/main.yml": "- name: Note the Git role\n  ansible.builtin.copy:\n"
+                                       "    content: \"from git\\n\"\n    dest: /etc/from-git\n"
+                                       "    mode: \"0644\"\n",
+                     "meta/main.yml": (role / "meta" / "main.yml").read_text()})
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([bin_dir / "ansible-galaxy", "collection", "init", "acme.pets",
+                    "--init-path", str(tmp / "coll")], check=True, capture_output=True)
+    subprocess.run([bin_dir / "ansible-galaxy", "collection", "build",
+                    str(tmp / "coll" / "acme" / "pets"), "--output-path", str(tmp)],
+                   check=True, capture_output=True)
+    return {"tarball": f"file://{tmp}/galaxy_motd.tar.gz", "git": f"git+{git_role.url}",
+            "collection": str(tmp / "acme-pets-1.0.0.tar.gz")}
+
+
+def requirements(sources: dict[str, str]) -> str:
+    return yaml.safe_dump({
+        "roles": [{"name": "galaxy_motd", "src": sources["tarball"]},
+                  {"name": "git_role", "src": sources["git"], "version": "main"}],
+        "collections": [{"name": sources["collection"], "type": "file"}]})
+
+
+def test_galaxy_requirements_are_installed_once_per_content_and_used(pets, remote, tmp_path):
+    sources = build_sources(tmp_path / "sources")
+    remote.commit({"requirements.yml": requirements(sources),
+                   "site.yml": pets_repo_files({})["site.yml"].replace(
+                       "    - role: motd\n", "    - role: galaxy_motd\n    - role: git_role\n"
+                                               "    - role: motd\n")})
+    code, checked = run_json(pets, "check")
+    assert code == 2
+
+    tasks = [c["task"] for c in checked["hosts"]["beta"]["changes"]]
+    assert tasks[:2] == ["Write the Galaxy role's file", "Note the Git role"]
+    caches = list((tmp_path / "state" / "galaxy").iterdir())
+    assert len(caches) == 1
+    assert (caches[0] / "collections" / "ansible_collections" / "acme" / "pets").is_dir()
+    inode = caches[0].stat().st_ino
+
+    remote.commit({"README.md": "unrelated\n"})
+    run_json(pets, "check")
+    [again] = list((tmp_path / "state" / "galaxy").iterdir())
+    assert again.stat().st_ino == inode  # the same requirements are not installed twice
+
+
+def test_a_failed_galaxy_install_is_one_clear_error_and_changes_nothing(pets, remote,
+                                                                        tmp_path):
+    run_json(pets, "check")
+    status = (tmp_path / "state" / "status.json").read_bytes()
+    remote.commit({"requirements.yml": yaml.safe_dump(
+        {"roles": [{"name": "gone", "src": f"file://{tmp_path}/missing.tar.gz"}]})})
+    r = petkeeper("--config", str(pets), "check")
+
+    assert r.returncode == 1
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("petkeeper: error: requirements.yml: ansible-galaxy could not "
+                           "install its roles")
+    assert (tmp_path / "state" / "status.json").read_bytes() == status
+    assert [p for p in (tmp_path / "state" / "galaxy").iterdir()
+            if not p.name.startswith(".")] == []
+    assert git("--git-dir", str(remote.bare), "log", "--oneline", "petkeeper/reports").count(
+        "\n") == 1

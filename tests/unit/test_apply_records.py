@@ -1,0 +1,228 @@
+"""agent.apply's records for the reports branch (apply and approval commits, read back by Git's
+own trailer parser), interrupted applies found in the journal, and `petkeeper history`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.apply import (
+    INTERRUPTED,
+    ApplyResult,
+    apply_record,
+    approval_record,
+    recover_interrupted,
+)
+from agent.approval import HOST, Approval
+from agent.output import render_history
+from agent.policy import parse_policy
+from agent.state import StateDir, write_json
+
+SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
+PID = "3f2a9c0d1e2b4a5f"
+FP = "a547283f08a3a78e1f2887dd23ac2248b5ccdbed8f51b937fbfc8aa81f3fa1e4"
+NOW = datetime(2026, 11, 25, 21, 30, tzinfo=UTC)
+APPROVAL = Approval(host="db1", plan_id=PID, source_sha=SRC, fingerprint=FP, approver="alice",
+                    how=HOST, approved_at="2026-11-25T20:00:00+00:00",
+                    expires_at="2026-11-26T00:00:00+00:00", comment="ticket OPS-42")
+RESULT = ApplyResult(host="db1", plan_id=PID, source_sha=SRC, result="not converged",
+                     approved_by="alice", approval=APPROVAL.as_dict(), before_status="drifted",
+                     after_status="drifted", leftovers=("Write motd", "Rotate logs"),
+                     started="2026-11-25T21:00:00+00:00", finished="2026-11-25T21:02:10+00:00",
+                     run_id="20261125T210000Z-a1b2c3", message="")
+
+
+def git_trailers(message: str) -> dict[str, str]:
+    """The trailers Git itself reads from MESSAGE (what `git log %(trailers)` shows)."""
+    # No user or system config: a configured trailer would change what Git accepts.
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    out = subprocess.run(["git", "interpret-trailers", "--parse"], input=message, env=env,
+                         cwd=os.path.abspath(os.sep), capture_output=True, text=True, check=True,
+                         timeout=30).stdout
+    return dict(line.split(": ", 1) for line in out.splitlines())
+
+
+# --- apply_record ----------------------------------------------------------------------------
+
+def test_an_apply_record_is_the_hosts_file_under_applies_committed_when_it_finished():
+    record = apply_record(RESULT)
+
+    assert (record.host, record.path, record.when) == ("db1", "applies/db1.yml",
+                                                       "2026-11-25T21:02:10+00:00")
+
+
+@pytest.mark.parametrize(("host", "path"), [
+    ("web1.example.com", "applies/web1.example.com.yml"), ("fe80::1", "applies/fe80__1.yml"),
+    ("../../etc/passwd", "applies/.._.._etc_passwd.yml"), ("a b/c", "applies/a_b_c.yml")])
+def test_an_apply_record_for_an_unsafe_host_name_stays_one_file_under_applies(host: str,
+                                                                               path: str):
+    assert apply_record(dataclasses.replace(RESULT, host=host)).path == path
+
+
+def test_an_apply_records_message_carries_trailers_git_can_parse():
+    message = apply_record(RESULT).message
+
+    assert message.splitlines()[0] == f"db1: apply of plan {PID}: not converged"
+    assert git_trailers(message) == {
+        "Petkeeper-Source": SRC, "Petkeeper-Run": "20261125T210000Z-a1b2c3",
+        "Petkeeper-Host": "db1", "Petkeeper-Status": "drifted", "Petkeeper-Plan": PID,
+        "Petkeeper-Approved-By": "alice"}
+    assert "Approved by alice. Before: drifted, after: drifted.\nStill changing: Write motd, " \
+           "Rotate logs\n" in message
+
+
+def test_an_auto_applys_trailer_names_the_policy_rule():
+    auto = dataclasses.replace(RESULT, approved_by="policy: auto (self-heal the web tier)",
+                               approval=None, leftovers=(), result="converged",
+                               after_status="clean")
+
+    message = apply_record(auto).message
+
+    assert git_trailers(message)["Petkeeper-Approved-By"] == \
+        "policy: auto (self-heal the web tier)"
+    assert git_trailers(message)["Petkeeper-Status"] == "clean"
+    assert "Still changing" not in message
+
+
+@pytest.mark.xfail(strict=True, reason="bug: format_message writes trailer values as they are; "
+                   "a rule name with a line break (`name: >` in policy.yml keeps a final one) "
+                   "ends the trailer block with a non-trailer line, and Git then reads no "
+                   "trailers at all: history loses the commit's host, source and approver")
+def test_trailers_survive_a_rule_name_written_as_a_folded_yaml_scalar():
+    policy = parse_policy(yaml.safe_load(
+        "rules:\n  - name: >\n      self-heal the web tier\n    mode: auto\n"), "policy.yml")
+    rule = policy.rules[0].name
+    assert rule == "self-heal the web tier\n"
+    auto = dataclasses.replace(RESULT, approved_by=f"policy: auto ({rule})")  # as apply_plan
+
+    assert git_trailers(apply_record(auto).message).get("Petkeeper-Host") == "db1"
+
+
+def test_an_apply_records_content_loads_back_to_the_result_under_a_comment():
+    content = apply_record(RESULT).content
+
+    assert content.startswith(f"# db1: apply of plan {PID}: not converged\n")
+    assert yaml.safe_load(content) == RESULT.as_dict()
+    assert yaml.safe_load(content)["leftovers"] == ["Write motd", "Rotate logs"]
+    assert yaml.safe_load(content)["approval"]["comment"] == "ticket OPS-42"
+
+
+# --- approval_record -------------------------------------------------------------------------
+
+def test_an_approval_record_is_the_hosts_file_under_approvals_committed_when_approved():
+    record = approval_record(APPROVAL)
+
+    assert (record.host, record.path, record.when) == ("db1", "approvals/db1.yml",
+                                                       "2026-11-25T20:00:00+00:00")
+    assert approval_record(dataclasses.replace(APPROVAL, host="fe80::1")).path == \
+        "approvals/fe80__1.yml"
+
+
+def test_an_approval_records_message_carries_plan_and_approver_trailers():
+    message = approval_record(APPROVAL).message
+
+    assert message.splitlines()[0] == f"db1: plan {PID} approved by alice"
+    assert git_trailers(message) == {"Petkeeper-Source": SRC, "Petkeeper-Host": "db1",
+                                     "Petkeeper-Plan": PID, "Petkeeper-Approved-By": "alice"}
+    assert "Expires 2026-11-26T00:00:00+00:00.\nticket OPS-42\n" in message
+
+
+def test_an_approval_records_content_loads_back_to_the_approval():
+    content = approval_record(APPROVAL).content
+
+    assert content.startswith(f"# db1: plan {PID} approved by alice\n")
+    assert Approval.from_dict(yaml.safe_load(content)) == APPROVAL
+
+
+# --- recover_interrupted ---------------------------------------------------------------------
+
+@pytest.fixture
+def state(tmp_path: Path) -> StateDir:
+    s = StateDir(tmp_path / "state")
+    s.ensure()
+    return s
+
+
+def journal(state: StateDir, result: ApplyResult) -> Path:
+    """Journal RESULT's apply as apply_plan does before it starts."""
+    path = state.journal / f"{result.plan_id}.json"
+    fields = ("host", "plan_id", "source_sha", "approved_by", "run_id", "started", "approval",
+              "before_status")
+    write_json(path, {**{k: getattr(result, k) for k in fields}, "state": "applying"})
+    return path
+
+
+def test_an_apply_cut_short_is_recorded_as_interrupted_and_its_journal_removed(state: StateDir):
+    auto = dataclasses.replace(RESULT, host="web1", plan_id="fedcba9876543210", approval=None,
+                               approved_by="policy: auto (self-heal)")
+    paths = [journal(state, RESULT), journal(state, auto)]
+    write_json(state.used_approvals_file, ["host:x"])
+    used_before = state.used_approvals_file.read_bytes()
+
+    found = recover_interrupted(state, NOW)
+
+    assert [(r.host, r.plan_id, r.result) for r in found] == [
+        ("db1", PID, INTERRUPTED), ("web1", "fedcba9876543210", INTERRUPTED)]
+    assert found[0] == ApplyResult(
+        host="db1", plan_id=PID, source_sha=SRC, result=INTERRUPTED, approved_by="alice",
+        approval=APPROVAL.as_dict(), before_status="drifted", after_status="unknown",
+        started="2026-11-25T21:00:00+00:00", finished="2026-11-25T21:30:00+00:00",
+        run_id="20261125T210000Z-a1b2c3",
+        message="the agent stopped during this apply; it was not resumed and will not be "
+                "re-applied without a new approval")
+    assert not any(p.exists() for p in paths)
+    assert list(state.journal.iterdir()) == []
+    assert state.used_approvals_file.read_bytes() == used_before  # the approval stays used
+    assert recover_interrupted(state, NOW) == []
+
+
+def test_without_a_journal_folder_nothing_was_interrupted(state: StateDir):
+    assert recover_interrupted(state, NOW) == []
+    assert not state.journal.exists()
+
+
+def test_an_interrupted_apply_is_recorded_like_any_apply(state: StateDir):
+    journal(state, RESULT)
+
+    (result,) = recover_interrupted(state, NOW)
+    record = apply_record(result)
+
+    assert record.message.splitlines()[0] == f"db1: apply of plan {PID}: interrupted"
+    assert git_trailers(record.message)["Petkeeper-Status"] == "unknown"
+    assert yaml.safe_load(record.content) == result.as_dict()
+
+
+# --- output.render_history -------------------------------------------------------------------
+
+def entry(message: str, date: str, sha: str = "1" * 40) -> dict[str, Any]:
+    """A report_history() entry for a commit with MESSAGE, trailers as Git reads them."""
+    return {"sha": sha, "date": date, "subject": message.splitlines()[0],
+            "trailers": git_trailers(message)}
+
+
+def test_history_shows_one_line_per_commit_with_the_approver_when_there_is_one():
+    check = ("db1: drifted (1 change)\n\nCheck of 8f14e45fceea by pet1 (status changed).\n\n"
+             f"Petkeeper-Source: {SRC}\nPetkeeper-Run: r1\nPetkeeper-Host: db1\n"
+             "Petkeeper-Status: drifted\n")
+    entries = [entry(apply_record(RESULT).message, "2026-11-25T21:02:10+00:00"),
+               entry(approval_record(APPROVAL).message, "2026-11-25T20:00:00+00:00"),
+               entry(check, "2026-11-25T19:00:00+00:00")]
+
+    assert render_history(entries).splitlines() == [
+        f"2026-11-25T21:02:10+00:00  db1: apply of plan {PID}: not converged  "
+        f"(source {SRC[:12]}, approved by alice)",
+        f"2026-11-25T20:00:00+00:00  db1: plan {PID} approved by alice  "
+        f"(source {SRC[:12]}, approved by alice)",
+        f"2026-11-25T19:00:00+00:00  db1: drifted (1 change)  (source {SRC[:12]})",
+    ]
+
+
+def test_history_without_commits_says_there_are_no_reports_yet():
+    assert render_history([]) == "no reports yet"
