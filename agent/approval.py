@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.config import parse_duration
+import yaml
+
+from agent.config import parse_duration, printable_key
 from agent.errors import RepoError
 
 APPROVALS_DIR = "approvals"
@@ -105,12 +107,12 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
     unknown = sorted(set(map(str, data)) - {"host", "plan", "fingerprint", "source", "expires",
                                             "comment"})
     if unknown:
-        raise RepoError(f"{where}: {unknown[0]}: unknown key; use host, plan (or fingerprint "
-                        "and source), expires, comment")
+        raise RepoError(f"{where}: {printable_key(unknown[0])}: unknown key; use host, plan (or "
+                        "fingerprint and source), expires, comment")
     host = str(data.get("host") or "")
     if not host:
         raise RepoError(f"{where}: host: missing; name the host this approval is for")
-    pid = str(data.get("plan") or "")
+    pid = _plan_id_as_written(data.get("plan"), plans)
     if pid:
         bound = plans.get(pid)
         source, fp = (bound[1], bound[2]) if bound and bound[0] == host else ("", "")
@@ -126,8 +128,19 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
                     comment=str(data.get("comment") or ""), origin=f"{path}@{commit}")
 
 
+def _plan_id_as_written(raw: Any, plans: Mapping[str, Any]) -> str:
+    """The plan id a file names. Unquoted, YAML may read an id of digits as a number: match
+    it against the known ids as YAML would read them."""
+    if raw is None or raw == "":
+        return ""
+    if isinstance(raw, str):
+        return raw
+    matches = [pid for pid in plans if yaml.safe_load(pid) == raw]
+    return matches[0] if matches else str(raw)
+
+
 def _expires(value: Any, committed_at: datetime, where: str) -> str:
-    if isinstance(value, datetime):
+    if isinstance(value, datetime) and value.tzinfo is not None:
         return value.isoformat(timespec="seconds")
     text = str(value or "")
     if not text:

@@ -294,7 +294,7 @@ class _Section:
                 hint = _closest(str(key), known)
                 fix = f"did you mean {prefix}{hint}?" if hint else \
                     f"remove it (known keys: {', '.join(sorted(known))})"
-                p.add(prefix + _printable(key), "unknown key", fix)
+                p.add(prefix + printable_key(key), "unknown key", fix)
 
     def _get(self, key: str, required: bool) -> Any:
         value = self.data.get(key)
@@ -372,7 +372,7 @@ class _Section:
         return value
 
 
-def _printable(key: Any) -> str:
+def printable_key(key: Any) -> str:
     """A key as written, or quoted when it holds what would break the one-line message."""
     text = str(key)
     return text if text.isprintable() and text.strip() == text and text else repr(text)

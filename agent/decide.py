@@ -68,8 +68,8 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
             f"not corrected while {report.status}"
         return Plan(**base, action=NOTHING, reason=why)
     decisions = [decide_change(policy, report.name, groups, c.tags) for c in report.changes]
-    host_decision = decide_host(decisions)
-    assert host_decision is not None
+    # Drifted by the stats alone (a hidden change): the host's own rule decides.
+    host_decision = decide_host(decisions) or decide_change(policy, report.name, groups, ())
     mode, rule = host_decision.mode, host_decision.rule
     gate = window_gate(policy, report.name, groups, now)
     base.update(mode=mode, rule=rule, gate=gate,

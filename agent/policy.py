@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.config import parse_duration
+from agent.config import parse_duration, printable_key
 from agent.errors import RepoError
 from agent.schedule import next_start, parse_cron
 
@@ -78,11 +78,15 @@ class Window:
         return host in self.hosts or bool(self.groups & set(groups))
 
     def open_until(self, now: datetime) -> datetime | None:
-        """The end of the opening that contains NOW, or None when closed."""
-        start = next_start(self.start, self.timezone, now - timedelta(seconds=self.duration))
-        if start is not None and start <= now:
-            return start + timedelta(seconds=self.duration)
-        return None
+        """The end of the opening that contains NOW, or None when closed (an opening ends
+        before its last instant: [start, start + duration))."""
+        span = timedelta(seconds=self.duration)
+        start = next_start(self.start, self.timezone, now - span + timedelta(microseconds=1))
+        if start is None or start > now:
+            return None
+        # Real elapsed time, not wall-clock arithmetic, across a DST change.
+        end = (start.astimezone(UTC) + span).astimezone(start.tzinfo)
+        return end if end > now else None
 
     def opens_at(self, now: datetime) -> datetime | None:
         return next_start(self.start, self.timezone, now)
@@ -159,7 +163,7 @@ def parse_policy(data: Any, source: str) -> Policy:
                         f"{type(data).__name__}; see the policy example in the README")
     for key in data:
         if key not in ("default", "rules", "windows"):
-            bad(str(key), "unknown key", "use default, rules or windows")
+            bad(printable_key(key), "unknown key", "use default, rules or windows")
     default = data.get("default", APPROVE)
     if default not in MODES:
         bad("default", f"expected one of {', '.join(MODES)}, got {default!r}", "fix the mode")
@@ -197,7 +201,8 @@ def _rule(item: Any, where: str, bad: Any) -> Rule | None:
         return None
     for key in item:
         if key not in ("name", "mode", "hosts", "groups", "tags"):
-            bad(f"{where}.{key}", "unknown key", "use name, mode, hosts, groups or tags")
+            bad(f"{where}.{printable_key(key)}", "unknown key",
+                "use name, mode, hosts, groups or tags")
     mode = item.get("mode")
     if mode not in MODES:
         bad(f"{where}.mode", f"expected one of {', '.join(MODES)}, got {mode!r}", "set a mode")
@@ -207,29 +212,32 @@ def _rule(item: Any, where: str, bad: Any) -> Rule | None:
 
 
 def _window(item: Any, where: str, bad: Any) -> Window | None:
+    """One window; every problem in it is reported, not only the first."""
     if not isinstance(item, dict):
         bad(where, "expected a mapping", "write start:, duration: and timezone:")
         return None
     for key in item:
         if key not in ("name", "start", "duration", "timezone", "hosts", "groups"):
-            bad(f"{where}.{key}", "unknown key",
+            bad(f"{where}.{printable_key(key)}", "unknown key",
                 "use name, start, duration, timezone, hosts or groups")
+    ok = True
     tz = str(item.get("timezone") or "UTC")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         bad(f"{where}.timezone", f"unknown time zone {tz!r}", "use e.g. Europe/Paris or UTC")
-        return None
+        tz, ok = "UTC", False
     start = str(item.get("start") or "")
     problem = parse_cron(start, tz)
     if problem:
         bad(f"{where}.start", f"not a cron expression ({problem})", 'write e.g. "0 2 * * *"')
-        return None
+        ok = False
     duration = parse_duration(item.get("duration"))
     if not duration:
         bad(f"{where}.duration", f"expected a duration like 2h, got {item.get('duration')!r}",
             "set how long the window stays open")
+        ok = False
+    hosts, groups = _names(item, "hosts", where, bad), _names(item, "groups", where, bad)
+    if not ok or duration is None:
         return None
-    return Window(str(item.get("name") or where), start, duration, tz,
-                  _names(item, "hosts", where, bad), _names(item, "groups", where, bad))
-
+    return Window(str(item.get("name") or where), start, duration, tz, hosts, groups)

@@ -106,7 +106,9 @@ def build_message(data: Mapping[str, Any], reason: str) -> str:
 
 def format_message(subject: str, body: str, trailers: Mapping[str, Any]) -> str:
     """A commit message whose TRAILERS become `Petkeeper-<Key>: value` lines."""
-    lines = "".join(f"Petkeeper-{key}: {value}\n" for key, value in trailers.items())
+    # A value with a line break would end the trailer block: Git would then read none.
+    lines = "".join(f"Petkeeper-{key}: {' '.join(str(value).split())}\n"
+                    for key, value in trailers.items())
     return f"{subject}\n\n{body}\n\n{lines}"
 
 

@@ -237,6 +237,11 @@ def start_detached(workdir: Path, name: str, address: str, port: int | None = No
                    ) -> dict[str, Any]:
     """Start host NAME on ADDRESS:PORT so that it outlives this process; record its state in
     WORKDIR/NAME.json and return it. TestHostError if NAME runs already or the port is taken."""
+    overlaid = [f"/{d}" for d in OVERLAID if workdir.resolve().is_relative_to(f"/{d}")]
+    if overlaid:
+        # Its overlay upper dirs must lie outside the folders the host overlays.
+        raise TestHostError(f"{workdir}: a host's work folder cannot be under {overlaid[0]}, "
+                            "which test hosts overlay; use one under /tmp")
     with _workdir_lock(workdir):
         pool = TestHostPool(workdir)  # creates the shared client key and known_hosts once
         old = _read_state(workdir, name)

@@ -91,10 +91,6 @@ def test_an_auto_applys_trailer_names_the_policy_rule():
     assert "Still changing" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="bug: format_message writes trailer values as they are; "
-                   "a rule name with a line break (`name: >` in policy.yml keeps a final one) "
-                   "ends the trailer block with a non-trailer line, and Git then reads no "
-                   "trailers at all: history loses the commit's host, source and approver")
 def test_trailers_survive_a_rule_name_written_as_a_folded_yaml_scalar():
     policy = parse_policy(yaml.safe_load(
         "rules:\n  - name: >\n      self-heal the web tier\n    mode: auto\n"), "policy.yml")

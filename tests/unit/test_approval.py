@@ -170,9 +170,6 @@ def test_a_git_approval_with_a_yaml_timestamp_keeps_its_zone():
     assert parse(data).expires_at == "2026-11-26T08:00:00+01:00"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _expires accepts any datetime object, so an "
-                   "unquoted YAML timestamp without a zone is kept naive (a quoted one is "
-                   "rejected) and the approval is later void as 'unreadable expiry'")
 def test_a_git_approval_with_a_yaml_timestamp_without_zone_is_rejected_like_a_naive_iso_time():
     data = yaml.safe_load(f"host: db1\nplan: {PID}\nexpires: 2026-11-26 08:00:00\n")
 
@@ -180,9 +177,6 @@ def test_a_git_approval_with_a_yaml_timestamp_without_zone_is_rejected_like_a_na
         parse(data)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a plan id of a 0 then only digits 0-7 (about 1 "
-                   "in 500,000) is a YAML 1.1 octal int when written unquoted, as the docstring "
-                   "shows it; str() of that int is another id, so the approval never counts")
 def test_a_plan_id_pasted_unquoted_into_an_approval_file_approves_that_plan():
     pid = plan_id("web128731", SRC, FP)
     assert pid == "0164227016101736"

@@ -252,9 +252,6 @@ def test_each_changes_decision_is_listed_with_its_rule_in_the_plans_json():
         "approval": None}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: build_plan asserts decide_host() is not None, but "
-                   "agent.drift reports a host DRIFTED with no changes when the stats count "
-                   "changes no result explains; the cycle crashes with AssertionError")
 def test_a_host_drifted_by_its_stats_alone_waits_for_approval_instead_of_crashing():
     events = [{"event": "playbook_on_start", "runner_ident": "r1"},
               {"event": "playbook_on_stats", "runner_ident": "r1",
