@@ -182,3 +182,19 @@ def pet_hosts(pool: TestHostPool, *names: str, ghost: bool = False) -> dict[str,
     if ghost:
         hosts["ghost"] = (GHOST, 22)
     return hosts
+
+
+def processes_in(folder: Path) -> dict[str, str]:
+    """PID -> command line of every process whose working directory is inside FOLDER."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        if cwd.startswith(f"{folder}{os.sep}"):
+            found[pid] = cmdline
+    return found
