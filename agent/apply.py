@@ -78,6 +78,13 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     if plan.approval is not None:
         mark_used(state, plan.approval)
     failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
+    if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
+        journal.unlink(missing_ok=True)
+        return ApplyResult(**common, result=INTERRUPTED, after_status="unknown",
+                           finished=now().isoformat(timespec="seconds"),
+                           message="the agent was stopped during this apply; it will not be "
+                                   "re-applied without a new approval"), replace(
+                                       report, status="unknown", message="apply interrupted")
     after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
                         cancel)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)

@@ -25,7 +25,14 @@ from agent.errors import AgentError, ConfigError
 from agent.gitrepo import Author
 from agent.report import publish, report_history
 from agent.source import open_mirror
-from agent.state import StateDir, cycle_lock, read_status
+from agent.state import (
+    StateDir,
+    clear_pause,
+    cycle_lock,
+    read_pause,
+    read_status,
+    write_pause,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check, then show each host's drift with its plan id and decision",
                    description="A check that shows, per host, the plan id to approve, which "
                                "policy rule decided, the maintenance window, and the diffs.")
-    sub.add_parser("run", parents=[common, playbooks, pull],
-                   help="one full cycle: fetch, check, decide, apply what may be, report",
-                   description="What the daemon runs: applies only what policy (auto) or a "
-                               "valid approval allows, re-checking before and after.")
+    run = sub.add_parser("run", parents=[common, playbooks, pull],
+                         help="one full cycle: fetch, check, decide, apply what may be, report",
+                         description="What the daemon runs: applies only what policy (auto) "
+                                     "or a valid approval allows, re-checking before and after.")
+    run.add_argument("--now", action="store_true",
+                     help="ask the running daemon for a cycle now instead (exit 1 if none runs)")
     apply = sub.add_parser("apply", parents=[common, pull],
                            help="like run; with PLAN_ID, apply that approved plan alone")
     apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
@@ -86,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="show the last cycle per host")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    sub.add_parser("daemon", parents=[common],
+                   help="run cycles on the configured schedule until stopped (systemd service)",
+                   description="Fetch every daemon.fetch_interval; run a cycle on a new commit "
+                               "or approval, or every daemon.check_interval. SIGHUP reloads "
+                               "the config, SIGTERM stops the current step and exits.")
+    pause = sub.add_parser("pause", parents=[common],
+                           help="stop applying (the daemon and petkeeper run only check)")
+    pause.add_argument("--reason", required=True, help="why; shown by status and in reports")
+    pause.add_argument("--checks", action="store_true",
+                       help="pause the daemon's checks too (whole cycles)")
+    sub.add_parser("resume", parents=[common], help="undo petkeeper pause")
 
     demo = sub.add_parser("demo", parents=[common],
                           help="start demo pets, serve this project's playbooks from a local "
@@ -129,11 +150,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         skip_tags=tuple(_split(args.skip_tags)),
         extra_vars=tuple(_absolute_var_file(v) for v in args.extra_vars),
         vault_password_file=_absolute(args.vault_password_file))
+    if getattr(args, "now", False):
+        return cmd_run_now(args)
     config = load_config(_config_path(args), overrides)
+    pause = read_pause(StateDir(config.state_dir))
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
+    if pause and steps is RUN_STEPS:
+        steps = CHECK_STEPS
+        print(f"petkeeper: paused by {pause['by']} since {pause['at']} ({pause['reason']}): "
+              "checking only, nothing is applied; petkeeper resume to apply again",
+              file=sys.stderr)
     cycle = run_cycle(config, steps, args.command, wait=args.wait,
                       only_plan=getattr(args, "plan_id", None))
-    data = cycle.as_json()
+    data = {**cycle.as_json(), "paused": pause}
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.command == "check":
@@ -194,15 +223,57 @@ def approver_name() -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    status = read_status(StateDir(config.state_dir))
-    if status is None:
-        print(f"no cycle has run yet (state directory {config.state_dir})")
-        return EXIT_ERROR
+    state = StateDir(config.state_dir)
+    status, pause = read_status(state), read_pause(state)
     if args.json:
-        print(json.dumps(status, indent=2))
-    else:
+        print(json.dumps({**(status or {}), "paused": pause}, indent=2))
+    if pause and not args.json:
+        print(f"paused by {pause['by']} since {pause['at']}"
+              f"{' (checks too)' if pause['checks'] else ''}: {pause['reason']}")
+    if status is None:
+        if not args.json:
+            print(f"no cycle has run yet (state directory {config.state_dir})")
+        return EXIT_ERROR
+    if not args.json:
         print(output.render_status(status))
     return int(status.get("last_run", {}).get("exit_code", EXIT_ERROR))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from agent.daemon import run_daemon  # APScheduler is loaded by the daemon only
+
+    agent_log = logging.getLogger("agent")
+    agent_log.setLevel(min(agent_log.level, logging.INFO))  # the journal wants each cycle
+    return run_daemon(_config_path(args))
+
+
+def cmd_run_now(args: argparse.Namespace) -> int:
+    from agent.daemon import request_cycle
+
+    config = load_config(_config_path(args))
+    pid = request_cycle(StateDir(config.state_dir))
+    print(f"asked the daemon (pid {pid}) for a cycle now; see its log or petkeeper status")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    pause = write_pause(StateDir(config.state_dir), approver_name(), now, args.reason,
+                        args.checks)
+    what = "checks and applies" if pause["checks"] else "applies (checks go on)"
+    print(f"paused {what} as {pause['by']}: {pause['reason']}; petkeeper resume to undo")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    pause = clear_pause(StateDir(config.state_dir))
+    if pause is None:
+        print("not paused")
+    else:
+        print(f"resumed (paused by {pause['by']} since {pause['at']}: {pause['reason']})")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -213,7 +284,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
                             "apply": cmd_check, "approve": cmd_approve,
-                            "history": cmd_history, "status": cmd_status, "demo": cmd_demo}
+                            "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
+                            "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume}
 
 
 def _config_path(args: argparse.Namespace) -> Path:

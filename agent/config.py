@@ -59,6 +59,14 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    fetch_interval: float = 60.0  # a cheap fetch decides whether a cycle is due
+    check_interval: float = 900.0  # a cycle at least this often, even with nothing new
+    splay: float = 30.0  # the first cycle waits a random [0, splay): pets don't stampede
+    backoff_max: float = 1800.0  # cap of the retry delay after a transient failure
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one cycle needs to know, as read from agent.yml plus command-line overrides."""
 
@@ -78,6 +86,7 @@ class Config:
     post_apply_tests: str | None = "tests"  # the repo's testinfra tests, run after an apply
     requirements: str = "requirements.yml"  # Galaxy roles and collections, in the repo
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     @property
     def reports_url(self) -> str:
@@ -126,7 +135,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     top = _Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                  "extra_vars", "vault_password_file", "reports", "state_dir",
                                  "ansible", "policy", "approvals", "post_apply_tests",
-                                 "requirements"})
+                                 "requirements", "daemon"})
     repo_data = top.mapping("repo", required=True)
     repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout"})
     url = repo.string("url", required=True)
@@ -168,6 +177,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     if approvals.verify and not (approvals.allowed_signers or approvals.gpg_home):
         p.add("approvals.verify", "is on, but no key may sign approvals",
               "set approvals.allowed_signers (SSH) or approvals.gpg_home (OpenPGP)")
+    daemon = _parse_daemon(p, top.mapping("daemon"))
     policy = top.string("policy") or "petkeeper/policy.yml"
     _check_repo_path(p, "policy", policy)
     requirements = top.string("requirements") or "requirements.yml"
@@ -196,7 +206,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         extra_vars=tuple(top.strings("extra_vars", split=False)),
         vault_password_file=top.string("vault_password_file"), reports=reports,
         state_dir=Path(state_dir), ansible=ansible, policy=policy, approvals=approvals,
-        post_apply_tests=tests, requirements=requirements,
+        post_apply_tests=tests, requirements=requirements, daemon=daemon,
     )
     for i, name in enumerate(overrides.playbooks):
         _check_repo_path(p, f"playbooks[{i}] (command line)", name)
@@ -206,6 +216,24 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
             _check_extra_var(p, f"{key}[{i}]", value)
     p.raise_if_any()
     return apply_overrides(config, overrides)
+
+
+def _parse_daemon(p: _Problems, data: dict[str, Any]) -> DaemonConfig:
+    d = _Section(p, data, "daemon.", {"fetch_interval", "check_interval", "splay",
+                                      "backoff_max"})
+    daemon = DaemonConfig(fetch_interval=d.duration("fetch_interval", 60.0),
+                          check_interval=d.duration("check_interval", 900.0),
+                          splay=d.duration("splay", 30.0),
+                          backoff_max=d.duration("backoff_max", 1800.0))
+    for key in ("fetch_interval", "check_interval", "backoff_max"):
+        if key in data and getattr(daemon, key) <= 0:
+            p.add(f"daemon.{key}", f"must be more than 0, got {data[key]!r}",
+                  'set a positive duration, e.g. "1m"')
+    if daemon.check_interval < daemon.fetch_interval:
+        p.add("daemon.check_interval", f"is shorter than daemon.fetch_interval "
+              f"({daemon.fetch_interval:g}s): it is only looked at once per fetch",
+              "set check_interval to at least fetch_interval")
+    return daemon
 
 
 def apply_overrides(config: Config, o: Overrides) -> Config:

@@ -89,6 +89,9 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
     At RUN.timeout, or when CANCEL returns True, every process of the run is stopped: Ansible's
     workers leave the run's process group (setsid), so the whole process tree is signalled,
     and the run's SSH control masters are closed."""
+    if cancel is not None and cancel():  # shutting down: start no new Ansible run at all
+        log.info("not running %s (ident %s): canceled", run.playbook, run.ident)
+        return RunResult(rc=-1, status="canceled", events=[], facts=[])
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + run.timeout
     stopped: list[str] = []

@@ -12,6 +12,8 @@ Layout (mode 0700)::
     mirror.git/     bare mirror of the GitOps repo (agent.gitrepo)
     trees/<sha>/    materialised commits (the current one and the one before)
     runner/         ansible-runner's private data dir, artifacts rotated
+    pause.json      set by `petkeeper pause`: who, when, why, whether checks pause too
+    daemon.pid      the running daemon's PID, flock-ed while it runs (`petkeeper run --now`)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from agent.errors import LockedError, StalledError
 
 STATUS_SCHEMA = 1
+PAUSE_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class StateDir:
     @property
     def journal(self) -> Path:
         return self.root / "journal"
+
+    @property
+    def pause_file(self) -> Path:
+        return self.root / "pause.json"
+
+    @property
+    def daemon_pid_file(self) -> Path:
+        return self.root / "daemon.pid"
 
     def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""
@@ -143,6 +154,31 @@ def read_status(state: StateDir) -> dict[str, Any] | None:
 def write_status(state: StateDir, status: dict[str, Any]) -> None:
     body = {"schema": STATUS_SCHEMA, **status}
     write_atomic(state.status_file, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_pause(state: StateDir) -> dict[str, Any] | None:
+    """The pause in force (by, at, reason, checks), or None when applies may run."""
+    data = read_json(state.pause_file, None)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("schema") != PAUSE_SCHEMA:
+        raise StalledError(f"{state.pause_file}: not a pause of schema {PAUSE_SCHEMA}; run "
+                           "petkeeper pause again, or petkeeper resume")
+    return {k: v for k, v in data.items() if k != "schema"}
+
+
+def write_pause(state: StateDir, by: str, at: str, reason: str, checks: bool) -> dict[str, Any]:
+    pause = {"by": by, "at": at, "reason": reason, "checks": checks}
+    state.ensure()
+    write_json(state.pause_file, {"schema": PAUSE_SCHEMA, **pause})
+    return pause
+
+
+def clear_pause(state: StateDir) -> dict[str, Any] | None:
+    """Remove the pause; return what it was (None if there was none)."""
+    pause = read_pause(state)
+    state.pause_file.unlink(missing_ok=True)
+    return pause
 
 
 @contextlib.contextmanager

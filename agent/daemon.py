@@ -1,0 +1,337 @@
+"""`petkeeper daemon`: run cycles on a schedule, react to new commits, pause, signals.
+
+Every fetch interval a cheap fetch (Git only, under the cycle lock) decides whether a cycle is
+due: a new source commit (Git approvals come with it), a new host-side approval, a pause or
+resume, a reloaded config, or check_interval elapsed. Cycles never overlap, with each other or
+with a cycle run by hand. SIGTERM stops the current Ansible run and exits 0, SIGHUP reloads the
+config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent.config import Config, load_config
+from agent.cycle import CHECK_STEPS, RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    FetchError,
+    LockedError,
+    RepoError,
+    StalledError,
+)
+from agent.notify import notify, watchdog_interval
+from agent.schedule import Ticker
+from agent.source import open_mirror
+from agent.state import StateDir, cycle_lock, read_pause
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a cycle depends on besides the hosts themselves; a change makes a cycle due."""
+
+    config: Config
+    sha: str | None
+    approvals: tuple[str, ...]  # host-side approval files
+    pause: tuple[Any, ...] | None
+
+
+def cycle_due(last: Inputs | None, now: Inputs, since_last: float | None,
+              check_interval: float, forced: bool) -> str | None:
+    """Given the inputs of the last cycle and now, return why a cycle is due, or None."""
+    if forced:
+        return "asked for (petkeeper run --now)"
+    if last is None or since_last is None:
+        return "first cycle"
+    for what, old, new in (("source commit", last.sha, now.sha),
+                           ("config", last.config, now.config),
+                           ("host approvals", last.approvals, now.approvals),
+                           ("pause", last.pause, now.pause)):
+        if old != new:
+            return f"new {what}"
+    if since_last >= check_interval:
+        return f"{check_interval:g}s since the last cycle"
+    return None
+
+
+def backoff_delay(failures: int, base: float, cap: float, rand: Callable[[], float]) -> float:
+    """Seconds to wait after FAILURES transient failures in a row: capped exponential growth,
+    with "equal jitter" (half fixed, half random) so pets that failed together spread out."""
+    delay = min(cap, base * 2 ** min(failures, 32))
+    return delay / 2 + rand() * delay / 2
+
+
+def until_cancelled(steps: tuple[Step, ...], cancel: Callable[[], bool],
+                    keep: tuple[Step, ...] = (record_applies_step,)) -> tuple[Step, ...]:
+    """STEPS that do nothing once CANCEL() is true, except KEEP when applies are pending: an
+    interrupted apply is still committed, but no new check or apply starts during shutdown."""
+    def guard(step: Step) -> Step:
+        def guarded(c: Cycle) -> None:
+            if not cancel() or (step in keep and c.pending):
+                step(c)
+        guarded.__name__ = step.__name__
+        return guarded
+    return tuple(guard(s) for s in steps)
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, env: dict[str, str] | None = None):
+        self.config_path, self.config = config_path, config
+        self.state = StateDir(config.state_dir)
+        self.env = dict(os.environ if env is None else env)
+        self.wake = threading.Event()
+        self.stopping = self.reload_asked = self.forced = False
+        self.busy, self.last_tick_end = False, time.monotonic()
+        self.last: Inputs | None = None
+        self.last_cycle_at: float | None = None
+        self.failures, self.retry_at = 0, 0.0
+        self.stalled_on: tuple[Config, str | None] | None = None
+        self.paused_logged: tuple[Any, ...] | None = None
+        self.peeked: str | None = None  # the source head the last cheap fetch saw
+        self.skipped = ""  # the last "another cycle is running" seen
+        self.ticker = Ticker(self.tick, config.daemon.fetch_interval,
+                             random.uniform(0, config.daemon.splay))
+
+    # -- main thread -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig, handler in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
+                             (signal.SIGHUP, self._on_reload), (signal.SIGUSR1, self._on_now)):
+            signal.signal(sig, handler)
+        self.ticker.start()
+        notify("READY=1\nSTATUS=waiting for the first cycle", self.env)
+        log.info("daemon started (pid %d): fetch every %gs, cycle at least every %gs",
+                 os.getpid(), self.config.daemon.fetch_interval,
+                 self.config.daemon.check_interval)
+        watchdog, pinged = watchdog_interval(self.env), 0.0
+        while not self.stopping:
+            self.wake.wait(min(watchdog or 1.0, 1.0))
+            self.wake.clear()
+            if self.reload_asked:
+                self.reload_asked = False
+                self.reload()
+            if self.forced and not self.stopping:
+                self.ticker.poke()
+            if watchdog and time.monotonic() - pinged >= watchdog and self.healthy():
+                notify("WATCHDOG=1", self.env)
+                pinged = time.monotonic()
+        notify("STOPPING=1\nSTATUS=stopping", self.env)
+        log.info("stopping: %s", "waiting for the current step to stop" if self.busy else "idle")
+        self.ticker.shutdown()
+        log.info("daemon stopped")
+        return 0
+
+    def healthy(self) -> bool:
+        """The ticker runs, and ticks: a cycle in progress, or one ended recently."""
+        quiet = time.monotonic() - self.last_tick_end
+        return self.ticker.running and (self.busy or
+                                        quiet < 3 * self.config.daemon.fetch_interval + 60)
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload: keeping the running config: %s", "; ".join(e.problems))
+            return
+        if config.state_dir != self.config.state_dir:
+            log.error("reload: keeping the running config: state_dir cannot change while the "
+                      "daemon runs; restart it instead")
+            return
+        if config.daemon.fetch_interval != self.config.daemon.fetch_interval:
+            self.ticker.reschedule(config.daemon.fetch_interval)
+        self.config, self.stalled_on = config, None
+        self.failures, self.retry_at = 0, 0.0
+        log.info("reloaded %s", self.config_path)
+        self.ticker.poke()
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_asked = True
+        self.wake.set()
+
+    def _on_now(self, signum: int, frame: FrameType | None) -> None:
+        self.forced = True
+        self.wake.set()
+
+    def cancelled(self) -> bool:
+        return self.stopping
+
+    # -- the ticker's thread ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.stopping:
+            return
+        self.busy, self.peeked = True, None
+        config = self.config
+        try:
+            self._tick(config)
+        except LockedError as e:
+            if str(e) != self.skipped:  # once per holder, not every fetch interval
+                log.info("skipping this cycle: %s", e)
+            self.skipped = str(e)
+        except StalledError as e:
+            self._stall(config, self.peeked, e)
+        except AgentError as e:  # transient
+            self._back_off(e)
+        except Exception:
+            log.exception("unexpected error in a cycle, this is probably a bug; retrying later")
+            self._back_off(None)
+        finally:
+            self.busy, self.last_tick_end = False, time.monotonic()
+
+    def _tick(self, config: Config) -> None:
+        forced, self.forced = self.forced, False
+        pause = read_pause(self.state)
+        if pause and pause["checks"]:
+            self._log_pause(pause, "skipping whole cycles")
+            return
+        if not forced and time.monotonic() < self.retry_at:
+            return
+        sha = self.peeked = self._peek(config)
+        if not forced and self.stalled_on == (config, sha):
+            return
+        now = Inputs(config, sha, self._host_approvals(),
+                     tuple(sorted(pause.items())) if pause else None)
+        since = None if self.last_cycle_at is None else time.monotonic() - self.last_cycle_at
+        why = cycle_due(self.last, now, since, config.daemon.check_interval, forced)
+        if why is None:
+            return
+        if pause:
+            self._log_pause(pause, "checking only, no apply")
+        steps, command = (CHECK_STEPS, "daemon check (paused)") if pause else \
+            (RUN_STEPS, "daemon run")
+        log.info("cycle due: %s", why)
+        cycle = run_cycle(config, until_cancelled(steps, self.cancelled), command,
+                          cancel=self.cancelled)
+        self.last, self.last_cycle_at, self.stalled_on = now, time.monotonic(), None
+        notify(f"STATUS={describe(cycle, pause)}", self.env)
+        if cycle.source is not None and cycle.source.fetch_error:
+            self._back_off(FetchError(cycle.source.fetch_error))
+        elif self.retry_at:
+            self.failures, self.retry_at = 0, 0.0
+
+    def _peek(self, config: Config) -> str | None:
+        """The cheap fetch: the source branch's head, without a cycle."""
+        with cycle_lock(self.state, "petkeeper daemon: fetch"):
+            mirror = open_mirror(config, self.state)
+            try:
+                mirror.fetch(config.repo.branch, None)
+            except RepoError as e:
+                raise RepoError(f"{config.path}: repo.branch: {e}; set repo.branch to an "
+                                "existing branch, or push it") from e
+            return mirror.resolve(config.repo.branch)
+
+    def _host_approvals(self) -> tuple[str, ...]:
+        folder = self.state.approvals
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted(f"{p.name}@{p.stat().st_mtime_ns}" for p in folder.iterdir()))
+
+    def _stall(self, config: Config, sha: str | None, e: StalledError) -> None:
+        if self.stalled_on != (config, sha):
+            log.error("stalled, a person must fix this: %s; the daemon tries again when the "
+                      "config or the source commit changes, or on SIGHUP", e)
+            notify(f"STATUS=stalled: {e}", self.env)
+        self.stalled_on = (config, sha)
+
+    def _back_off(self, e: AgentError | None) -> None:
+        d = self.config.daemon
+        self.failures += 1
+        delay = backoff_delay(self.failures, d.fetch_interval, d.backoff_max, random.random)
+        self.retry_at = time.monotonic() + delay
+        log.warning("%s; retrying in %ds (failure %d in a row)", e or "cycle failed",
+                    round(delay), self.failures)
+
+    def _log_pause(self, pause: dict[str, Any], what: str) -> None:
+        key = tuple(sorted(pause.items()))
+        if self.paused_logged != key:
+            log.warning("paused by %s since %s (%s): %s; petkeeper resume to undo",
+                        pause["by"], pause["at"], pause["reason"], what)
+            notify(f"STATUS=paused: {pause['reason']}", self.env)
+        self.paused_logged = key
+
+
+def describe(cycle: Cycle, pause: dict[str, Any] | None) -> str:
+    """One line for systemctl status: the last cycle's result."""
+    counts: dict[str, int] = {}
+    for report in cycle.hosts.values():
+        counts[report.status] = counts.get(report.status, 0) + 1
+    hosts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no hosts"
+    line = f"run {cycle.run_id}: exit {cycle.exit_code}, {hosts}, {len(cycle.applies)} apply(s)"
+    return line + (f"; paused: {pause['reason']}" if pause else "")
+
+
+def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:
+    """Run cycles on the configured schedule until SIGTERM; return the exit code (0)."""
+    config = load_config(config_path)
+    state = StateDir(config.state_dir)
+    state.ensure()
+    with daemon_pid(state):
+        return Daemon(config_path, config, env).run()
+
+
+@contextlib.contextmanager
+def daemon_pid(state: StateDir) -> Any:
+    """Hold STATE_DIR/daemon.pid: flock-ed with our PID in it while the daemon runs."""
+    fd = os.open(state.daemon_pid_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise StalledError(f"{state.daemon_pid_file}: a daemon already runs on this state "
+                               f"directory (pid {holder}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def request_cycle(state: StateDir) -> int:
+    """Ask the running daemon for a cycle now (SIGUSR1); return its PID. AgentError when no
+    daemon runs on STATE."""
+    no_daemon = AgentError(f"no daemon is running on {state.root}; start it (systemctl start "
+                           "petkeeper) or run a cycle by hand with petkeeper run")
+    try:
+        fd = os.open(state.daemon_pid_file, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise no_daemon from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: a daemon runs
+            pid = int(os.pread(fd, 64, 0).decode().strip() or 0)
+        else:
+            raise no_daemon  # nobody holds it: a stale file
+    finally:
+        os.close(fd)
+    if pid <= 0:
+        raise no_daemon
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        raise no_daemon from None
+    return pid

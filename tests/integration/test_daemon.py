@@ -1,0 +1,263 @@
+"""`petkeeper daemon` as a real process: real Git remote, real SSH host, real notify socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import (
+    PLAYBOOK,
+    GitRemote,
+    converge,
+    pet_hosts,
+    petkeeper,
+    pets_repo_files,
+    write_agent_config,
+)
+
+pytestmark = pytest.mark.hosts
+
+MOTD = "cat /etc/motd"
+# check_interval is long on purpose: every cycle these tests see was caused by what they did.
+FAST = {"fetch_interval": "1s", "check_interval": "1h", "splay": 0}
+# The pid makes this run's sleep tell apart from any other (GNU sleep takes fractions).
+SLOW_SECONDS = f"120.{os.getpid()}"
+SLOW_TASK = f"""\
+    - name: Take a while
+      ansible.builtin.command: sleep {SLOW_SECONDS}
+      when: not ansible_check_mode
+      changed_when: false
+"""
+
+
+class Daemon:
+    """`python -m agent daemon` in a child process, with a notify socket bound by the test."""
+
+    def __init__(self, config: Path, tmp: Path, **env: str) -> None:
+        self.config, self.log = config, tmp / "daemon.log"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(tmp / "notify.sock"))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")},
+               **env}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--config", str(config), "daemon"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")})
+
+    def notified(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        return self.messages
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(config: Path, **env: str) -> Daemon:
+        started.append(Daemon(config, tmp_path, **env))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.close()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], daemon: Daemon, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert daemon.proc.poll() is None, f"daemon exited while waiting for {what}:\n" \
+            f"{daemon.text()}"
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}; daemon log:\n{daemon.text()}")
+
+
+def last_run(state: Path) -> dict[str, Any]:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        status = json.loads((state / "status.json").read_text())
+        return {**status["last_run"], "hosts": status["hosts"]}
+    return {}
+
+
+def new_cycle(state: Path, before: str | None, **expect: Any) -> Callable[[], dict | None]:
+    """A predicate: a cycle other than BEFORE finished, with EXPECT's values."""
+    def done() -> dict | None:
+        run = last_run(state)
+        if run.get("run_id") in (None, before):
+            return None
+        return run if all(run.get(k) == v for k, v in expect.items()) else None
+    return done
+
+
+@pytest.fixture
+def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
+    """alpha converged; the policy would apply anything (default: auto)."""
+    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    remote.commit({**files, "petkeeper/policy.yml": yaml.safe_dump({"default": "auto"})})
+    converge(host_pool, remote, "alpha", tmp_path)
+    return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+                              limit="alpha", daemon=FAST)
+
+
+def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
+        pets, remote, host_pool, tmp_path, start_daemon):
+    state = tmp_path / "state"
+    daemon = start_daemon(pets)
+    wait_for("READY=1", lambda: "READY=1\nSTATUS=waiting for the first cycle"
+             in daemon.notified(), daemon, timeout=20)
+    first = wait_for("the first cycle", new_cycle(state, None, exit_code=0), daemon)
+    assert remote.log()[0] == "alpha: clean (0 changes, 1 check-blind)"
+    wait_for("STATUS after the cycle", lambda: any(
+        m.startswith(f"STATUS=run {first['run_id']}: exit 0, 1 clean") for m in
+        daemon.notified()), daemon, timeout=5)
+
+    sha = remote.commit({"README.md": "pets\n"}, "Describe the pets")
+    by_commit = wait_for("a cycle of the new commit", new_cycle(
+        state, first["run_id"], source_sha=sha), daemon, timeout=30)
+
+    host_pool.run("alpha", "echo 'edited by hand' >> /etc/motd")
+    r = petkeeper("--config", str(pets), "pause", "--reason", "swapping disks")
+    assert r.returncode == 0 and "paused applies" in r.stdout, r.stderr
+    paused = wait_for("a paused cycle", new_cycle(state, by_commit["run_id"]), daemon)
+    assert paused["hosts"]["alpha"]["status"] == "drifted" and paused["applies"] == []
+    assert paused["hosts"]["alpha"]["plan"]["action"] == "apply"  # auto would apply it
+    assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
+    assert "paused by" in daemon.text() and "checking only, no apply" in daemon.text()
+    assert any(m.endswith("; paused: swapping disks") for m in daemon.notified())
+    status = petkeeper("--config", str(pets), "status", "--json")
+    assert json.loads(status.stdout)["paused"]["reason"] == "swapping disks"
+    assert "swapping disks" in petkeeper("--config", str(pets), "status").stdout
+
+    by_hand = petkeeper("--config", str(pets), "run", "--json", "--wait", "120")
+    assert "checking only, nothing is applied" in by_hand.stderr
+    ran = json.loads(by_hand.stdout)
+    assert ran["paused"]["reason"] == "swapping disks" and ran["applies"] == []
+    assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
+
+    assert petkeeper("--config", str(pets), "resume").returncode == 0
+    resumed = wait_for("an applying cycle", lambda: (r := last_run(state)).get("applies")
+                       and r, daemon)
+    assert resumed["applies"][0]["result"] == "converged"
+    assert resumed["applies"][0]["approved_by"] == "policy: auto (default)"
+    assert "edited by hand" not in host_pool.run("alpha", MOTD).stdout
+
+    now = petkeeper("--config", str(pets), "run", "--now")
+    assert now.returncode == 0 and "asked the daemon" in now.stdout, now.stderr
+    wait_for("the cycle asked for", new_cycle(state, resumed["run_id"]), daemon,
+                     timeout=30)
+
+    good = pets.read_text()
+    pets.write_text(good + "daemon: {fetch_interval: soon}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for("the reload error", lambda: "reload: keeping the running config" in daemon.text(),
+             daemon, timeout=10)
+    [line] = [x for x in daemon.text().splitlines() if "reload: keeping" in x]
+    assert "daemon.fetch_interval: expected a duration" in line
+    pets.write_text(good)
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for("the reload", lambda: f"reloaded {pets}" in daemon.text(), daemon, timeout=10)
+
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0
+    assert "STOPPING=1\nSTATUS=stopping" in daemon.notified()
+    gone = petkeeper("--config", str(pets), "run", "--now")
+    assert gone.returncode == 1 and "no daemon is running" in gone.stderr
+
+
+def test_stalled_input_is_reported_once_and_retried_when_the_source_changes(
+        host_pool, remote, tmp_path, start_daemon):
+    state = tmp_path / "state"
+    remote.commit({"README.md": "not yet\n"}, branch="other")  # no main branch yet
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
+                                limit="alpha", daemon=FAST)
+    daemon = start_daemon(config, WATCHDOG_USEC="1000000")
+    wait_for("the stall", lambda: "stalled, a person must fix this" in daemon.text(), daemon,
+             timeout=30)
+    wait_for("watchdog pings", lambda: daemon.notified().count("WATCHDOG=1") >= 3, daemon,
+             timeout=10)  # a few fetch intervals pass meanwhile
+    [stalled] = [x for x in daemon.text().splitlines() if "stalled" in x]
+    assert "branch 'main' not found" in stalled and "set repo.branch" in stalled
+    assert any(m.startswith("STATUS=stalled: ") for m in daemon.notified())
+    assert not (state / "status.json").exists()
+
+    sha = remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")))
+    wait_for("a cycle of the fixed source", new_cycle(state, None, source_sha=sha), daemon)
+
+
+def test_sigterm_mid_apply_exits_promptly_and_leaves_no_ansible_behind(
+        pets, remote, host_pool, tmp_path, start_daemon):
+    state = tmp_path / "state"
+    remote.commit({"site.yml": PLAYBOOK + SLOW_TASK}, "Add a slow task")
+    host_pool.run("alpha", "echo 'edited by hand' >> /etc/motd")
+    daemon = start_daemon(pets)
+    try:
+        wait_for("READY=1", lambda: any(m.startswith("READY=1") for m in daemon.notified()),
+                 daemon, timeout=20)
+        wait_for("the apply's sleep on alpha", lambda: sleeping(), daemon, timeout=150)
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        # Bounded: well inside systemd's TimeoutStopSec, with room for a loaded machine.
+        assert daemon.proc.wait(20) == 0, daemon.text()
+        assert time.monotonic() - started < 20
+        assert ansible_in(state / "trees") == [], daemon.text()
+        assert "stopping: waiting for the current step to stop" in daemon.text()
+    finally:
+        for pid in sleeping():  # the remote command this test started outlives its SSH session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def sleeping() -> list[int]:
+    """PIDs of the playbook's sleep (the test hosts' processes are visible from here)."""
+    cmdline = f"sleep\x00{SLOW_SECONDS}\x00".encode()
+    return [pid for pid in _pids() if _read(f"/proc/{pid}/cmdline") == cmdline]
+
+
+def ansible_in(folder: Path) -> list[int]:
+    root = str(folder.resolve()) + os.sep
+    found = []
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/cwd").startswith(root):
+                found.append(pid)
+    return found
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
