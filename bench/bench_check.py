@@ -1,0 +1,557 @@
+"""Benchmark a no-change ``petkeeper check`` against bare ansible-playbook and ansible-pull.
+
+Usage (as root, like the demo: needs unshare and /usr/sbin/sshd)::
+
+    PATH=/tmp/pkvenv/bin:$PATH python bench/bench_check.py --runs 5 --hosts 2
+    PATH=/tmp/pkvenv/bin:$PATH python bench/bench_check.py --scale 1,2,4 --runs 3
+
+It sets up what the demo sets up, in a temp workdir: a bare repo of this project's playbooks/
+and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/bench/``, and
+test hosts bench1..N on 127.0.90.11.. (``TestHostPool``), converged once so that every check
+is a no-change check. Then, for each host count (most first), the same commit, hosts,
+inventory and limit are checked --runs times by each of, interleaved:
+
+  petkeeper         petkeeper -v --config agent-N.yml check      (the real CLI; exit 0 asserted)
+  ansible-playbook  ansible-playbook --check --diff -i INV --limit L playbooks/site.yml
+                    in a clone, with the environment Petkeeper gives Ansible (runner.build_env)
+  ansible-pull      ansible-pull -U file://REPO -C main -d DIR -i DIR/INV -l L --check --diff
+                    playbooks/site.yml, same environment
+
+ansible-pull passes ``-c local`` to ansible-playbook; the inventory's ``ansible_connection:
+ssh`` (group_vars/all.yml) takes precedence, so it checks the SSH hosts: the warm-up runs it
+with -vvv and fails unless every host was reached over SSH. Its own git step needs this machine
+in the inventory (``localhost``, left out by every limit) and a non-strict host pattern check.
+
+Not measured: the converge, and one warm-up (Petkeeper's first cycle: mirror clone, first
+report commits; ansible-pull's first clone). All three share one ControlPersist folder, so SSH
+connections are warm for all (a daemon every 15 min would find them closed: ``--cold`` turns
+ControlMaster off for all three). Petkeeper's run is split with the arrival times of its -v log
+lines; its fetch step and ansible-inventory call are also timed alone, in process. Hosts are
+stopped and the workdir removed on exit (``--keep`` keeps the workdir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+import agent
+from agent.config import Config, load_config
+from agent.demo import PLAYBOOK, seed_repo, write_config
+from agent.runner import PlaybookRun, build_env, list_hosts, run_playbook
+from agent.source import open_mirror, sync_source
+from agent.state import StateDir
+from agent.testhosts import TestHostPool
+
+ADDRESS = "127.0.90.{}"  # not 127.0.80.x (demo) nor 127.0.81.x (tests)
+INVENTORY = "inventories/bench/hosts.yml"
+BRANCH = "main"
+TIMEOUT = 600.0
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Sample:
+    wall: float
+    rc: int
+    out: str
+    err: list[tuple[float, str]]  # (seconds since start, line) of stderr, as it arrived
+    own_rss_kb: int  # VmHWM of the process itself, sampled every 20 ms
+    own_cpu: float  # user + system seconds of the process itself, sampled likewise
+    tree_rss_kb: int  # wait4 ru_maxrss: largest RSS of the process or any reaped descendant
+    cpu: float  # user + system seconds of the process and its reaped descendants (this side)
+
+
+TOOLS = ("petkeeper", "ansible-playbook", "ansible-pull")
+
+
+@dataclass
+class Point:
+    """The figures for one host count."""
+
+    hosts: int
+    runs: dict[str, list[Sample]] = field(default_factory=lambda: {t: [] for t in TOOLS})
+    disk: list[tuple[int, int, int]] = field(default_factory=list)  # before run 1, after each
+    parts: list[dict[str, int]] = field(default_factory=list)  # state dir by part: before, after
+    fetch: list[float] = field(default_factory=list)
+    inventory: list[float] = field(default_factory=list)
+    inventory_cpu: list[float] = field(default_factory=list)
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before, after
+    artifacts_keep: int = 0
+    host_cpu: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TOOLS})
+
+    def wall(self, tool: str) -> list[float]:
+        return [s.wall for s in self.runs[tool]]
+
+    def median(self, tool: str) -> float:
+        return statistics.median(self.wall(tool))
+
+
+# -- processes -------------------------------------------------------------------------------
+
+def run_timed(argv: Sequence[str], env: dict[str, str], cwd: Path) -> Sample:
+    """Run ARGV; return its wall time, rc, output, stamped stderr lines and peak RSS."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    out: list[bytes] = []
+    err: list[tuple[float, str]] = []
+    own = [0.0, 0.0]
+    done = threading.Event()
+    stdout = proc.stdout
+    assert stdout is not None
+    readers = [threading.Thread(target=lambda: out.append(stdout.read()), daemon=True),
+               threading.Thread(target=_stamp_lines, args=(proc, start, err), daemon=True),
+               threading.Thread(target=_sample_own, args=(proc.pid, own, done), daemon=True)]
+    for t in readers:
+        t.start()
+    killer = threading.Timer(TIMEOUT, os.killpg, (proc.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted: leave no Ansible behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        killer.cancel()
+        done.set()
+    wall = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in readers:
+        t.join(timeout=5)  # a ControlPersist master may hold a pipe: don't wait for it
+    return Sample(wall, proc.returncode, b"".join(out).decode(errors="replace"), err,
+                  int(own[0]), own[1], usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+
+
+def _stamp_lines(proc: subprocess.Popen[bytes], start: float,
+                 lines: list[tuple[float, str]]) -> None:
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        lines.append((time.monotonic() - start, raw.decode(errors="replace").rstrip()))
+
+
+def _sample_own(pid: int, own: list[float], done: threading.Event) -> None:
+    """Every 20 ms until DONE: OWN = [VmHWM kB, user + system seconds] of PID itself."""
+    tick = os.sysconf("SC_CLK_TCK")
+    while not done.wait(0.02):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if m:  # a zombie has none
+            own[0] = max(own[0], int(m.group(1)))
+            own[1] = (int(stat[11]) + int(stat[12])) / tick
+
+
+def expect(sample: Sample, what: str) -> Sample:
+    if sample.rc != 0:
+        tail = "\n".join([sample.out[-3000:], *(line for _, line in sample.err[-30:])])
+        raise SystemExit(f"bench: {what} exited {sample.rc}, expected 0:\n{tail}")
+    return sample
+
+
+def git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, timeout=60, stdin=subprocess.DEVNULL,
+                   capture_output=True)
+
+
+# -- setup -----------------------------------------------------------------------------------
+
+def start_hosts(pool: TestHostPool, count: int) -> list[str]:
+    names = [f"bench{i}" for i in range(1, count + 1)]
+    for i, name in enumerate(names, start=11):
+        pool.start(name, ADDRESS.format(i))
+    return names
+
+
+def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[str]) -> None:
+    """Commit inventories/bench/ (the hosts as started, the demo's group_vars) to REMOTE."""
+    clone = workdir / "inventory-clone"
+    git("clone", "--quiet", "--branch", BRANCH, f"file://{remote}", str(clone))
+    folder = clone / Path(INVENTORY).parent
+    shutil.copytree(clone / "inventories/demo/group_vars", folder / "group_vars")
+    hosts = {n: {"ansible_host": pool.hosts[n].address, "ansible_port": pool.hosts[n].port}
+             for n in names}
+    # localhost is for ansible-pull alone: its git step runs `ansible -c local all -l
+    # localhost,<this host>` on the inventory given once the checkout has it, and fails on an
+    # inventory without this machine. Every limit below leaves it out.
+    local = {"localhost": {"ansible_connection": "local",
+                           "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}
+    (clone / INVENTORY).write_text(yaml.safe_dump({"all": {"hosts": local, "children": {
+        "pets": {"hosts": hosts, "vars": {"baseline_motd_purpose": "benchmark pet"}}}}}))
+    git("add", "--all", cwd=clone)
+    git("-c", "user.name=Bench", "-c", "user.email=bench@bench.invalid", "commit", "--quiet",
+        "-m", "Benchmark inventory", cwd=clone)
+    git("push", "--quiet", "origin", BRANCH, cwd=clone)
+    shutil.rmtree(clone)
+
+
+def bench_config(workdir: Path, remote: Path, pool: TestHostPool, names: list[str],
+                 state: str) -> Path:
+    """The demo's agent.yml (agent.demo.write_config), pointed at the bench inventory,
+    limited to NAMES, with state in WORKDIR/STATE."""
+    data = yaml.safe_load(write_config(workdir, remote, pool).read_text())
+    data.update(inventory=INVENTORY, limit=",".join(names), state_dir=str(workdir / state))
+    path = workdir / f"agent-{state}.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def converge(config: Config, remote: Path, workdir: Path, names: list[str]) -> None:
+    """Apply the playbook once, as agent.demo.converge does (it is tied to the demo hosts)."""
+    tree = workdir / "converge-tree"
+    git("clone", "--quiet", "--branch", BRANCH, f"file://{remote}", str(tree))
+    run = PlaybookRun(tree=tree, playbook=PLAYBOOK, inventory=tree / INVENTORY,
+                      limit=",".join(names), check=False, ident="bench-converge",
+                      private_key_file=config.ansible.private_key_file,
+                      known_hosts_file=config.ansible.known_hosts_file, timeout=TIMEOUT)
+    result = run_playbook(run, workdir / "converge-runner")
+    if result.status != "successful":
+        raise SystemExit(f"bench: converge failed ({result.status}, rc {result.rc}): "
+                         f"{result.error}")
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One repo, one set of converged hosts, and how each tool is run against them."""
+
+    workdir: Path
+    remote: Path
+    pool: TestHostPool
+    names: list[str]
+    base_env: dict[str, str]  # petkeeper's: it builds its Ansible environment itself
+
+    @property
+    def tree(self) -> Path:
+        return self.workdir / "tree"  # the commit petkeeper checks; bare ansible-playbook's
+
+    @property
+    def pull_dir(self) -> Path:
+        return self.workdir / "pull"
+
+    def config(self, names: list[str], state: str) -> Path:
+        return bench_config(self.workdir, self.remote, self.pool, names, state)
+
+    def ansible_env(self, config: Config) -> dict[str, str]:
+        """Petkeeper's Ansible environment (agent.runner.build_env) over the base one."""
+        run = PlaybookRun(tree=self.tree, playbook=PLAYBOOK, inventory=self.tree / INVENTORY,
+                          limit="", check=True, ident="bench",
+                          private_key_file=config.ansible.private_key_file,
+                          known_hosts_file=config.ansible.known_hosts_file)
+        return {**self.base_env, **build_env(run)}
+
+    def commands(self, names: list[str], state: str
+                 ) -> dict[str, tuple[list[str], dict[str, str], Path]]:
+        """Per tool: argv, environment and working directory of a check of NAMES (Petkeeper's
+        with its state directory in WORKDIR/STATE)."""
+        config_path = self.config(names, state)
+        env = self.ansible_env(load_config(config_path))
+        # ansible-pull's own git step limits to "localhost,<this host's names>,127.0.0.1",
+        # which Petkeeper's strict ANSIBLE_HOST_PATTERN_MISMATCH=error turns into a failure.
+        pull_env = {**env, "ANSIBLE_HOST_PATTERN_MISMATCH": "warning"}
+        limit = ",".join(names)
+        return {
+            "petkeeper": ([str(BIN / "petkeeper"), "-v", "--config", str(config_path),
+                           "check"], self.base_env, self.workdir),
+            "ansible-playbook": ([str(BIN / "ansible-playbook"), "--check", "--diff", "-i",
+                                  INVENTORY, "--limit", limit, PLAYBOOK], env, self.tree),
+            "ansible-pull": ([str(BIN / "ansible-pull"), "-U", f"file://{self.remote}", "-C",
+                              BRANCH, "-d", str(self.pull_dir), "-i",
+                              str(self.pull_dir / INVENTORY), "-l", limit, "--check", "--diff",
+                              PLAYBOOK], pull_env, self.workdir),
+        }
+
+    def warm_up(self) -> None:
+        """Petkeeper's first cycle clones its mirror and commits the first reports;
+        ansible-pull's first clones its checkout (here with -vvv and a tag that selects no
+        task: facts only, to see where it connects). Both warm the shared SSH sockets."""
+        git("clone", "--quiet", "--branch", BRANCH, f"file://{self.remote}", str(self.tree))
+        cmd = self.commands(self.names, "state")
+        argv, env, cwd = cmd["petkeeper"]
+        pk = expect(run_timed(argv, env, cwd), "petkeeper first check")
+        argv, env, cwd = cmd["ansible-pull"]
+        pull = expect(run_timed([*argv, "-vvv", "--tags", "bench-selects-no-task"], env, cwd),
+                      "ansible-pull first run")
+        expect_ssh(pull, self.pool, self.names)
+        say(f"warm-up on {len(self.names)} host(s), not measured: petkeeper first check "
+            f"{pk.wall:.2f}s; ansible-pull clone + facts {pull.wall:.2f}s")
+
+
+# -- measures --------------------------------------------------------------------------------
+
+def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
+    """Check NAMES RUNS times with each tool, interleaved."""
+    point = Point(len(names), load=(os.getloadavg()[0], 0.0))
+    # Each host count starts from a copy of the state the warm-up left (mirror, tree, reports
+    # committed and pushed, one artifact folder), so that its disk figures are its own.
+    cmd = bench.commands(names, f"state-{len(names)}")
+    config = load_config(bench.config(names, f"state-{len(names)}"))
+    state = StateDir(config.state_dir)
+    shutil.copytree(bench.workdir / "state", state.root, symlinks=True)
+    point.artifacts_keep = config.ansible.artifacts_keep
+    point.disk.append(disk_usage(state.root))
+    point.parts.append(disk_by_part(state.root))
+    pids = [bench.pool.hosts[n].pid for n in names]
+    for i in range(runs):
+        for tool in TOOLS:
+            before = sum(map(tree_cpu, pids))
+            sample = expect(run_timed(*cmd[tool]), tool)
+            point.host_cpu[tool].append(sum(map(tree_cpu, pids)) - before)
+            if tool == "petkeeper":
+                point.disk.append(disk_usage(state.root))
+            else:
+                expect_clean(sample, names)
+            point.runs[tool].append(sample)
+        say(f"{len(names)} host(s): run {i + 1}/{runs}: " + ", ".join(
+            f"{t} {point.runs[t][-1].wall:.2f}s" for t in TOOLS))
+    point.parts.append(disk_by_part(state.root))
+    time_cycle_parts(point, config, state, runs)
+    point.load = (point.load[0], os.getloadavg()[0])
+    return point
+
+
+def time_cycle_parts(point: Point, config: Config, state: StateDir, runs: int) -> None:
+    """Time the fetch step alone (open the mirror, fetch, resolve; the tree exists) and the
+    one ansible-inventory call of the target step, in process, RUNS times each."""
+    for _ in range(runs):
+        t = time.monotonic()
+        source = sync_source(config, state, open_mirror(config, state))
+        point.fetch.append(time.monotonic() - t)
+        t, cpu = time.monotonic(), _children_cpu()
+        list_hosts(source.tree, source.tree / INVENTORY, config.limit)
+        point.inventory.append(time.monotonic() - t)
+        point.inventory_cpu.append(_children_cpu() - cpu)
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system seconds used so far by PID's process tree (a test host: its sshd, the
+    sessions, the modules they ran): each live process's own and reaped children's time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0  # it ended between two reads: its parent's cutime has it now
+    own = sum(int(v) for v in stat[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(tree_cpu(int(child)) for child in children)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def expect_clean(sample: Sample, names: list[str]) -> Sample:
+    """A sanity check of the printed recap (not how Petkeeper reads drift): changed=0 each."""
+    for name in names:
+        if not re.search(rf"^{name}\s+:\s+ok=\d+\s+changed=0\s+unreachable=0\s+failed=0",
+                         sample.out, re.M):
+            raise SystemExit(f"bench: {name} is not clean in the recap:\n{sample.out[-3000:]}")
+    return sample
+
+
+def expect_ssh(sample: Sample, pool: TestHostPool, names: list[str]) -> None:
+    """ansible-pull passes -c local to ansible-playbook: check (in its -vvv output) that the
+    inventory's ansible_connection: ssh won, so that it checked the test hosts, not this one."""
+    play = sample.out.split("PLAY [", 1)[-1]  # after the git step, which is local
+    missing = [n for n in names if f"<{pool.hosts[n].address}> ESTABLISH SSH CONNECTION"
+               not in play]
+    if missing or "ESTABLISH LOCAL CONNECTION" in play:
+        raise SystemExit(f"bench: ansible-pull did not check {missing or names} over SSH")
+
+
+def disk_usage(root: Path) -> tuple[int, int, int]:
+    """Return (apparent bytes, allocated bytes, files) under ROOT."""
+    size = blocks = files = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            size, blocks, files = size + st.st_size, blocks + st.st_blocks * 512, files + 1
+    return size, blocks, files
+
+
+def disk_by_part(root: Path) -> dict[str, int]:
+    return {p.name: disk_usage(p)[0] if p.is_dir() else p.stat().st_size
+            for p in sorted(root.iterdir())}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def spread(values: Sequence[float], unit: str = "s") -> str:
+    return (f"{statistics.median(values):6.2f}{unit} "
+            f"({min(values):.2f}-{max(values):.2f})")
+
+
+def split_of(sample: Sample) -> dict[str, float] | None:
+    """From petkeeper -v stderr stamps: start-up, fetch+target, Ansible, the rest."""
+    marks: dict[str, float | None] = {": cycle ": None, ": running ": None, " finished: ": None}
+    for at, line in sample.err:
+        for key, seen in marks.items():
+            if seen is None and key in line:
+                marks[key] = at
+    c, r, f = marks.values()
+    if c is None or r is None or f is None:
+        return None
+    return {"start-up (imports, config, lock)": c, "fetch + target": r - c,
+            "ansible-runner + ansible-playbook": f - r,
+            "later steps (record, save) + exit": sample.wall - f}
+
+
+def print_point(p: Point) -> None:
+    n = len(p.runs["petkeeper"])
+    print(f"\n== {p.hosts} host(s), {n} runs each, median (min-max); load average "
+          f"{p.load[0]:.1f} -> {p.load[1]:.1f}")
+    print(f"  {'':18} {'wall':>22}   {'CPU on this side':>22}   {'CPU on the hosts':>22}")
+    for tool in TOOLS:
+        cpu = [s.cpu for s in p.runs[tool]]
+        print(f"  {tool:18} {spread(p.wall(tool)):>22}   {spread(cpu):>22}   "
+              f"{spread(p.host_cpu[tool]):>22}")
+    pk = p.median("petkeeper")
+    for other in TOOLS[1:]:
+        paired = [a - b for a, b in zip(p.wall("petkeeper"), p.wall(other), strict=True)]
+        print(f"  ratio petkeeper/{other:19} {pk / p.median(other):6.2f}   (paired difference "
+              f"per round, median {statistics.median(paired):+.2f}s)")
+    own_cpu = [s.own_cpu for s in p.runs["petkeeper"]]
+    print(f"  petkeeper's own process CPU (imports, GitPython, runner events) {spread(own_cpu)}")
+    print_split(p)
+    print_disk(p)
+    own = max(s.own_rss_kb for s in p.runs["petkeeper"]) / 1024
+    tree = max(s.tree_rss_kb for s in p.runs["petkeeper"]) / 1024
+    print(f"  petkeeper peak RSS: its own process {own:.1f} MiB (VmHWM, sampled every 20 ms); "
+          f"largest process of its tree {tree:.1f} MiB (wait4 ru_maxrss)")
+
+
+def print_split(p: Point) -> None:
+    rounds = [(s, ap.wall) for s, ap in zip(map(split_of, p.runs["petkeeper"]),
+                                            p.runs["ansible-playbook"], strict=True) if s]
+    splits = [s for s, _ in rounds]
+    if not splits:
+        print("  petkeeper cycle split: not found in its -v log")
+        return
+    print("  petkeeper cycle split (median of -v log line arrival times):")
+    for key in splits[0]:
+        print(f"    {key:34} {statistics.median(s[key] for s in splits):6.2f}s")
+    print(f"      fetch step alone, in process   {statistics.median(p.fetch):6.2f}s")
+    print(f"      ansible-inventory, in process  {statistics.median(p.inventory):6.2f}s "
+          f"(CPU {statistics.median(p.inventory_cpu):.2f}s)")
+    alone = [sum(v for k, v in s.items() if not k.startswith("ansible")) for s in splits]
+    print(f"    petkeeper alone (all but the Ansible part) {statistics.median(alone):6.2f}s")
+    paired = [s["ansible-runner + ansible-playbook"] - ap for s, ap in rounds]
+    print(f"    Ansible part minus bare ansible-playbook, paired per round, median "
+          f"{statistics.median(paired):+.2f}s")
+
+
+def print_disk(p: Point) -> None:
+    grow = [b[0] - a[0] for a, b in itertools.pairwise(p.disk)]
+    allocated = (p.disk[-1][1] - p.disk[0][1]) / len(grow)
+    print(f"  state dir growth per no-change cycle: {statistics.mean(grow):,.0f} B apparent, "
+          f"{allocated:,.0f} B allocated (per run: {', '.join(f'{g:+,}' for g in grow)}); "
+          f"files {p.disk[0][2]} -> {p.disk[-1][2]}")
+    print(f"    (ansible-runner keeps {p.artifacts_keep} artifact folders, one per run: growth "
+          "stops once they rotate)")
+    before, after = p.parts
+    print("    bytes by part: " + ", ".join(f"{k} {before.get(k, 0):,} -> {v:,}"
+                                          for k, v in after.items()))
+
+
+def print_table(points: list[Point]) -> None:
+    print("\n== summary: medians of a no-change check; wall seconds, then CPU seconds on this "
+          "side")
+    head = (f"{'hosts':>5} {'pk':>7} {'ap':>7} {'pull':>7} {'pk/ap':>6} {'pk/pull':>7} "
+            f"{'pk CPU':>7} {'ap CPU':>7} {'pull CPU':>8} {'state B/cycle':>13} "
+            f"{'pk RSS MiB':>10}")
+    print(head)
+    print("-" * len(head))
+    for p in points:
+        pk, ap, pull = (p.median(t) for t in TOOLS)
+        cpu = [statistics.median(s.cpu for s in p.runs[t]) for t in TOOLS]
+        grow = (p.disk[-1][0] - p.disk[0][0]) / (len(p.disk) - 1)
+        rss = max(s.own_rss_kb for s in p.runs["petkeeper"]) / 1024
+        print(f"{p.hosts:>5} {pk:>7.2f} {ap:>7.2f} {pull:>7.2f} {pk / ap:>6.2f} "
+              f"{pk / pull:>7.2f} {cpu[0]:>7.2f} {cpu[1]:>7.2f} {cpu[2]:>8.2f} {grow:>13,.0f} "
+              f"{rss:>10.1f}")
+    print("pk: petkeeper check; ap: ansible-playbook --check --diff; pull: ansible-pull --check "
+          "--diff; state B/cycle: mean growth of the state directory (apparent bytes)")
+
+
+# -- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=5, help="measured runs per tool (default 5)")
+    parser.add_argument("--hosts", type=int, default=2, help="test hosts (default 2)")
+    parser.add_argument("--scale", help="host counts to measure, e.g. 1,2,4 (overrides --hosts)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no SSH connection reuse (ControlMaster=no) for all three tools")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir")
+    args = parser.parse_args(argv)
+    args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
+    if args.runs < 1 or min(args.counts) < 1 or max(args.counts) > 80:
+        parser.error("--runs and host counts must be >= 1, host counts <= 80")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="pkbench-", dir="/tmp"))
+    # One ControlPersist folder for this process (the converge) and all three tools.
+    os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(workdir / "cp")
+    base_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    if args.cold:
+        base_env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=no"
+    began = time.monotonic()
+    say(f"agent from {Path(agent.__file__).parent}; workdir {workdir}; "
+        f"{'cold' if args.cold else 'warm'} SSH connections; ansible-core "
+        f"{version('ansible-core')}; {os.cpu_count()} CPUs; load average "
+        f"{os.getloadavg()[0]:.1f}")
+    points = []
+    try:
+        remote = seed_repo(workdir / "pets.git", workdir / "seed")
+        with TestHostPool(workdir / "hosts") as pool:  # stops every host, however we leave
+            names = start_hosts(pool, max(args.counts))
+            add_inventory(remote, workdir, pool, names)
+            t = time.monotonic()
+            converge(load_config(bench_config(workdir, remote, pool, names, "state")), remote,
+                     workdir, names)
+            say(f"{len(names)} host(s) on {ADDRESS.format('x')} converged in "
+                f"{time.monotonic() - t:.1f}s (setup, not measured)")
+            bench = Bench(workdir, remote, pool, names, base_env)
+            bench.warm_up()
+            # Most hosts first: each smaller set is a subset whose SSH sockets stay warm.
+            for count in sorted(args.counts, reverse=True):
+                points.append(measure_point(bench, names[:count], args.runs))
+                print_point(points[-1])
+        print_table(sorted(points, key=lambda p: p.hosts))
+        say(f"total {time.monotonic() - began:.0f}s")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
