@@ -281,6 +281,8 @@ def start_detached(workdir: Path, name: str, address: str, port: int | None = No
 def stop_detached(workdir: Path, name: str) -> bool:
     """Stop detached host NAME by the PIDs in WORKDIR/NAME.json: SIGTERM to its namespace's
     PID 1, then SIGKILL if it lingers. Return False when it was not running."""
+    if not workdir.is_dir():
+        return False  # nothing was ever started there: leave no folder behind either
     with _workdir_lock(workdir):
         state = _read_state(workdir, name)
         if state is None:
