@@ -107,15 +107,8 @@ class TestHostPool:
     def start(self, name: str, address: str = "127.0.0.1", port: int | None = None) -> TestHost:
         """Start host NAME listening on ADDRESS:PORT (a free port when None)."""
         port = port or free_port(address)
-        root = self.workdir / name
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(mode=0o700)
-        _keygen(root / "ssh_host_ed25519_key", name)
-        shutil.copy(self.client_key.with_suffix(".pub"), root / "authorized_keys")
+        root = _prepare_root(self, name)
         init = root / "init.sh"
-        init.write_text(INIT_SCRIPT)
-        init.chmod(0o700)
         log = (root / "sshd.log").open("wb")
         argv = ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
                 str(init), str(root), name, f"{address}:{port}"]
