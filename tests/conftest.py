@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -36,18 +36,22 @@ class GitRemote:
     def commit(self, files: dict[str, str | None], message: str = "Change pets",
                branch: str = "main") -> str:
         """Write FILES (None deletes) in the clone, commit and push BRANCH; return the sha."""
+        self.write(files)
+        git("-C", str(self.work), "add", "--all")
+        git("-C", str(self.work), "-c", "user.name=Admin", "-c", "user.email=admin@test.invalid",
+            "commit", "--quiet", "--allow-empty", "-m", message)
+        git("-C", str(self.work), "push", "--quiet", str(self.bare), f"HEAD:refs/heads/{branch}")
+        return self.rev(branch)
+
+    def write(self, files: Mapping[str, str | bytes | None]) -> None:
+        """Write FILES into the clone (None deletes), without committing."""
         for path, content in files.items():
             target = self.work / path
             if content is None:
                 target.unlink()
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-        git("-C", str(self.work), "add", "--all")
-        git("-C", str(self.work), "-c", "user.name=Admin", "-c", "user.email=admin@test.invalid",
-            "commit", "--quiet", "--allow-empty", "-m", message)
-        git("-C", str(self.work), "push", "--quiet", str(self.bare), f"HEAD:refs/heads/{branch}")
-        return self.rev(branch)
+            target.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     def rev(self, ref: str) -> str:
         return git("--git-dir", str(self.bare), "rev-parse", ref).strip()

@@ -41,13 +41,7 @@ def commit_as(remote: GitRemote, author: str, files: dict[str, str | bytes | Non
               *signing: str, env: dict[str, str] | None = None) -> str:
     """Write FILES (None deletes) in REMOTE's clone, commit as AUTHOR ("Name <email>"), signed
     when SIGNING (git -c options) is given, push main; return the sha."""
-    for path, content in files.items():
-        target = remote.work / path
-        if content is None:
-            target.unlink()
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    remote.write(files)
     name, _, email = author.partition(" <")
     work = ["git", "-C", str(remote.work)]
     run(*work, "add", "--all")
