@@ -33,6 +33,7 @@ from agent.state import (
     read_status,
     write_pause,
 )
+from agent.trust import acknowledge
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--expires", default=None, metavar="DURATION",
                          help="how long the approval counts (default approvals.expires, 4h)")
     approve.add_argument("--comment", default="", help="why; recorded with the approval")
+    ack = sub.add_parser("ack", parents=[common],
+                         help="accept a rewound source head (force-push, reset) for applies "
+                              "again (root only)",
+                         description="After a head that does not descend from the last "
+                                     "applied commit, applies stop until a person has checked "
+                                     "the history and acknowledges that commit here.")
+    ack.add_argument("commit", metavar="COMMIT", help="the rewound head petkeeper status names")
+    ack.add_argument("--comment", default="", help="why; recorded with the acknowledgement")
     history = sub.add_parser("history", parents=[common],
                              help="what the reports branch says: drift, approvals, applies")
     history.add_argument("host", nargs="?", help="only this host")
@@ -199,6 +208,22 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise AgentError("ack: only root may let applies resume on a pet; run it with sudo "
+                         "(your login name is recorded)")
+    config = load_config(_config_path(args))
+    state = StateDir(config.state_dir)
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    with cycle_lock(state, f"petkeeper ack {args.commit}"):
+        ack = acknowledge(state, open_mirror(config, state), args.commit, approver_name(), now,
+                          args.comment)
+    before = str(ack["applied_before"] or "none")[:12]
+    print(f"acknowledged {ack['commit'][:12]} as {ack['by']} (last applied commit {before}); "
+          "the next run may apply corrections from it and its descendants")
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
     state = StateDir(config.state_dir)
@@ -283,7 +308,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
-                            "apply": cmd_check, "approve": cmd_approve,
+                            "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume}
 

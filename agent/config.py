@@ -22,6 +22,8 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 URL_SCHEMES = ("file://", "ssh://", "https://", "http://", "git://")
 SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+URL_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
+VERIFY_MODES = ("off", "head", "all")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class RepoConfig:
     url: str
     branch: str = "main"
     timeout: float = 120.0
+    verify: str = "off"  # signatures checked before a commit is materialised: off, head, all
+    allowed_signers: str | None = None  # ssh allowed_signers file (gpg.ssh.allowedSignersFile)
+    gpg_home: str | None = None  # a dedicated OpenPGP keyring, not root's
+    verify_since: str | None = None  # "all": history up to this commit is trusted unsigned
 
 
 @dataclass(frozen=True)
@@ -137,19 +143,32 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
                                  "ansible", "policy", "approvals", "post_apply_tests",
                                  "requirements", "daemon"})
     repo_data = top.mapping("repo", required=True)
-    repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout"})
+    repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout", "verify",
+                                            "allowed_signers", "gpg_home", "verify_since"})
     url = repo.string("url", required=True)
     if url and not (url.startswith(URL_SCHEMES) or SCP_LIKE.match(url) or url.startswith("/")):
         p.add("repo.url", f"expected a Git URL (file://, ssh://, https://), got {url!r}",
               "write the full URL, e.g. file:///srv/git/pets.git")
+    _check_plain_http(p, "repo.url", url)
     repo_cfg = RepoConfig(url=url or "", branch=repo.string("branch") or "main",
-                          timeout=repo.duration("timeout", 120.0))
+                          timeout=repo.duration("timeout", 120.0),
+                          verify=_verify_mode(p, repo_data.get("verify", "off")),
+                          allowed_signers=repo.string("allowed_signers"),
+                          gpg_home=repo.string("gpg_home"),
+                          verify_since=repo.string("verify_since"))
+    if repo_cfg.verify != "off" and not (repo_cfg.allowed_signers or repo_cfg.gpg_home):
+        p.add("repo.verify", f"is {repo_cfg.verify!r}, but no key may sign the source",
+              "set repo.allowed_signers (SSH) or repo.gpg_home (OpenPGP), or verify: off")
+    if repo_cfg.verify_since and not re.fullmatch(r"[0-9a-f]{7,64}", repo_cfg.verify_since):
+        p.add("repo.verify_since", f"expected a commit id, got {repo_cfg.verify_since!r}",
+              "give the id of the last commit made before signing began (it and its "
+              "ancestors are trusted as they are)")
 
     rep = _Section(p, top.mapping("reports"), "reports.",
                    {"branch", "url", "heartbeat", "push", "author_name", "author_email"})
     reports = ReportsConfig(
         branch=rep.string("branch") or "petkeeper/reports",
-        url=rep.string("url"),
+        url=_check_plain_http(p, "reports.url", rep.string("url")),
         heartbeat=rep.duration("heartbeat", 86400.0),
         push=rep.boolean("push", True),
         author_name=rep.string("author_name") or "Petkeeper",
@@ -290,6 +309,24 @@ def _check_extra_var(p: _Problems, key: str, value: str) -> None:
         # The value itself is never echoed: extra vars often carry secrets.
         p.add(key, "is neither key=value pairs nor a JSON object",
               "use key=value pairs, a JSON object, or @file")
+
+
+def _verify_mode(p: _Problems, value: Any) -> str:
+    if value is False:  # YAML reads a bare `off` as false
+        return "off"
+    if value not in VERIFY_MODES:
+        p.add("repo.verify", f"expected one of {', '.join(VERIFY_MODES)}, got {value!r}",
+              "use head (the fetched commit must be signed) or all (every new commit)")
+        return "off"
+    return str(value)
+
+
+def _check_plain_http(p: _Problems, key: str, url: str | None) -> str | None:
+    """Credentials in an http:// URL would cross the network in clear text."""
+    if url and url.lower().startswith("http://") and URL_USERINFO.match(url):
+        p.add(key, "has credentials in a plain http:// URL: they would be sent unencrypted",
+              "use https:// (with a credential helper) or ssh://, never http:// with a password")
+    return url
 
 
 def _check_repo_path(p: _Problems, key: str, value: str) -> None:

@@ -37,6 +37,7 @@ from agent.report import PublishResult, Record, RunInfo, drift_records, publish
 from agent.runner import stop_strays
 from agent.source import Source, open_mirror, sync_source
 from agent.state import StateDir, cycle_lock, read_json, write_status
+from agent.trust import mark_applied
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Cycle:
         statuses = {r.status for r in self.hosts.values()}
         if not statuses or statuses - {CLEAN, DRIFTED}:
             return EXIT_ERROR
-        if self.source is not None and self.source.fetch_error:
+        if self.source is not None and (self.source.fetch_error or self.source.rejected):
             return EXIT_ERROR
         if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY) or
                (a.tests is not None and not a.tests["passed"]) for a in self.applies):
@@ -100,6 +101,8 @@ class Cycle:
             "source_sha": self.source.sha if self.source else None,
             "started": self.started.isoformat(timespec="seconds"),
             "fetch_error": self.source.fetch_error if self.source else None,
+            "source_rejected": self.source.rejected if self.source else None,
+            "applies_held": self.source.hold if self.source else None,
             "hosts": {name: r.as_dict() for name, r in self.hosts.items()},
             "plans": {name: p.as_dict() for name, p in self.plans.items()},
             "applies": [a.as_dict() for a in self.applies],
@@ -163,6 +166,7 @@ def apply_step(c: Cycle) -> None:
     for host, plan in c.plans.items():
         if plan.action != APPLY or (c.only_plan and plan.plan_id != c.only_plan):
             continue
+        mark_applied(c.state, c.source.sha)  # before: an apply cut short counts too
         result, after = apply_plan(c.config, c.source, c.targets, c.state, plan, c.run_id,
                                    c.clock, c.cancel)
         ledger = read_json(c.state.ledger_file, ledger)
@@ -185,7 +189,8 @@ def save_step(c: Cycle) -> None:
             timespec="seconds"), "exit_code": c.exit_code},
         "hosts": {name: {"status": r.status, "fingerprint": r.fingerprint,
                          "changes": len(r.changes), "message": r.message,
-                         "source_sha": c.source.sha, "checked_at": c.started.isoformat(
+                         "source_sha": c.source.sha, "source_rejected": c.source.rejected,
+                         "checked_at": c.started.isoformat(
                              timespec="seconds"), "run_id": c.run_id,
                          "plan": c.plans[name].as_dict() if name in c.plans else None}
                   for name, r in c.hosts.items()},

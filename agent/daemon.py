@@ -277,6 +277,8 @@ def describe(cycle: Cycle, pause: dict[str, Any] | None) -> str:
         counts[report.status] = counts.get(report.status, 0) + 1
     hosts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no hosts"
     line = f"run {cycle.run_id}: exit {cycle.exit_code}, {hosts}, {len(cycle.applies)} apply(s)"
+    if cycle.source is not None and cycle.source.hold:
+        line += f"; applies held: {cycle.source.hold}"
     return line + (f"; paused: {pause['reason']}" if pause else "")
 
 

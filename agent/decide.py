@@ -163,8 +163,10 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
                 for a in host_approvals(state, host)]
         mine += [(a, p or ("already used once" if approval_key(a) in used else None))
                  for a, p in from_git if a.host == host]
-        plans[host] = build_plan(report, groups.get(host, ()), policy, bound, ids[host], mine,
-                                 now)
+        plan = build_plan(report, groups.get(host, ()), policy, bound, ids[host], mine, now)
+        if source.hold and plan.action == APPLY:
+            plan = replace(plan, action=WAIT, reason=f"{source.hold} ({plan.reason})")
+        plans[host] = plan
     write_json(state.plans_file, {h: p.as_dict() for h, p in plans.items()})
     return plans, classified
 

@@ -32,6 +32,7 @@ HARDENING = {
     "fetch.recurseSubmodules": "false",
     "protocol.ext.allow": "never",
     "transfer.fsckObjects": "true",
+    "protocol.file.allow": "user",  # a file:// repo.url works; file:// from inside a repo not
     "gc.auto": "0",
 }
 
@@ -171,6 +172,22 @@ class Mirror:
         except RepoError:
             return False
         return True
+
+    def commits_between(self, head: str, exclude: tuple[str, ...] = ()) -> list[str]:
+        """Commits reachable from HEAD but from none of EXCLUDE (both sides of merges), newest
+        first; EXCLUDE entries the mirror lacks are ignored."""
+        known = [sha for sha in exclude if self._rev(sha) is not None]
+        return self._git("rev-list", "--end-of-options", head, *(f"^{sha}" for sha in known)
+                         ).split()
+
+    def has_commit(self, sha: str) -> bool:
+        return self._rev(sha) is not None
+
+    def resolve_commit(self, name: str) -> str | None:
+        """The full id of commit NAME (an id or a prefix of one; never an option), or None."""
+        if not name or name.startswith("-"):
+            return None
+        return self._rev(name)
 
     def push_reports(self, url: str, branch: str) -> bool:
         """Push the queue to BRANCH of URL without force; False when the remote rejects it."""

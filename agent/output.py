@@ -83,12 +83,16 @@ def render_status(status: Mapping[str, Any]) -> str:
              f"{str(last.get('source_sha'))[:12]}, exit {last.get('exit_code')}"]
     if last.get("fetch_error"):
         lines.append(f"  fetch failed: {last['fetch_error']}")
+    if last.get("applies_held"):
+        lines.append(f"  applies held: {last['applies_held']}")
     queued = reports.get("queued", 0)
     lines.append(f"  reports: {queued} commit(s) queued, not yet pushed" if queued
                  else "  reports: all pushed")
     for name, host in sorted((status.get("hosts") or {}).items()):
         lines.append(f"{name}: {host['status']}, {host['changes']} change(s), checked "
                      f"{host['checked_at']} at {str(host['source_sha'])[:12]}")
+        if host.get("source_rejected"):
+            lines.append(f"  source head rejected: {host['source_rejected']}")
     return "\n".join(lines)
 
 
@@ -100,6 +104,8 @@ def _footer(report: Mapping[str, Any]) -> str:
     line = f"\n{summary}. Source {str(report['source_sha'])[:12]}, run {report['run_id']}."
     if report.get("fetch_error"):
         line += f"\nwarning: {report['fetch_error']}; checked the last good commit"
+    if report.get("applies_held"):
+        line += f"\nwarning: applies held: {report['applies_held']}"
     rep = report.get("reports")
     if rep:
         line += f"\nreports: {len(rep['committed'])} committed"

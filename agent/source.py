@@ -13,6 +13,7 @@ from agent.config import Config
 from agent.errors import FetchError, RepoError
 from agent.gitrepo import Mirror
 from agent.state import StateDir
+from agent.trust import rewind_hold, trusted_head
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class Source:
     sha: str
     tree: Path
     fetch_error: str | None = None  # the fetch failed: this is the last good commit
+    rejected: str | None = None  # the head's signatures failed: this is the last verified one
+    hold: str | None = None  # why no correction may be applied from this commit
     env: Mapping[str, str] = field(default_factory=dict)  # for Ansible: Galaxy requirements
 
 
@@ -49,9 +52,15 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
                         f"{mirror.safe_url}; set repo.branch to an existing branch")
     if fetch_error:
         log.warning("%s; using the last good commit %s", fetch_error, sha[:12])
+    sha, rejected = trusted_head(config, state, mirror, sha)  # before any file is written
+    hold = rewind_hold(state, mirror, sha)
+    if rejected:
+        hold = f"{rejected}; checking the last verified commit {sha[:12]}, applying nothing"
+    elif hold:
+        log.warning("%s", hold)
     tree = mirror.materialise(sha, state.trees / sha)
     prune_trees(state.trees, keep=sha)
-    return Source(sha=sha, tree=tree, fetch_error=fetch_error)
+    return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
 
 
 def prune_trees(trees: Path, keep: str) -> None:

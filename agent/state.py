@@ -14,6 +14,7 @@ Layout (mode 0700)::
     runner/         ansible-runner's private data dir, artifacts rotated
     pause.json      set by `petkeeper pause`: who, when, why, whether checks pause too
     daemon.pid      the running daemon's PID, flock-ed while it runs (`petkeeper run --now`)
+    trust.json      last verified source commit, last applied one, an acknowledged rewind
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class StateDir:
         return self.root / "daemon.pid"
 
     def ensure(self) -> None:
+    @property
+    def trust_file(self) -> Path:
+        return self.root / "trust.json"
+
         """Create the state directory, private to root (0700)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

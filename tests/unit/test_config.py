@@ -460,3 +460,44 @@ def test_extra_vars_never_echo_their_values_in_errors(values: list[str]):
 def test_yaml_text_of_any_data_loads_to_a_config_or_a_config_error(data: Any):
     text = yaml.safe_dump(data)
     assert_config_or_clean_error(yaml.safe_load(text), Overrides())
+
+
+# -- source trust -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["head", "all"])
+def test_signature_verification_modes_need_a_trust_list(mode: str):
+    assert problems({"repo": {"url": "file:///r.git", "verify": mode}}) == [
+        f"{SOURCE}: repo.verify: is {mode!r}, but no key may sign the source; set "
+        "repo.allowed_signers (SSH) or repo.gpg_home (OpenPGP), or verify: off"]
+    config = parse({"repo": {"url": "file:///r.git", "verify": mode,
+                             "allowed_signers": "/etc/petkeeper/allowed_signers"}})
+    assert config.repo.verify == mode
+
+
+@pytest.mark.parametrize("value", [False, "off"])
+def test_verification_off_may_be_written_bare_or_quoted(value: Any):
+    assert parse({"repo": {"url": "file:///r.git", "verify": value}}).repo.verify == "off"
+
+
+@pytest.mark.parametrize("value", ["yes", True, "signed", ["head"]])
+def test_unknown_verification_mode_is_rejected_with_the_choices(value: Any):
+    [problem] = problems({"repo": {"url": "file:///r.git", "verify": value}})
+    assert problem.startswith(f"{SOURCE}: repo.verify: expected one of off, head, all, got ")
+
+
+def test_verify_since_must_be_a_commit_id():
+    [problem] = problems({"repo": {"url": "file:///r.git", "verify": "all", "gpg_home": "/k",
+                                   "verify_since": "main~3"}})
+    assert problem.startswith(f"{SOURCE}: repo.verify_since: expected a commit id, got 'main~3'")
+
+
+@pytest.mark.parametrize("key", ["repo", "reports"])
+def test_credentials_in_a_plain_http_url_are_refused(key: str):
+    url = "http://deploy:hunter22@git.example.org/pets.git"
+    data: dict[str, Any] = {"repo": {"url": "https://git.example.org/pets.git"}}
+    data.setdefault(key, {})["url"] = url
+    [problem] = problems(data)
+    assert problem.startswith(f"{SOURCE}: {key}.url: has credentials in a plain http:// URL")
+    assert "hunter22" not in problem
+    assert parse({"repo": {"url": "http://git.example.org/pets.git"}}).repo.url.startswith(
+        "http://")

@@ -1,0 +1,274 @@
+"""Source trust end to end: signatures checked before a commit is materialised, and no
+rollback of what was applied without a person's acknowledgement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import (
+    GitRemote,
+    converge,
+    git,
+    pet_hosts,
+    pets_repo_files,
+    write_agent_config,
+)
+from tests.signing import ALICE, GpgKeys, SshKeys, commit_as, flip_signature_char, run, tampered
+
+pytestmark = pytest.mark.hosts
+
+MOTD = "cat /etc/motd"
+
+
+def cli(config: Path, *args: str) -> tuple[int, dict, str]:
+    """Run a petkeeper cycle command with --json: (exit code, report, stderr)."""
+    r = subprocess.run([sys.executable, "-m", "agent", "--config", str(config), *args, "--json"],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
+
+
+def petkeeper(config: Path, *args: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "SUDO_USER": user})
+
+
+def tree_digest(folder: Path) -> str:
+    """One hash over every path, mode and byte under FOLDER."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        h.update(f"{path.relative_to(folder)}:{path.lstat().st_mode}\n".encode())
+        if path.is_file() and not path.is_symlink():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def state_snapshot(state: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in state.glob("*.json")}
+
+
+def trees(state: Path) -> set[str]:
+    folder = state / "trees"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+@pytest.fixture
+def signed_pets(host_pool, remote: GitRemote, ssh_keys: SshKeys, tmp_path: Path):
+    """alpha's repo with one commit signed by alice, and an agent.yml that verifies heads."""
+    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    first = commit_as(remote, ALICE, files, *ssh_keys.signing(ssh_keys.alice))
+    config = write_agent_config(
+        tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool, limit="alpha",
+        repo={"url": remote.url, "branch": "main", "timeout": "30s", "verify": "head",
+              "allowed_signers": str(ssh_keys.allowed)})
+    return config, first
+
+
+def test_unsigned_head_on_the_first_run_is_refused_before_any_file_is_written(
+        host_pool, remote, ssh_keys, tmp_path):
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")))
+    config = write_agent_config(
+        tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool, limit="alpha",
+        repo={"url": remote.url, "branch": "main", "verify": "all",
+              "allowed_signers": str(ssh_keys.allowed)})
+    refs = remote.refs()
+
+    code, report, stderr = cli(config, "check")
+
+    head = remote.rev("main")
+    assert code == 1 and report == {}
+    assert stderr.strip().splitlines() == [
+        f"petkeeper: error: source commit {head[:12]} (head) is not trusted: unsigned; sign it "
+        "with a key in repo.allowed_signers or repo.gpg_home, or push a signed fix"]
+    assert trees(tmp_path / "state") == set()
+    assert not (tmp_path / "state" / "status.json").exists()
+    assert remote.refs() == refs  # no report written
+
+
+def forge_unsigned(remote, keys):
+    return remote.commit({"roles/motd/defaults/main.yml": 'motd_text: "unsigned\\n"\n'})
+
+
+def forge_not_allowed(remote, keys):
+    return commit_as(remote, ALICE, {"roles/motd/defaults/main.yml": 'motd_text: "m\\n"\n'},
+                     *keys.signing(keys.mallory))
+
+
+def forge_corrupted(remote, keys):
+    signed = commit_as(remote, ALICE, {"roles/motd/defaults/main.yml": 'motd_text: "c\\n"\n'},
+                       *keys.signing(keys.alice))
+    forged = tampered(remote, signed, flip_signature_char)
+    git("-C", str(remote.work), "push", "--quiet", "--force", str(remote.bare),
+        f"{forged}:refs/heads/main")
+    git("-C", str(remote.work), "reset", "--quiet", "--hard", forged)
+    return forged
+
+
+def forge_signed_tag_on_unsigned_commit(remote, keys):
+    sha = forge_unsigned(remote, keys)
+    run("git", "-C", str(remote.work), *keys.signing(keys.alice), "tag", "-s", "-m", "release",
+        "v1", sha)
+    run("git", "-C", str(remote.work), "push", "--quiet", str(remote.bare), "v1")
+    return sha
+
+
+FORGERIES = {
+    "unsigned": (forge_unsigned, "unsigned"),
+    "key not allowed": (forge_not_allowed, "signed by a key not in"),
+    "corrupted signature": (forge_corrupted, "bad signature"),
+    "signed tag on an unsigned commit": (forge_signed_tag_on_unsigned_commit, "unsigned"),
+}
+
+
+def test_untrusted_heads_keep_the_last_verified_tree_and_each_host_says_why(
+        signed_pets, remote, ssh_keys):
+    config, good = signed_pets
+    state = Path(yaml.safe_load(config.read_text())["state_dir"])
+    code, report, _ = cli(config, "check")
+    assert report["source_sha"] == good and report["source_rejected"] is None, report
+    good_tree = tree_digest(state / "trees" / good)
+
+    for case, (forge, why) in FORGERIES.items():
+        bad = forge(remote, ssh_keys)
+        reports_before = remote.log()
+
+        code, report, stderr = cli(config, "check")
+
+        assert code == 1, case
+        assert report["source_sha"] == good, case
+        rejected = report["source_rejected"]
+        assert rejected.startswith(f"source commit {bad[:12]} (head) is not trusted: {why}"), \
+            (case, rejected)
+        assert f"security: {rejected}" in stderr
+        assert bad not in trees(state) and tree_digest(state / "trees" / good) == good_tree
+        status = json.loads((state / "status.json").read_text())
+        assert status["hosts"]["alpha"]["source_rejected"] == rejected
+        assert status["hosts"]["alpha"]["source_sha"] == good
+        shown = petkeeper(config, "status").stdout
+        assert f"source head rejected: {rejected}" in shown
+        # Reports name only the commit that was really checked; none is lost.
+        sources = remote.log(fmt="%(trailers:key=Petkeeper-Source,valueonly)")
+        assert bad not in "".join(sources) and good in "".join(sources)
+        assert remote.log()[-len(reports_before):] == reports_before
+
+
+def merged_history(remote: GitRemote, keys: SshKeys, files: dict[str, str]) -> str:
+    """main: signed base, then a signed merge of a branch holding one unsigned commit."""
+    sign = keys.signing(keys.alice)
+    commit_as(remote, ALICE, files, *sign)
+    work = ["git", "-C", str(remote.work)]
+    run(*work, "checkout", "--quiet", "-b", "side")
+    remote.commit({"side.txt": "from a branch nobody signed\n"}, branch="side")
+    run(*work, "checkout", "--quiet", "main")
+    run(*work, "-c", "user.name=Alice", "-c", "user.email=alice@test.invalid", *sign, "merge",
+        "--quiet", "--no-ff", "-S", "-m", "Merge side", "side")
+    run(*work, "push", "--quiet", str(remote.bare), "HEAD:refs/heads/main")
+    return remote.rev("main")
+
+
+def test_all_refuses_an_unsigned_commit_merged_below_a_signed_head_and_head_does_not(
+        host_pool, remote, ssh_keys, tmp_path):
+    head = merged_history(remote, ssh_keys, pets_repo_files(pet_hosts(host_pool, "alpha")))
+    unsigned = remote.rev("side")
+    repo = {"url": remote.url, "branch": "main", "verify": "all",
+            "allowed_signers": str(ssh_keys.allowed)}
+    strict = write_agent_config(tmp_path / "all.yml", remote.url, tmp_path / "state-all",
+                                host_pool, limit="alpha", repo=repo)
+
+    code, _, stderr = cli(strict, "check")
+
+    assert code == 1
+    assert f"error: source commit {unsigned[:12]} ('Change pets', below the head {head[:12]}) " \
+           "is not trusted: unsigned" in stderr
+    assert trees(tmp_path / "state-all") == set()
+
+    lenient = write_agent_config(tmp_path / "head.yml", remote.url, tmp_path / "state-head",
+                                 host_pool, limit="alpha", repo={**repo, "verify": "head"})
+    code, report, stderr = cli(lenient, "check")
+    assert report["source_sha"] == head and report["source_rejected"] is None, stderr
+    assert trees(tmp_path / "state-head") == {head}
+
+
+def test_openpgp_signed_history_is_trusted_from_verify_since_with_a_dedicated_keyring(
+        host_pool, remote, gpg_keys: GpgKeys, tmp_path):
+    old = remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")), "Before signing")
+    head = commit_as(remote, ALICE, {"README": "signed from now on\n"}, "-c",
+                     "gpg.format=openpgp", "-c", f"user.signingkey={gpg_keys.fpr}",
+                     env={"GNUPGHOME": str(gpg_keys.signer)})
+    repo = {"url": remote.url, "branch": "main", "verify": "all",
+            "gpg_home": str(gpg_keys.verifier)}
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
+                                host_pool, limit="alpha", repo=repo)
+
+    code, _, stderr = cli(config, "check")
+    assert code == 1
+    assert f"source commit {old[:12]} ('Before signing', below the head {head[:12]})" in stderr
+
+    write_agent_config(config, remote.url, tmp_path / "state", host_pool, limit="alpha",
+                       repo={**repo, "verify_since": old})
+    code, report, stderr = cli(config, "check")
+    assert report["source_sha"] == head and report["source_rejected"] is None, stderr
+    trust = json.loads((tmp_path / "state" / "trust.json").read_text())
+    assert trust["verified"] == head
+
+    write_agent_config(config, remote.url, tmp_path / "state", host_pool, limit="alpha",
+                       repo={**repo, "verify_since": old, "gpg_home": str(gpg_keys.empty)})
+    commit_as(remote, ALICE, {"README": "signed by a key the keyring lacks\n"}, "-c",
+              "gpg.format=openpgp", "-c", f"user.signingkey={gpg_keys.fpr}",
+              env={"GNUPGHOME": str(gpg_keys.signer)})
+    code, report, _ = cli(config, "check")
+    assert code == 1 and report["source_sha"] == head
+    assert "is not trusted: signed by a key not in" in report["source_rejected"]
+
+
+def test_a_rewound_head_halts_applies_until_a_person_acknowledges_it(
+        host_pool, remote, tmp_path):
+    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    files["petkeeper/policy.yml"] = yaml.safe_dump({"default": "auto"})
+    old = remote.commit(files, "Pets, corrected automatically")
+    converge(host_pool, remote, "alpha", tmp_path)
+    new = remote.commit({"roles/motd/defaults/main.yml":
+                         'motd_text: "Version two\\n"\npet_mode: steady\n'}, "Version two")
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
+                                host_pool, limit="alpha")
+    state = tmp_path / "state"
+    _, ran, _ = cli(config, "run")
+    assert [a["result"] for a in ran["applies"]] == ["converged"]
+    assert host_pool.run("alpha", MOTD).stdout == "Version two\n"
+    assert json.loads((state / "trust.json").read_text())["applied"] == new
+
+    git("-C", str(remote.work), "push", "--quiet", "--force", str(remote.bare),
+        f"{old}:refs/heads/main")  # someone resets main to an older commit
+    _, held, _ = cli(config, "run")
+
+    assert held["source_sha"] == old and held["applies"] == []
+    plan = held["plans"]["alpha"]
+    assert plan["action"] == "wait" and plan["reason"].startswith(
+        f"source rewound: {old[:12]} does not descend from {new[:12]}")
+    assert f"petkeeper ack {old[:12]}" in plan["reason"]
+    assert held["applies_held"] == plan["reason"].removesuffix(" (policy default: auto)")
+    assert host_pool.run("alpha", MOTD).stdout == "Version two\n"  # detection only
+    assert "applies held: source rewound" in petkeeper(config, "status").stdout
+
+    trust_before = (state / "trust.json").read_bytes()
+    refused = petkeeper(config, "ack", "0123456789abcdef")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "ack: '0123456789abcdef' is not a commit the agent has fetched" in refused.stderr
+    assert (state / "trust.json").read_bytes() == trust_before
+
+    acked = petkeeper(config, "ack", old[:12], "--comment", "rollback on purpose")
+    assert acked.returncode == 0, acked.stderr
+    assert f"acknowledged {old[:12]} as alice (last applied commit {new[:12]})" in acked.stdout
+    _, ran, _ = cli(config, "run")
+    assert [a["result"] for a in ran["applies"]] == ["converged"]
+    assert host_pool.run("alpha", MOTD).stdout == "Managed by Petkeeper\n"
+    trust = json.loads((state / "trust.json").read_text())
+    assert trust["applied"] == old and trust["acknowledged"] is None
