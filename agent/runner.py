@@ -318,7 +318,8 @@ def _scrub_artifacts(folder: Path) -> None:
 
 def _strict_env() -> dict[str, str]:
     return {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "True", "ANSIBLE_HOST_PATTERN_MISMATCH": "error",
-            "ANSIBLE_HOST_KEY_CHECKING": "True"}
+            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOG_PATH": os.devnull,
+            "ANSIBLE_CACHE_PLUGIN": "memory"}
 
 
 def path_with_venv() -> str:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.ansible_cfg import check_ansible_cfg
 from agent.config import Config
 from agent.errors import FetchError, RepoError
 from agent.gitrepo import Mirror
@@ -60,6 +61,7 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
         log.warning("%s", hold)
     tree = mirror.materialise(sha, state.trees / sha)
     prune_trees(state.trees, keep=sha)
+    check_ansible_cfg(tree)
     return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
 
 

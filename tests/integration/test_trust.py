@@ -272,3 +272,28 @@ def test_a_rewound_head_halts_applies_until_a_person_acknowledges_it(
     assert host_pool.run("alpha", MOTD).stdout == "Managed by Petkeeper\n"
     trust = json.loads((state / "trust.json").read_text())
     assert trust["applied"] == old and trust["acknowledged"] is None
+
+
+def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checking(
+        host_pool, remote, tmp_path):
+    log = tmp_path / "ansible.log"
+    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    remote.commit({**files, "ansible.cfg": f"[defaults]\nforks = 2\nlog_path = {log}\n"})
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
+                                host_pool, limit="alpha")
+    refs = remote.refs()
+
+    code, report, stderr = cli(config, "check")
+
+    assert code == 1 and report == {}
+    assert stderr.splitlines() == [
+        "petkeeper: error: ansible.cfg: [defaults] log_path: not allowed in a Petkeeper repo "
+        "(Ansible's log would hold diffs with secrets in clear); remove it (README: Security "
+        "model lists what a repo may set)"]
+    assert not log.exists() and not (tmp_path / "state" / "status.json").exists()
+    assert remote.refs() == refs
+
+    remote.commit({"ansible.cfg": "[defaults]\nforks = 2\nhost_key_checking = False\n"})
+    code, _, stderr = cli(config, "check")
+    assert code == 1 and "host_key_checking: = False: host keys are always checked" in stderr
+    assert not remote.has("petkeeper/reports")

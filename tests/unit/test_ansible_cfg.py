@@ -1,0 +1,106 @@
+"""The allow-list for a repo's own ansible.cfg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.ansible_cfg import check_ansible_cfg, find_cfg_problem
+from agent.errors import RepoError
+from agent.runner import PlaybookRun, build_env
+
+
+def test_settings_a_repo_needs_are_allowed(tmp_path: Path):
+    (tmp_path / "roles").mkdir()
+    text = """\
+[defaults]
+roles_path = roles:./more_roles
+collections_path = collections
+forks = 10
+timeout = 30
+interpreter_python = auto_silent
+host_key_checking = True   ; the default anyway
+[privilege_escalation]
+become = true
+become_user = root
+[ssh_connection]
+pipelining = True
+retries = 3
+[colors]
+changed = yellow
+"""
+    assert find_cfg_problem(text, tmp_path) is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[defaults]\nlog_path = /tmp/ansible.log\n",
+     "[defaults] log_path: not allowed in a Petkeeper repo (Ansible's log would hold diffs "
+     "with secrets in clear); remove it (README: Security model lists what a repo may set)"),
+    ("[defaults]\nhost_key_checking = False\n",
+     "[defaults] host_key_checking: = False: host keys are always checked; remove the line"),
+    ("[defaults]\ncallback_plugins = plugins\ncallbacks_enabled = tee\n",
+     "[defaults] callback_plugins: not allowed in a Petkeeper repo (callbacks see every "
+     "result, secrets included); remove it (README: Security model lists what a repo may set)"),
+    ("[defaults]\nfact_caching = jsonfile\nfact_caching_connection = /var/tmp/facts\n",
+     "[defaults] fact_caching: not allowed in a Petkeeper repo (facts are cached in memory "
+     "only); remove it (README: Security model lists what a repo may set)"),
+    ("[ssh_connection]\nssh_args = -o StrictHostKeyChecking=no\n",
+     "[ssh_connection] ssh_args: not allowed in a Petkeeper repo (it could turn off host-key "
+     "checking); remove it (README: Security model lists what a repo may set)"),
+    ("[defaults]\nroles_path = roles:/etc/ansible/roles\n",
+     "[defaults] roles_path: '/etc/ansible/roles' is outside the repository; use a path "
+     "relative to the repository root"),
+    ("[defaults]\nlibrary = ../../lib\n",
+     "[defaults] library: '../../lib' is outside the repository; use a path relative to the "
+     "repository root"),
+    ("[defaults]\nroles_path = ~/roles\n",
+     "[defaults] roles_path: '~/roles' is outside the repository; use a path relative to the "
+     "repository root"),
+    ("[galaxy]\nserver = https://galaxy.example.org\n",
+     "[galaxy] server: not allowed in a Petkeeper repo (it is not on the list of settings a "
+     "repo may make); remove it (README: Security model lists what a repo may set)"),
+    ("[DEFAULT]\nlog_path = /tmp/x\n[defaults]\nforks = 2\n",
+     "[defaults] log_path: not allowed in a Petkeeper repo (Ansible's log would hold diffs "
+     "with secrets in clear); remove it (README: Security model lists what a repo may set)"),
+])
+def test_settings_that_escape_the_sandbox_are_refused_with_the_key_and_the_fix(
+        tmp_path: Path, text: str, expected: str):
+    assert find_cfg_problem(text, tmp_path) == expected
+
+
+def test_a_symlink_leaving_the_repo_through_a_path_setting_is_refused(tmp_path: Path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "roles").symlink_to("/etc")
+    assert "'roles' is outside the repository" in find_cfg_problem(
+        "[defaults]\nroles_path = roles\n", tree)
+
+
+def test_broken_ini_is_one_line():
+    problem = find_cfg_problem("[defaults\nforks=1\n", Path("/nonexistent"))
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("not a valid INI file (") and problem.endswith("fix the syntax")
+
+
+def test_check_names_the_file_and_accepts_a_repo_without_one(tmp_path: Path):
+    check_ansible_cfg(tmp_path)
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nlog_path = /tmp/a.log\n")
+    with pytest.raises(RepoError, match=r"^ansible.cfg: \[defaults\] log_path: not allowed"):
+        check_ansible_cfg(tmp_path)
+
+
+def test_a_symlinked_ansible_cfg_is_refused(tmp_path: Path):
+    (tmp_path / "ansible.cfg").symlink_to("/etc/ansible/ansible.cfg")
+    with pytest.raises(RepoError, match="must be a regular file"):
+        check_ansible_cfg(tmp_path)
+
+
+def test_the_environment_pins_what_no_config_file_may_change(tmp_path: Path):
+    env = build_env(PlaybookRun(tree=tmp_path, playbook="site.yml", inventory=None, limit=None,
+                                check=True, ident="t"))
+    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+    assert env["ANSIBLE_LOG_PATH"] == "/dev/null"
+    assert env["ANSIBLE_CACHE_PLUGIN"] == "memory"
+    assert env["ANSIBLE_CALLBACKS_ENABLED"] == "petkeeper_facts"
+    assert "StrictHostKeyChecking=yes" in env["ANSIBLE_SSH_COMMON_ARGS"]
