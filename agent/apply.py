@@ -96,7 +96,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     write_json(state.ledger_file, ledger)
     result = ApplyResult(**common, result=CONVERGED if converged else (
         FAILED_APPLY if failed else NOT_CONVERGED), after_status=after.status,
-        leftovers=leftovers, finished=now().isoformat(timespec="seconds"), message=failed,
+        leftovers=leftovers, finished=now().isoformat(timespec="seconds"),
+        message=failed and source.mask(failed),
         tests=tests)
     journal.unlink(missing_ok=True)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)

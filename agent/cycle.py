@@ -35,7 +35,7 @@ from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
 from agent.report import PublishResult, Record, RunInfo, drift_records, publish
 from agent.runner import stop_strays
-from agent.source import Source, open_mirror, sync_source
+from agent.source import Source, open_mirror, secret_masker, sync_source
 from agent.state import StateDir, cycle_lock, read_json, write_status
 from agent.trust import mark_applied
 
@@ -118,7 +118,7 @@ def fetch_step(c: Cycle) -> None:
     source = sync_source(c.config, c.state, c.mirror)
     env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
                                c.config.ansible.timeout)
-    c.source = replace(source, env=env)
+    c.source = replace(source, env=env, mask=secret_masker(c.config, c.state, source.tree))
     c.advance(Stage.FETCHED)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from agent.config import Config
-from agent.drift import HostReport, build_host_reports
+from agent.drift import HostReport, build_host_reports, mask_reports
 from agent.errors import RepoError
 from agent.runner import PlaybookRun, list_hosts, run_playbook
 from agent.source import Source, resolve_in_tree
@@ -106,7 +106,8 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
                             f"playbook (commit {source.sha[:12]})")
         events.extend(result.events)
         facts.extend(result.facts)
-    return build_host_reports(events, targets.hosts, str(source.tree), facts)
+    return mask_reports(build_host_reports(events, targets.hosts, str(source.tree), facts),
+                        source.mask)
 
 
 def playbook_run(config: Config, source: Source, targets: Targets, playbook: str,

@@ -9,8 +9,8 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 CLEAN, DRIFTED, FAILED = "clean", "drifted", "failed"
@@ -248,3 +248,16 @@ def _clean_path(header: str, tree_root: str) -> str:
 
 def _ensure_newline(line: str) -> str:
     return line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+
+
+def mask_reports(reports: Mapping[str, HostReport],
+                 mask: Callable[[str], str]) -> dict[str, HostReport]:
+    """REPORTS with MASK applied to everything they show; fingerprints follow the masked text,
+    so a changed secret still changes the fingerprint (through its new mask)."""
+    masked = {}
+    for name, r in reports.items():
+        changes = tuple(replace(c, play=mask(c.play), task=mask(c.task), diff=mask(c.diff))
+                        for c in r.changes)
+        masked[name] = replace(r, changes=changes, message=r.message and mask(r.message),
+                               fingerprint=fingerprint(r.status, changes))
+    return masked

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.ansible_cfg import check_ansible_cfg
-from agent.config import Config
+from agent.config import Config, parse_extra_var
 from agent.errors import FetchError, RepoError
 from agent.gitrepo import Mirror
-from agent.state import StateDir
+from agent.redact import Masker, leaf_strings, url_secrets
+from agent.state import StateDir, write_atomic
 from agent.trust import rewind_hold, trusted_head
+from agent.vault import vault_values
 
 log = logging.getLogger(__name__)
 
 TREES_KEPT = 2
+MIN_EXTRA_VAR_SECRET = 8  # shorter extra-vars values are settings, not secrets, when masking
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Source:
     rejected: str | None = None  # the head's signatures failed: this is the last verified one
     hold: str | None = None  # why no correction may be applied from this commit
     env: Mapping[str, str] = field(default_factory=dict)  # for Ansible: Galaxy requirements
+    mask: Callable[[str], str] = field(default=lambda text: text)  # hides secrets in reports
 
 
 def open_mirror(config: Config, state: StateDir) -> Mirror:
@@ -63,6 +70,50 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
     prune_trees(state.trees, keep=sha)
     check_ansible_cfg(tree)
     return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
+
+
+def secret_masker(config: Config, state: StateDir, tree: Path) -> Masker:
+    """What reports must never show in clear: the vaulted values of this commit and of the
+    one before (kept in STATE_DIR/trees), the password in the repo URLs, and extra vars'
+    values; each gets its own mask."""
+    found: set[str] = set()
+    # The previous tree too: a rotated secret's old value is still on the hosts, in diffs.
+    for folder in {tree, *(p for p in state.trees.iterdir() if p.is_dir())}:
+        if not folder.name.startswith("."):
+            found |= _vaulted(folder, config.vault_password_file,
+                              _mtime(config.vault_password_file))
+    found |= url_secrets(config.repo.url) | url_secrets(config.reports_url)
+    for value in config.extra_vars:
+        if not value.startswith("@"):
+            with contextlib.suppress(ValueError):
+                found |= {v for v in leaf_strings(parse_extra_var(value))
+                          if len(v) >= MIN_EXTRA_VAR_SECRET}
+    return Masker(found, mask_key(state))
+
+
+def mask_key(state: StateDir) -> bytes:
+    """The agent's own key for masks (STATE_DIR/mask.key): masks stay the same across runs,
+    so fingerprints do, and say nothing about the value to someone without the key."""
+    path = state.root / "mask.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        write_atomic(path, key)
+        return key
+
+
+@functools.lru_cache(maxsize=4)
+def _vaulted(tree: Path, password_file: str | None, _mtime: int) -> frozenset[str]:
+    """vault_values, once per materialised tree (trees never change) and password file."""
+    return frozenset(vault_values(tree, password_file))
+
+
+def _mtime(path: str | None) -> int:
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return 0
 
 
 def prune_trees(trees: Path, keep: str) -> None:

@@ -1,0 +1,162 @@
+"""Canary secrets used on a real host never reach any output, and diffs stay useful."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import GitRemote, git, pet_hosts, write_agent_config
+
+pytestmark = pytest.mark.hosts
+
+VAULT_CANARY = "PKCANARY-vault-7f3a91"
+ROTATED_CANARY = "PKCANARY-vault-v2-44d1e0"
+NOLOG_CANARY = "PKCANARY-nolog-5e1d42"
+URL_CANARY = "PKCANARY-url-c0ffee"
+EXTRA_CANARY = "PKCANARY-extra-9b2c77"
+CANARIES = (VAULT_CANARY, ROTATED_CANARY, NOLOG_CANARY, URL_CANARY, EXTRA_CANARY)
+VAULT = str(Path(sys.executable).parent / "ansible-vault")
+MASK = re.compile(r"<secret:[0-9a-f]{10}>")
+
+PLAYBOOK = """\
+- name: Keep the secret-holding pet
+  hosts: pets
+  gather_facts: false
+  vars:
+    # Built at run time: the plain value is in no file of the repo.
+    canary_nolog: "{{ 'PKCANARY' ~ '-nolog-' ~ '5e1d42' }}"
+  tasks:
+    - name: Write the app config
+      ansible.builtin.copy:
+        content: "vault={{ canary_vault }}\\nextra={{ canary_extra }}\\nplain=visible\\n"
+        dest: /etc/pet-secret.conf
+        mode: "0600"
+    - name: Write the token
+      ansible.builtin.copy:
+        content: "{{ canary_nolog }}\\n"
+        dest: /etc/pet-token
+        mode: "0600"
+      no_log: true
+    - name: Fail with a secret in the message
+      ansible.builtin.fail:
+        msg: "cannot log in with {{ canary_vault }} or {{ canary_extra }}"
+      when: fail_now | default(false) | bool
+"""
+
+
+def encrypt_string(value: str, name: str, password: Path) -> str:
+    return subprocess.run([VAULT, "encrypt_string", "--vault-password-file", str(password),
+                           value, "--name", name], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+
+
+class Outputs:
+    """Every stdout and stderr the test's petkeeper commands printed."""
+
+    def __init__(self, config: Path) -> None:
+        self.config, self.texts = config, []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "agent", "--config", str(self.config), "-v",
+                            *args], capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL, env={**os.environ, "SUDO_USER": "alice"})
+        self.texts += [r.stdout, r.stderr]
+        return r
+
+    def json(self, *args: str) -> dict:
+        r = self.run(*args, "--json")
+        assert r.stdout.strip(), r.stderr
+        return json.loads(r.stdout)
+
+
+def secret_diff(report: dict) -> str:
+    [change] = [c for c in report["hosts"]["alpha"]["changes"]
+                if c["task"] == "Write the app config"]
+    return change["diff"]
+
+
+def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tmp_path):
+    remote = GitRemote(tmp_path / "git")
+    password = tmp_path / "vault_pass"
+    password.write_text("correct horse battery\n")
+    address, port = pet_hosts(host_pool, "alpha")["alpha"]
+    inventory = {"pets": {"hosts": {"alpha": {
+        "ansible_host": address, "ansible_port": port, "ansible_user": "root",
+        "ansible_python_interpreter": "/usr/bin/python3"}}}}
+    remote.commit({
+        "site.yml": PLAYBOOK, "inventory/hosts.yml": yaml.safe_dump(inventory),
+        "inventory/group_vars/pets.yml": encrypt_string(VAULT_CANARY, "canary_vault", password),
+        "petkeeper/policy.yml": yaml.safe_dump({"default": "auto"})})
+    url = f"file://petkeeper:{URL_CANARY}@{remote.bare}"
+    state = tmp_path / "state"
+    config = write_agent_config(tmp_path / "agent.yml", url, state, host_pool, limit="alpha",
+                                vault_password_file=str(password),
+                                extra_vars=[f"canary_extra={EXTRA_CANARY}"])
+    out = Outputs(config)
+    host_pool.run("alpha", "rm -f /etc/pet-secret.conf /etc/pet-token")
+
+    # 1. Drift: the file would be written with two secrets, each shown as its own mask.
+    checked = out.json("check")
+    diff = secret_diff(checked)
+    masks = MASK.findall(diff)
+    assert len(masks) == 2 and masks[0] != masks[1], diff
+    assert "+plain=visible" in diff
+    assert checked["hosts"]["alpha"]["status"] == "drifted"
+
+    # 2. Applied by policy: the host really holds the secrets (they were used).
+    ran = out.json("run")
+    assert [a["result"] for a in ran["applies"]] == ["converged"], ran
+    on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
+    assert VAULT_CANARY in on_host and EXTRA_CANARY in on_host and NOLOG_CANARY in on_host
+
+    # 3. A hand edit of the secret file: the diff shows which secret line changed.
+    host_pool.run("alpha", "sed -i 's/^extra=.*/extra=edited by hand/' /etc/pet-secret.conf")
+    edited = secret_diff(out.json("check"))
+    assert "-extra=edited by hand" in edited and f"+extra={masks[1]}" in edited, edited
+
+    # 4. A rotated vault value: old and new values get different masks, both hidden.
+    remote.commit({"inventory/group_vars/pets.yml":
+                   encrypt_string(ROTATED_CANARY, "canary_vault", password)}, "Rotate")
+    host_pool.run("alpha", "sed -i 's/^extra=.*/extra=" + EXTRA_CANARY + "/' "
+                  "/etc/pet-secret.conf")
+    rotated = secret_diff(out.json("check"))
+    old_line = next(ln for ln in rotated.splitlines() if ln.startswith("-vault="))
+    new_line = next(ln for ln in rotated.splitlines() if ln.startswith("+vault="))
+    assert old_line == f"-vault={masks[0]}" and MASK.fullmatch(new_line[len("+vault="):])
+    assert new_line != f"+vault={masks[0]}"
+
+    # 5. A failing task whose message holds secrets, and every read-only command.
+    failed = out.json("check", "-e", "fail_now=true")
+    assert failed["hosts"]["alpha"]["status"] == "failed"
+    message = failed["hosts"]["alpha"]["message"]
+    assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>", message), message
+    out.json("plan")
+    out.json("status")
+    out.run("status")
+    out.run("history")
+    bad = out.run("approve", "no-such-plan")
+    assert bad.returncode == 1
+
+    # Every output: what the commands printed, the reports branch (files, messages,
+    # trailers), the whole state directory (artifacts, mirror, trees, status, ledger).
+    reports = git("--git-dir", str(remote.bare), "log", "-p", "--format=%H%n%B",
+                  "petkeeper/reports")
+    assert "apply of plan" in reports
+    blobs = git("--git-dir", str(remote.bare), "grep", "-I", "-h", "-e", ".",
+                "petkeeper/reports")
+    leaks = {canary: where
+             for canary in CANARIES
+             for where, text in [("stdout/stderr", "\n".join(out.texts)),
+                                 ("reports branch", reports + blobs)]
+             if canary in text}
+    leaks |= {canary: str(path) for path in state.rglob("*")
+              if path.is_file() and not path.is_symlink()
+              for canary in CANARIES if canary.encode() in path.read_bytes()}
+    assert leaks == {}
