@@ -88,11 +88,11 @@ class StateDir:
     def daemon_pid_file(self) -> Path:
         return self.root / "daemon.pid"
 
-    def ensure(self) -> None:
     @property
     def trust_file(self) -> Path:
         return self.root / "trust.json"
 
+    def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
