@@ -297,3 +297,36 @@ def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checkin
     code, _, stderr = cli(config, "check")
     assert code == 1 and "host_key_checking: = False: host keys are always checked" in stderr
     assert not remote.has("petkeeper/reports")
+
+
+def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
+    from agent.gitrepo import Mirror
+
+    sub = GitRemote(tmp_path / "sub")
+    sub_sha = sub.commit({"secret.txt": "from a submodule\n"})
+    remote.commit({"site.yml": "- hosts: all\n", ".gitmodules":
+                   f'[submodule "vendor"]\n\tpath = vendor\n\turl = {sub.url}\n'})
+    git("-C", str(remote.work), "update-index", "--add", "--cacheinfo",
+        f"160000,{sub_sha},vendor")
+    git("-C", str(remote.work), "-c", "user.name=A", "-c", "user.email=a@x", "commit", "-q",
+        "-m", "Add a submodule")
+    git("-C", str(remote.work), "push", "-q", str(remote.bare), "HEAD:refs/heads/main")
+    mirror = Mirror(tmp_path / "mirror.git", remote.url, 30)
+    marker = tmp_path / "hook-ran"
+    for name in ("reference-transaction", "post-checkout", "post-index-change"):
+        hook = mirror.path / "hooks" / name
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        hook.chmod(0o755)
+
+    mirror.fetch("main", None)
+    head = mirror.resolve("main")
+    tree = mirror.materialise(head, tmp_path / "trees" / head)
+
+    assert not marker.exists()
+    assert (tree / "site.yml").is_file() and not (tree / "vendor" / "secret.txt").exists()
+    config = git("--git-dir", str(mirror.path), "config", "--list")
+    for setting in ("core.hookspath=/dev/null", "protocol.file.allow=user",
+                    "protocol.ext.allow=never", "submodule.recurse=false"):
+        assert setting in config
+    mirror.repo.close()
