@@ -317,9 +317,12 @@ def _scrub_artifacts(folder: Path) -> None:
 
 
 def _strict_env() -> dict[str, str]:
+    """Settings no ansible.cfg may change (the environment outranks it): strict inventories,
+    host keys checked, no log file (it would hold diffs in clear), facts cached in memory, and
+    no module arguments in the targets' syslog."""
     return {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "True", "ANSIBLE_HOST_PATTERN_MISMATCH": "error",
             "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOG_PATH": os.devnull,
-            "ANSIBLE_CACHE_PLUGIN": "memory"}
+            "ANSIBLE_CACHE_PLUGIN": "memory", "ANSIBLE_NO_TARGET_SYSLOG": "True"}
 
 
 def path_with_venv() -> str:

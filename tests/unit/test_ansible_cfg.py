@@ -102,5 +102,6 @@ def test_the_environment_pins_what_no_config_file_may_change(tmp_path: Path):
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
     assert env["ANSIBLE_LOG_PATH"] == "/dev/null"
     assert env["ANSIBLE_CACHE_PLUGIN"] == "memory"
+    assert env["ANSIBLE_NO_TARGET_SYSLOG"] == "True"
     assert env["ANSIBLE_CALLBACKS_ENABLED"] == "petkeeper_facts"
     assert "StrictHostKeyChecking=yes" in env["ANSIBLE_SSH_COMMON_ARGS"]
