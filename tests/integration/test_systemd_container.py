@@ -35,7 +35,9 @@ PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(Path(__file__).with_name("con
 PET = "pet-in-a-box"  # the container's hostname, so the name of its report
 REMOTE = "/srv/git/pets.git"  # where the bare remote is mounted in the container
 WHEELS, SETUP = "/mnt/petkeeper-wheels", "/mnt/petkeeper-setup"  # read-only mounts
-AUTO = "default: auto\n"  # petkeeper/policy.yml: correct drift without asking
+# petkeeper/policy.yml: correct motd drift without asking. A rule by tag: the tags come from
+# Petkeeper's own Ansible callback, so this also proves the installed wheel ships it.
+AUTO = "rules:\n  - {tags: [motd], mode: auto}\n"
 MOTD, NEW_MOTD = "Kept by Petkeeper under systemd\n", "Kept, and followed to a new commit\n"
 AGENT_YML = {
     "repo": {"url": f"file://{REMOTE}", "branch": "main", "timeout": "30s"},
@@ -63,7 +65,7 @@ def local_yml(motd: str) -> str:
     return ("- name: Keep the pet in a box\n  hosts: all\n  gather_facts: false\n  tasks:\n"
             "    - name: Write the message of the day\n      ansible.builtin.copy:\n"
             f"        content: {json.dumps(motd)}\n        dest: /etc/motd\n"
-            '        mode: "0644"\n')
+            '        mode: "0644"\n      tags: [motd]\n')
 
 
 def podman(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
