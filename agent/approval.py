@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from agent.config import parse_duration, printable_key
-from agent.errors import RepoError
+from agent.errors import RepoError, StalledError
 
 APPROVALS_DIR = "approvals"
 PLAN_ID_LENGTH = 16
@@ -100,7 +100,7 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
         expires: 8h
         comment: planned change, ticket OPS-42
     """
-    where = f"{path} (commit {commit[:12]})"
+    where = f"{printable_key(path)} (commit {commit[:12]})"
     if not isinstance(data, dict):
         raise RepoError(f"{where}: expected a mapping with host, plan and expires; see README: "
                         "Approving through Git")
@@ -126,6 +126,15 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
                     how=GIT, approved_at=committed_at.isoformat(timespec="seconds"),
                     expires_at=_expires(data.get("expires"), committed_at, where),
                     comment=str(data.get("comment") or ""), origin=f"{path}@{commit}")
+
+
+def parse_host_approval(data: Any, path: str) -> Approval:
+    """Given the JSON of an approval given on this host (STATE_DIR/approvals/), return it;
+    StalledError naming the file when it is not one."""
+    if not isinstance(data, dict):
+        raise StalledError(f"{path}: not an approval (expected a JSON object); move it aside "
+                           "and approve the plan again")
+    return Approval.from_dict(data)
 
 
 def _plan_id_as_written(raw: Any, plans: Mapping[str, Any]) -> str:

@@ -22,6 +22,8 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 URL_SCHEMES = ("file://", "ssh://", "https://", "http://", "git://")
 SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+MAX_DURATION = 3650 * 86400.0  # ten years: a longer one is a typo, and dates would overflow
+MAX_RUN_TIMEOUT = 7 * 86400.0
 URL_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
 VERIFY_MODES = ("off", "head", "all")
 
@@ -115,18 +117,18 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     """Read PATH and apply OVERRIDES; raise ConfigError listing every problem."""
     try:
         text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not valid YAML: not UTF-8 text ({e.reason} at byte "
+                           f"{e.start}); save the file as UTF-8"]) from None
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found; create it (see README: Configuration) "
                            "or pass --config FILE"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}; check its permissions"]) from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{path}: not valid YAML{where}: {problem}; fix the syntax"]) from e
+        raise ConfigError([f"{path}: {yaml_problem(e)}; fix the syntax"]) from e
     return parse_config(data, str(path), overrides or Overrides())
 
 
@@ -187,6 +189,9 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         known_hosts_file=ans.string("known_hosts_file"),
         artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
     )
+    if ansible.timeout > MAX_RUN_TIMEOUT:  # Python's subprocess waits fail beyond 24.8 days
+        p.add("ansible.timeout", f"at most 7d, got {ans.data['timeout']!r}",
+              "set how long one playbook run may take, e.g. \"30m\"")
 
     appr = _Section(p, top.mapping("approvals"), "approvals.",
                     {"verify", "allowed_signers", "gpg_home", "expires"})
@@ -278,14 +283,19 @@ def parse_duration(value: Any) -> float | None:
             seconds = float(m.group(1)) * UNITS[m.group(2)]
     except OverflowError:
         return None
-    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_DURATION:
+        return None
+    return seconds
 
 
 def parse_extra_var(value: str) -> dict[str, Any]:
     """Given "k=v k2=v2" or a JSON object, return the variables (ValueError if neither)."""
     text = value.strip()
     if text.startswith("{"):
-        parsed = json.loads(text)
+        try:
+            parsed = json.loads(text)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
         if not isinstance(parsed, dict):
             raise ValueError("expected a JSON object")
         return parsed
@@ -435,6 +445,27 @@ class _Section:
                        f"set {self.prefix}{key}: true or false")
             return default
         return value
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """yaml.safe_load, failing only with a YAMLError: PyYAML's parser recurses, and its
+    constructors raise what they like for a badly tagged value (e.g. `!!bool maybe`)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except Exception as e:
+        raise yaml.YAMLError(f"a tagged value cannot be read ({type(e).__name__}: {e})") from e
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line saying where and why the text is not valid YAML."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).split("\n")[0] or "invalid YAML"
+    return f"not valid YAML{where}: {' '.join(str(problem).split())}"
 
 
 def printable_key(key: Any) -> str:

@@ -16,10 +16,17 @@ from typing import Any
 
 import yaml
 
-from agent.approval import APPROVALS_DIR, Approval, parse_git_approval, plan_id, void_reason
-from agent.config import Config
+from agent.approval import (
+    APPROVALS_DIR,
+    Approval,
+    parse_git_approval,
+    parse_host_approval,
+    plan_id,
+    void_reason,
+)
+from agent.config import Config, load_yaml, printable_key, yaml_problem
 from agent.drift import CLEAN, DRIFTED, HostReport
-from agent.errors import RepoError
+from agent.errors import RepoError, StalledError
 from agent.gitrepo import Mirror
 from agent.ledger import classify
 from agent.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
@@ -29,6 +36,7 @@ from agent.state import StateDir, read_json, write_json
 log = logging.getLogger(__name__)
 
 APPLY, WAIT, REPORT_ONLY, NOTHING = "apply", "wait", "report-only", "nothing"
+PLAN_KEYS = ("plan_id", "source_sha", "fingerprint")  # what approving a plan reads of it
 
 
 @dataclass(frozen=True)
@@ -105,9 +113,9 @@ def load_policy(config: Config, source: Source) -> Policy:
         return Policy()
     path = resolve_in_tree(source.tree, config.policy, f"{config.path}: policy")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_bytes())
     except yaml.YAMLError as e:
-        raise RepoError(f"{config.policy}: not valid YAML ({e}); fix the policy file") from None
+        raise RepoError(f"{config.policy}: {yaml_problem(e)}; fix the policy file") from None
     return parse_policy(data, config.policy)
 
 
@@ -127,10 +135,10 @@ def git_approvals(config: Config, mirror: Mirror, head: str,
         commit = mirror.last_commit_touching(head, path)
         _, when = mirror.commit_message(commit)
         try:
-            data = yaml.safe_load(blob)
+            data = load_yaml(blob)
         except yaml.YAMLError as e:
-            raise RepoError(f"{path} (commit {commit[:12]}): not valid YAML ({e}); fix or "
-                            "remove the approval file") from None
+            raise RepoError(f"{printable_key(path)} (commit {commit[:12]}): {yaml_problem(e)}; "
+                            "fix or remove the approval file") from None
         approval = parse_git_approval(data, path, commit, mirror.commit_author(commit),
                                       datetime.fromisoformat(when), plans)
         problem = None
@@ -182,7 +190,11 @@ def approval_key(approval: Approval) -> str:
 
 
 def used_approvals(state: StateDir) -> set[str]:
-    return set(read_json(state.used_approvals_file, []))
+    used = read_json(state.used_approvals_file, [])
+    if not isinstance(used, list) or not all(isinstance(key, str) for key in used):
+        raise StalledError(f"{state.used_approvals_file}: not a list of used approvals; restore "
+                           "it from a backup (without it, used approvals would count again)")
+    return set(used)
 
 
 def mark_used(state: StateDir, approval: Approval) -> None:
@@ -194,7 +206,8 @@ def host_approvals(state: StateDir, host: str) -> list[Approval]:
     """Approvals given on this machine with `petkeeper approve`, newest first."""
     if not state.approvals.is_dir():
         return []
-    found = [Approval.from_dict(read_json(p, {})) for p in state.approvals.glob("*.json")]
+    found = [parse_host_approval(read_json(p, {}), str(p))
+             for p in state.approvals.glob("*.json")]
     return sorted((a for a in found if a.host == host), key=lambda a: a.approved_at,
                   reverse=True)
 
@@ -210,13 +223,19 @@ def approve_plan(config: Config, state: StateDir, mirror: Mirror, pid: str, appr
     The approval binds the plan's host, source commit and fingerprint; RepoError when PID is
     not a plan of the last check that waits for an approval."""
     plans = read_json(state.plans_file, {})
+    if not isinstance(plans, dict) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), str) for k in PLAN_KEYS)
+            for p in plans.values()):
+        raise StalledError(f"{state.plans_file}: not the plans of a check; run petkeeper plan "
+                           "again, then approve")
     match = [(host, p) for host, p in plans.items() if p.get("plan_id") == pid]
     if not match:
-        raise RepoError(f"plan {pid}: not a plan of the last check; run petkeeper plan and "
-                        "approve one of the plan ids it shows")
+        raise RepoError(f"plan {printable_key(pid)}: not a plan of the last check; run "
+                        "petkeeper plan and approve one of the plan ids it shows")
     host, plan = match[0]
     if plan.get("mode") == "report":
-        raise RepoError(f"plan {pid} ({host}): the policy says report only ({plan['rule']}); "
+        raise RepoError(f"plan {pid} ({host}): the policy says report only "
+                        f"({plan.get('rule')}); "
                         "an approval would never be applied: change the policy in Git instead")
     if plan.get("action") not in (APPLY, WAIT):
         raise RepoError(f"plan {pid} ({host}): nothing to approve ({plan.get('reason')})")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from agent.config import load_yaml
 from agent.drift import HostReport
 from agent.errors import FetchError
 from agent.gitrepo import QUEUE_REF, Author, Mirror
@@ -217,7 +218,7 @@ def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any
     if blob is None:
         return None
     try:
-        data = yaml.safe_load(blob)
+        data = load_yaml(blob)
     except yaml.YAMLError:
         return None
     return data if isinstance(data, dict) else None

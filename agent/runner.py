@@ -25,7 +25,7 @@ from typing import Any
 
 import ansible_runner
 
-from agent.config import parse_extra_var
+from agent.config import parse_extra_var, printable_key
 from agent.errors import AgentError, RepoError
 
 log = logging.getLogger(__name__)
@@ -187,24 +187,54 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
     if proc.returncode != 0:
         raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
                         "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
-    return parse_inventory_list(json.loads(proc.stdout))
+    source = f"{_relative(inventory, tree)} (ansible-inventory --list)"
+    try:
+        data = json.loads(proc.stdout)
+    except (ValueError, RecursionError):
+        raise RepoError(f"{source}: printed no JSON listing; see what ansible-inventory --list "
+                        "prints for this inventory") from None
+    return parse_inventory_list(data, source)
 
 
-def parse_inventory_list(data: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+def parse_inventory_list(data: Any, source: str = "ansible-inventory --list"
+                         ) -> dict[str, tuple[str, ...]]:
     """Given `ansible-inventory --list` JSON, return each host with all its groups (nested
-    groups included, 'all' and 'ungrouped' left out)."""
-    hosts = sorted((data.get("_meta") or {}).get("hostvars") or {})
+    groups included, 'all' and 'ungrouped' left out); RepoError naming SOURCE when the JSON
+    is not such a listing (a broken inventory plugin or script)."""
+    def bad(problem: str) -> RepoError:
+        return RepoError(f"{source}: {problem}; see what ansible-inventory --list prints for "
+                         "this inventory")
 
-    def members(group: str, seen: frozenset[str] = frozenset()) -> set[str]:
-        entry = data.get(group) or {}
-        found = set(entry.get("hosts") or ())
-        for child in entry.get("children") or ():
-            if child not in seen:
-                found |= members(child, seen | {group})
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, got {type(data).__name__}")
+    meta = data.get("_meta") or {}
+    hostvars = (meta.get("hostvars") if isinstance(meta, dict) else None) or {}
+    if not isinstance(meta, dict) or not isinstance(hostvars, dict):
+        raise bad("_meta.hostvars is not a mapping of hosts")
+    entries = {g: e or {} for g, e in data.items() if g != "_meta"}
+    for g, e in entries.items():
+        if not isinstance(e, dict) or not all(_names(e.get(k)) for k in ("hosts", "children")):
+            raise bad(f"group {printable_key(g)}: expected hosts and children as lists of names")
+
+    def members(group: str) -> set[str]:
+        found: set[str] = set()
+        todo, seen = [group], set()
+        while todo:  # not recursive: a deep chain of child groups must not overflow the stack
+            g = todo.pop()
+            if g not in seen:
+                seen.add(g)
+                found.update(entries.get(g, {}).get("hosts") or ())
+                todo.extend(entries.get(g, {}).get("children") or ())
         return found
 
-    groups = {g: members(g) for g in data if g not in ("_meta", "all", "ungrouped")}
-    return {h: tuple(sorted(g for g, m in groups.items() if h in m)) for h in hosts}
+    groups = {g: members(g) for g in entries if g not in ("all", "ungrouped")}
+    # A host without variables is left out of hostvars: the groups name it.
+    hosts = set(hostvars).union(*(e.get("hosts") or () for e in entries.values()))
+    return {h: tuple(sorted(g for g, m in groups.items() if h in m)) for h in sorted(hosts)}
+
+
+def _names(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
 def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:

@@ -129,7 +129,7 @@ def read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise StalledError(f"{path}: unreadable ({e}); move it aside and run again") from e
 
 
