@@ -19,8 +19,9 @@ from typing import Any
 
 import git
 
-from agent.errors import FetchError, RepoError
+from agent.errors import AgentError, FetchError, RepoError
 from agent.redact import redact_text
+from agent.state import disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,14 @@ class Mirror:
         if reports_branch:
             # A one-star pattern matches nothing, without error, while the branch is new.
             specs.append(f"+refs/heads/{reports_branch}*:refs/remotes/origin/{reports_branch}*")
-        self._git("fetch", "--no-tags", "--prune", "--no-write-fetch-head", self.url, *specs,
-                  missing_ref=f"branch {branch!r} not found in {self.safe_url}")
+        try:
+            self._git("fetch", "--no-tags", "--prune", "--no-write-fetch-head", self.url,
+                      *specs, missing_ref=f"branch {branch!r} not found in {self.safe_url}")
+        except AgentError:
+            # A transfer cut short leaves its partial pack, and gc never runs here: drop it.
+            for partial in (self.path / "objects" / "pack").glob("tmp_*"):
+                partial.unlink(missing_ok=True)
+            raise
 
     def resolve(self, branch: str) -> str | None:
         """Return the commit the mirror last fetched for BRANCH, or None."""
@@ -325,6 +332,8 @@ class Mirror:
             stderr = redact_text(str(e.stderr or "").strip().removeprefix("stderr:").strip(" '"))
             if missing_ref and "couldn't find remote ref" in stderr:
                 raise RepoError(missing_ref) from None
+            if "No space left on device" in stderr:
+                raise _disk_full(self.path, args[0], stderr) from None
             if rejected and ("rejected" in stderr or "[rejected]" in str(e.stdout)):
                 raise _Rejected() from None
             if args[0] in ("fetch", "push", "ls-remote"):
@@ -335,6 +344,16 @@ class Mirror:
 
 class _Rejected(Exception):
     pass
+
+
+def _disk_full(mirror: Path, command: str, stderr: str) -> AgentError:
+    """A full disk: the remote's (its "remote:" lines say so), or the mirror's own."""
+    remote = [ln for ln in stderr.splitlines() if ln.startswith("remote:") and "No space" in ln]
+    if remote:
+        return FetchError(f"git {command} failed: the remote is out of disk space "
+                          f"({remote[0].removeprefix('remote:').strip()}); free space on the "
+                          "Git server")
+    return disk_full_error(mirror, f"(git {command})")
 
 
 def _last_line(text: str) -> str:

@@ -27,6 +27,7 @@ import ansible_runner
 
 from agent.config import parse_extra_var, printable_key
 from agent.errors import AgentError, RepoError
+from agent.state import DISK_FULL, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +107,41 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
             stop_process_tree(_ansible_children())
         return bool(stopped)
 
-    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # SSH control sockets need a short path (108 bytes at most): a private folder in /tmp.
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir, \
-            tempfile.TemporaryDirectory(prefix="pk-cp-") as cp_dir:
-        control_dir = Path(cp_dir)
-        facts_file = Path(vars_dir) / "facts.jsonl"
-        cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
-        log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
-                 "check" if run.check else "apply", run.ident, run.limit)
-        r = ansible_runner.run(
-            private_data_dir=str(work_dir), project_dir=str(run.tree), playbook=run.playbook,
-            inventory=str(run.inventory), limit=run.limit, cmdline=shlex.join(cmdline),
-            envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
-                     "PETKEEPER_FACTS_FILE": str(facts_file)},
-            ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
-            settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
-            suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
-            forks=run.forks,
-        )
-        # Masters of a per-run control folder cannot serve a later run: close them now.
-        close_control_masters(control_dir)
-        facts = _read_facts(facts_file)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SSH control sockets need a short path (108 bytes at most): a private folder in /tmp.
+        with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir, \
+                tempfile.TemporaryDirectory(prefix="pk-cp-") as cp_dir:
+            control_dir = Path(cp_dir)
+            facts_file = Path(vars_dir) / "facts.jsonl"
+            cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
+            log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
+                     "check" if run.check else "apply", run.ident, run.limit)
+            try:
+                r = ansible_runner.run(
+                    private_data_dir=str(work_dir), project_dir=str(run.tree),
+                    playbook=run.playbook, inventory=str(run.inventory), limit=run.limit,
+                    cmdline=shlex.join(cmdline),
+                    envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+                             "PETKEEPER_FACTS_FILE": str(facts_file)},
+                    ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
+                    settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
+                    suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
+                    forks=run.forks,
+                )
+            except BaseException:
+                # ansible-runner gave up (e.g. it could not write its artifacts) while Ansible
+                # may still run: stop it, so that nothing outlives the cycle.
+                stop_process_tree(_ansible_children())
+                raise
+            finally:
+                # Masters of a per-run control folder cannot serve a later run: close them.
+                close_control_masters(control_dir)
+            facts = _read_facts(facts_file)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full_error(work_dir, "ansible-runner's files") from e
+        raise
     _scrub_artifacts(work_dir / "artifacts" / run.ident)
     status = stopped[0] if stopped else str(r.status)
     return RunResult(rc=int(r.rc if r.rc is not None else -1), status=status, events=events,

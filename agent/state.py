@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import LockedError, StalledError
+from agent.errors import LockedError, StalledError, TransientError
 
 STATUS_SCHEMA = 1
 PAUSE_SCHEMA = 1
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a quota: free space and retry
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,27 @@ class StateDir:
                                "check state_dir in the config and its permissions") from e
 
 
+def mount_point(path: Path) -> Path:
+    """Return the mount point of the filesystem that holds PATH (or its nearest parent)."""
+    here = Path(os.path.abspath(path))
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return here
+
+
+def disk_full_error(path: Path, what: str = "") -> TransientError:
+    """The error for a full disk (or quota) while writing PATH (WHAT, when PATH is a folder).
+
+    Transient, not stalled: nothing was lost, and the next cycle (the daemon's backoff)
+    succeeds once a person, or log rotation, frees space."""
+    where = mount_point(path)
+    return TransientError(f"{path}: cannot write{f' {what}' if what else ''}: no space left on "
+                          f"device; free space on {where} (df -h {where}), then run again")
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write DATA to PATH so that readers see the old or the new content, never a mix."""
+    """Write DATA to PATH so that readers see the old or the new content, never a mix; a full
+    disk is a TransientError naming PATH and where to free space."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -117,9 +137,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise disk_full_error(path) from e
         raise
 
 
@@ -211,7 +233,12 @@ def cycle_lock(state: StateDir, command: str, wait: float = 0.0) -> Iterator[Non
                         "to finish or pass --wait SECONDS") from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, {command}, since {_now_iso()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"pid {os.getpid()}, {command}, since {_now_iso()}\n".encode(), 0)
+        except OSError as e:  # the first write of a cycle: a full disk stops it here
+            if e.errno in DISK_FULL:
+                raise disk_full_error(state.lock_file) from e
+            raise
         yield
     finally:
         if locked:

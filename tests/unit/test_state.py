@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import LockedError, StalledError
-from agent.state import StateDir, cycle_lock, read_status, write_atomic, write_status
+from agent.errors import LockedError, StalledError, TransientError
+from agent.state import (
+    StateDir,
+    cycle_lock,
+    mount_point,
+    read_status,
+    write_atomic,
+    write_status,
+)
 
 
 @pytest.fixture
@@ -62,7 +70,7 @@ def test_write_atomic_failing_midway_keeps_the_old_content_and_no_temp_file(
     path = tmp_path / "status.json"
     path.write_bytes(b"old\n")
     error: BaseException = KeyboardInterrupt() if failing == "interrupt" else \
-        OSError(28, "No space left on device")
+        OSError(errno.EIO, "Input/output error")
 
     def fail(*args: object, **kwargs: object) -> None:
         raise error
@@ -77,6 +85,38 @@ def test_write_atomic_failing_midway_keeps_the_old_content_and_no_temp_file(
     monkeypatch.undo()
     assert path.read_bytes() == b"old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
+@pytest.mark.parametrize("failing", ["open", "fsync", "replace"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_write_atomic_on_a_full_disk_names_the_file_and_where_to_free_space(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, code: int):
+    path = tmp_path / "status.json"
+    path.write_bytes(b"old\n")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, failing, full)
+    with pytest.raises(TransientError) as e:
+        write_atomic(path, b"new content\n")
+
+    monkeypatch.undo()
+    where = mount_point(tmp_path)
+    assert str(e.value) == (f"{path}: cannot write: no space left on device; free space on "
+                            f"{where} (df -h {where}), then run again")
+    assert e.value.transient and isinstance(e.value.__cause__, OSError)
+    assert path.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
+def test_mount_point_is_the_nearest_mounted_parent_even_of_a_missing_path(tmp_path: Path):
+    where = mount_point(tmp_path / "missing" / "status.json")
+
+    assert os.path.ismount(where)
+    assert tmp_path.resolve().is_relative_to(where)
+    assert mount_point(Path("/")) == Path("/")
+    assert mount_point(Path("/proc/self/status")) == Path("/proc")
 
 
 def test_write_atomic_into_a_missing_folder_fails_and_creates_nothing(tmp_path: Path):
@@ -220,6 +260,22 @@ def test_lock_records_the_holder_and_clears_the_record_on_release(state: StateDi
         assert stat.S_IMODE(state.lock_file.stat().st_mode) == 0o600
 
     assert state.lock_file.read_text() == ""
+
+
+def test_lock_on_a_full_disk_names_the_lock_file_and_is_released(
+        state: StateDir, monkeypatch: pytest.MonkeyPatch):
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(TransientError, match=f"^{state.lock_file}: cannot write: no space "
+                                             "left on device; free space on "), \
+            cycle_lock(state, "petkeeper check, run full"):
+        pytest.fail("no cycle may run without its lock record")
+
+    monkeypatch.undo()
+    with cycle_lock(state, "petkeeper check, run after"):
+        assert "run after" in state.lock_file.read_text()
 
 
 def test_lock_is_released_when_the_cycle_raises(state: StateDir):

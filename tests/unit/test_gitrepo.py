@@ -1,0 +1,39 @@
+"""agent.gitrepo's reading of Git's errors: a full disk, the remote's or the mirror's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import FetchError, TransientError
+from agent.gitrepo import _disk_full
+from agent.state import mount_point
+
+# What git 2.39 prints when it cannot write objects: a push to a full remote, a local write.
+REMOTE_FULL = """\
+remote: fatal: unable to write loose object file: No space left on device
+error: remote unpack failed: unpack-objects abnormal exit
+ ! [remote rejected] petkeeper/reports -> petkeeper/reports (unpacker error)
+error: failed to push some refs to '/srv/git/pets.git'"""
+LOCAL_FULL = """\
+error: unable to create temporary file: No space left on device
+fatal: failed to write object"""
+
+
+def test_full_remote_is_a_push_failure_that_says_where_to_free_space():
+    error = _disk_full(Path("/var/lib/petkeeper/mirror.git"), "push", REMOTE_FULL)
+
+    assert isinstance(error, FetchError)  # the reports stay queued, as for any failed push
+    assert str(error) == ("git push failed: the remote is out of disk space (fatal: unable to "
+                          "write loose object file: No space left on device); free space on "
+                          "the Git server")
+
+
+def test_full_local_disk_names_the_mirror_and_its_filesystem(tmp_path: Path):
+    mirror = tmp_path / "mirror.git"
+
+    error = _disk_full(mirror, "hash-object", LOCAL_FULL)
+
+    assert isinstance(error, TransientError) and not isinstance(error, FetchError)
+    where = mount_point(mirror)
+    assert str(error) == (f"{mirror}: cannot write (git hash-object): no space left on device; "
+                          f"free space on {where} (df -h {where}), then run again")
