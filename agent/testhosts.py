@@ -10,8 +10,10 @@ Needs root, ``unshare`` (util-linux) and ``/usr/sbin/sshd`` (openssh-server).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -80,6 +82,12 @@ class TestHost:
     def known_hosts_line(self) -> str:
         return f"[{self.address}]:{self.port} {self.host_key}"
 
+    @property
+    def fingerprint(self) -> str:
+        """The host key's fingerprint as ssh prints it: "SHA256:" and unpadded base64."""
+        digest = hashlib.sha256(base64.b64decode(self.host_key.split()[1])).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
     def path(self, inside: str) -> Path:
         """Where a file the host wrote under an overlaid folder lands on this machine."""
         return self.root / "upper" / inside.lstrip("/")
@@ -135,6 +143,14 @@ class TestHostPool:
                 os.kill(host.pid, signal.SIGTERM)
         self._reap(name)
         self._write_known_hosts()
+
+    def rekey(self, name: str) -> TestHost:
+        """Restart host NAME on the same address and port with a new host key (and a fresh
+        filesystem), as a reinstalled server or a man in the middle looks to ssh. The pool's
+        known_hosts gets the new key: copy it first to keep the old one."""
+        old = self.hosts[name]
+        self.stop(name)
+        return self.start(name, old.address, old.port)
 
     def stop_all(self) -> None:
         for name in list(self._procs):

@@ -24,6 +24,7 @@ from agent.drift import (
     Change,
     build_host_reports,
     fingerprint,
+    parse_host_key_refusal,
     render_diff,
     short_module,
 )
@@ -174,6 +175,70 @@ def test_unreachable_wins_over_a_failure_seen_earlier():
 
     assert report.status == "unreachable"
     assert report.message == "Failed to connect to the host via ssh"
+
+
+# --- host keys ssh refused -------------------------------------------------------------------
+
+def refusal(case: str) -> str:
+    """ssh's words in the unreachable result of golden case CASE."""
+    return find(load_events(case), "runner_on_unreachable",
+                "Write the message of the day")["event_data"]["res"]["msg"]
+
+
+def test_changed_host_key_message_names_the_new_fingerprint_the_line_and_the_fix():
+    message = parse_host_key_refusal(refusal("host_key_changed"))
+
+    assert message == (
+        "host key changed: [127.0.85.12]:2222 now sends ED25519 key "
+        "SHA256:tQ8HWHLRY5HL8GF6atzMNBVN3f+iOAhxqfRB9sEUyuQ, not the one in "
+        "/etc/petkeeper/known_hosts:2; refused, as it may be a man in the middle: verify that "
+        "fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then "
+        "replace the old key (ssh-keygen -R '[127.0.85.12]:2222' -f /etc/petkeeper/known_hosts) "
+        "with the verified one")
+
+
+def test_unknown_host_key_message_says_it_is_never_trusted_on_first_use():
+    message = parse_host_key_refusal(refusal("host_key_unknown"))
+
+    assert message == (
+        "host key unknown: no ED25519 key for [127.0.85.12]:2222 in known_hosts; refused, never "
+        "trusted on first use: verify the key on the host (ssh-keygen -lf "
+        "/etc/ssh/ssh_host_ed25519_key.pub), then add it to the known_hosts file "
+        "(ansible.known_hosts_file)")
+
+
+def test_changed_host_key_without_its_fingerprint_still_names_the_host_and_the_fix():
+    text = "\r\n".join(line for line in refusal("host_key_changed").replace("\r\n", "\n")
+                        .splitlines() if "SHA256:" not in line and "key sent by" not in line)
+
+    message = parse_host_key_refusal(text)
+
+    assert message is not None
+    assert message.startswith("host key changed: [127.0.85.12]:2222 now sends new key "
+                              "(fingerprint not shown), not the one in ")
+    assert "ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub" in message
+
+
+@pytest.mark.parametrize("text", [
+    "Task failed: Failed to connect to the host via ssh: ssh: connect to host 127.0.80.99 "
+    "port 2222: Connection refused",
+    'Task failed: Data could not be sent to remote host "127.0.85.12". Make sure this host '
+    "can be reached over ssh:",
+    "Host key verification failed.",  # no detail to build a fix from: ssh's own words stay
+    "",
+])
+def test_other_unreachable_messages_are_not_host_key_refusals(text: str):
+    assert parse_host_key_refusal(text) is None
+
+
+def test_refused_host_key_is_unreachable_with_one_line_instead_of_the_ssh_banner():
+    events = load_events("host_key_changed")
+
+    report = build_host_reports(events, ["web2"], TREE)["web2"]
+
+    assert report.status == "unreachable"
+    assert report.message is not None and report.message.startswith("host key changed: ")
+    assert "\n" not in report.message and "@@@" not in report.message
 
 
 def test_skipped_task_of_a_module_without_check_mode_is_check_blind_and_keeps_host_clean():
