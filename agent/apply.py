@@ -2,13 +2,15 @@
 
 Each apply is journaled before it starts (and its approval marked used), so a crash or reboot
 mid-apply is found by the next cycle, recorded as ``interrupted``, and never re-applied
-without a new, valid approval.
+without a new, valid approval. A finished apply stays in the journal, as its result, until its
+record is committed to the reports queue: a crash in between loses no record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -24,7 +26,7 @@ from agent.ledger import record_apply
 from agent.report import UNSAFE, Record, format_message
 from agent.runner import run_playbook
 from agent.source import Source, resolve_folder
-from agent.state import StateDir, read_json, write_json
+from agent.state import StateDir, read_json, write_atomic, write_json
 from agent.verify import run_host_tests
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ class ApplyResult:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "leftovers": list(self.leftovers)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApplyResult:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "leftovers": tuple(known.get("leftovers") or ())})
+
 
 def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
                run_id: str, now: Callable[[], datetime],
@@ -70,21 +77,22 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     report = before[plan.host]
     if report.fingerprint != plan.fingerprint:
         log.warning("%s: drift changed since it was planned; not applied", plan.host)
-        return ApplyResult(**common, result=DRIFT_CHANGED, after_status=report.status,
-                           finished=started, message="the re-check found other drift than "
-                           "the plan's: plan and approve again"), report
+        return journal_done(state, ApplyResult(
+            **common, result=DRIFT_CHANGED, after_status=report.status, finished=started,
+            message="the re-check found other drift than the plan's: plan and approve "
+                    "again")), report
     journal = state.journal / f"{plan.plan_id}.json"
     write_json(journal, {**common, "state": "applying"})
     if plan.approval is not None:
         mark_used(state, plan.approval)
     failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
-        journal.unlink(missing_ok=True)
-        return ApplyResult(**common, result=INTERRUPTED, after_status="unknown",
-                           finished=now().isoformat(timespec="seconds"),
-                           message="the agent was stopped during this apply; it will not be "
-                                   "re-applied without a new approval"), replace(
-                                       report, status="unknown", message="apply interrupted")
+        return journal_done(state, ApplyResult(
+            **common, result=INTERRUPTED, after_status="unknown",
+            finished=now().isoformat(timespec="seconds"),
+            message="the agent was stopped during this apply; it will not be re-applied "
+                    "without a new approval")), replace(report, status="unknown",
+                                                         message="apply interrupted")
     after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
                         cancel)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
@@ -99,29 +107,49 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         leftovers=leftovers, finished=now().isoformat(timespec="seconds"),
         message=failed and source.mask(failed),
         tests=tests)
-    journal.unlink(missing_ok=True)
+    journal_done(state, result)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
     return result, after
 
 
 def recover_interrupted(state: StateDir, now: datetime) -> list[ApplyResult]:
-    """Applies a crash cut short: record them as interrupted (their approval stays used)."""
+    """The journal's applies whose record was not committed: those a crash cut short, now
+    interrupted (their approval spent), and those that finished before it."""
     if not state.journal.is_dir():
         return []
     found = []
     for path in sorted(state.journal.glob("*.json")):
         entry = read_json(path, {})
+        if entry.get("state") == "done":
+            found.append(ApplyResult.from_dict(entry.get("result") or {}))
+            continue
         fields = {k: entry.get(k) for k in ("host", "plan_id", "source_sha", "approved_by",
                                              "approval", "before_status", "started", "run_id")}
-        found.append(ApplyResult(**fields, result=INTERRUPTED, after_status="unknown",
-                                 finished=now.isoformat(timespec="seconds"),
-                                 message="the agent stopped during this apply; it was not "
-                                         "resumed and will not be re-applied without a new "
-                                         "approval"))
-        path.unlink()
+        if entry.get("approval"):  # the crash may have come before it was marked used
+            mark_used(state, Approval.from_dict(entry["approval"]))
+        found.append(journal_done(state, ApplyResult(
+            **{**fields, "plan_id": path.stem}, result=INTERRUPTED, after_status="unknown",
+            finished=now.isoformat(timespec="seconds"),
+            message="the agent stopped during this apply; it was not resumed and will not be "
+                    "re-applied without a new approval")))
         log.warning("%s: apply of plan %s was interrupted", entry.get("host"),
                     entry.get("plan_id"))
     return found
+
+
+def clear_journal(state: StateDir, results: Iterable[ApplyResult]) -> None:
+    """RESULTS' records are committed to the reports queue: their journal entries go."""
+    for result in results:
+        (state.journal / f"{result.plan_id}.json").unlink(missing_ok=True)
+
+
+def journal_done(state: StateDir, result: ApplyResult) -> ApplyResult:
+    """Keep RESULT in the journal until its record is committed (clear_journal); in its own
+    key order, so that the record made from it again is the very same."""
+    state.journal.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(state.journal / f"{result.plan_id}.json",
+                 json.dumps({"state": "done", "result": result.as_dict()}).encode())
+    return result
 
 
 def apply_record(result: ApplyResult) -> Record:

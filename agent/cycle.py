@@ -23,6 +23,7 @@ from agent.apply import (
     ApplyResult,
     apply_plan,
     apply_record,
+    clear_journal,
     recover_interrupted,
 )
 from agent.config import Config
@@ -33,7 +34,7 @@ from agent.errors import FetchError, RepoError
 from agent.galaxy import install_requirements
 from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
-from agent.report import PublishResult, Record, RunInfo, drift_records, publish
+from agent.report import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.runner import stop_strays
 from agent.source import Source, open_mirror, secret_masker, sync_source
 from agent.state import StateDir, cycle_lock, read_json, write_status
@@ -241,10 +242,11 @@ def _publish(c: Cycle) -> None:
     run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname())
     pending, c.pending = c.pending, []
     mirror, hosts = c.mirror, c.hosts
-    result = publish(mirror, lambda base: pending + drift_records(mirror, base, hosts, run,
-                                                                   r.heartbeat),
+    result = publish(mirror, lambda base: new_records(mirror, base, pending) + drift_records(
+                         mirror, base, hosts, run, r.heartbeat),
                      url=c.config.reports_url, branch=r.branch,
                      author=Author(r.author_name, r.author_email), push=r.push)
+    clear_journal(c.state, c.applies)  # their records are committed: queued, if not pushed
     earlier = c.publish.committed if c.publish else ()
     c.publish = PublishResult(earlier + result.committed, result.queued, result.pushed,
                               result.error)

@@ -137,6 +137,15 @@ def drift_records(mirror: Mirror, base: str | None, reports: Mapping[str, HostRe
     return records
 
 
+def new_records(mirror: Mirror, base: str | None, records: list[Record]) -> list[Record]:
+    """RECORDS less those BASE already holds (committed before a crash cut a cycle short)."""
+    def held(r: Record) -> bool:  # GitPython drops a blob's last newline
+        return (mirror.read_blob(base, r.path) or b"").rstrip(b"\n") == \
+            r.content.encode().rstrip(b"\n")
+
+    return [r for r in records if not held(r)]
+
+
 def publish(mirror: Mirror, make_records: Callable[[str | None], list[Record]], *, url: str,
             branch: str, author: Author, push: bool = True) -> PublishResult:
     """Sync the local queue with the remote, commit the records MAKE_RECORDS returns for the

@@ -18,11 +18,14 @@ from agent.apply import (
     ApplyResult,
     apply_record,
     approval_record,
+    clear_journal,
     recover_interrupted,
 )
 from agent.approval import HOST, Approval
+from agent.decide import approval_key, used_approvals
 from agent.output import render_history
 from agent.policy import parse_policy
+from agent.report import new_records
 from agent.state import StateDir, write_json
 
 SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
@@ -155,12 +158,12 @@ def journal(state: StateDir, result: ApplyResult) -> Path:
     return path
 
 
-def test_an_apply_cut_short_is_recorded_as_interrupted_and_its_journal_removed(state: StateDir):
+def test_an_apply_cut_short_is_recorded_as_interrupted_until_its_record_is_committed(
+        state: StateDir):
     auto = dataclasses.replace(RESULT, host="web1", plan_id="fedcba9876543210", approval=None,
                                approved_by="policy: auto (self-heal)")
     paths = [journal(state, RESULT), journal(state, auto)]
     write_json(state.used_approvals_file, ["host:x"])
-    used_before = state.used_approvals_file.read_bytes()
 
     found = recover_interrupted(state, NOW)
 
@@ -173,10 +176,50 @@ def test_an_apply_cut_short_is_recorded_as_interrupted_and_its_journal_removed(s
         run_id="20261125T210000Z-a1b2c3",
         message="the agent stopped during this apply; it was not resumed and will not be "
                 "re-applied without a new approval")
+    # A crash before the records are committed: the next cycle records the very same.
+    again = recover_interrupted(state, NOW.replace(hour=23))
+    assert [apply_record(r) for r in again] == [apply_record(r) for r in found]
+    clear_journal(state, found)
     assert not any(p.exists() for p in paths)
     assert list(state.journal.iterdir()) == []
-    assert state.used_approvals_file.read_bytes() == used_before  # the approval stays used
     assert recover_interrupted(state, NOW) == []
+    assert used_approvals(state) == {"host:x", approval_key(APPROVAL)}  # spent, never replayed
+
+
+def test_an_apply_journaled_before_its_approval_was_marked_used_spends_it(state: StateDir):
+    journal(state, RESULT)  # the crash came between the journal and mark_used
+
+    recover_interrupted(state, NOW)
+
+    assert used_approvals(state) == {approval_key(APPROVAL)}
+
+
+def test_a_finished_apply_whose_record_was_not_committed_is_recorded_as_it_ended(
+        state: StateDir):
+    write_json(state.journal / f"{PID}.json", {"state": "done", "result": RESULT.as_dict()})
+
+    assert recover_interrupted(state, NOW) == [RESULT]
+    assert used_approvals(state) == set()
+
+
+class Committed:
+    """A reports queue whose tip holds FILES (what new_records reads of a mirror)."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def read_blob(self, commit: str | None, path: str) -> bytes | None:
+        content = self.files.get(path) if commit else None
+        return None if content is None else content.encode()[:-1]  # as GitPython reads it
+
+
+def test_a_record_the_queue_already_holds_is_not_committed_again():
+    record, other = apply_record(RESULT), apply_record(dataclasses.replace(RESULT, run_id="x"))
+    queue = Committed({record.path: record.content})
+
+    assert new_records(queue, "tip", [record]) == []  # type: ignore[arg-type]
+    assert new_records(queue, "tip", [other]) == [other]  # type: ignore[arg-type]
+    assert new_records(queue, None, [record]) == [record]  # type: ignore[arg-type]
 
 
 def test_without_a_journal_folder_nothing_was_interrupted(state: StateDir):
