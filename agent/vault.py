@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from agent.config import load_yaml
 from agent.redact import leaf_strings
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _encrypted(tree: Path) -> Iterator[tuple[bool, bytes]]:
 
 def _load(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:  # e.g. Ansible's own tags: the whole text is masked anyway
         return None
 
