@@ -32,8 +32,8 @@ HARDENING = {
     "submodule.recurse": "false",
     "fetch.recurseSubmodules": "false",
     "protocol.ext.allow": "never",
-    "transfer.fsckObjects": "true",
     "protocol.file.allow": "user",  # a file:// repo.url works; file:// from inside a repo not
+    "transfer.fsckObjects": "true",
     "gc.auto": "0",
 }
 
@@ -173,13 +173,6 @@ class Mirror:
         else:
             self._git("update-ref", QUEUE_REF, new, old or "0" * 40)
 
-    def is_ancestor(self, older: str, newer: str) -> bool:
-        try:
-            self._git("merge-base", "--is-ancestor", older, newer)
-        except RepoError:
-            return False
-        return True
-
     def commits_between(self, head: str, exclude: tuple[str, ...] = ()) -> list[str]:
         """Commits reachable from HEAD but from none of EXCLUDE (both sides of merges), newest
         first; EXCLUDE entries the mirror lacks are ignored."""
@@ -195,6 +188,13 @@ class Mirror:
         if not name or name.startswith("-"):
             return None
         return self._rev(name)
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self._git("merge-base", "--is-ancestor", older, newer)
+        except RepoError:
+            return False
+        return True
 
     def push_reports(self, url: str, branch: str) -> bool:
         """Push the queue to BRANCH of URL without force; False when the remote rejects it."""
