@@ -37,6 +37,8 @@ class RepoConfig:
     allowed_signers: str | None = None  # ssh allowed_signers file (gpg.ssh.allowedSignersFile)
     gpg_home: str | None = None  # a dedicated OpenPGP keyring, not root's
     verify_since: str | None = None  # "all": history up to this commit is trusted unsigned
+    ssh_key: str | None = None  # for ssh:// remotes: the deploy key (IdentityFile)
+    known_hosts: str | None = None  # for ssh:// remotes: UserKnownHostsFile (default: ssh's)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
                                  "requirements", "daemon"})
     repo_data = top.mapping("repo", required=True)
     repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout", "verify",
-                                            "allowed_signers", "gpg_home", "verify_since"})
+                                            "allowed_signers", "gpg_home", "verify_since",
+                                            "ssh_key", "known_hosts"})
     url = repo.string("url", required=True)
     if url and not (url.startswith(URL_SCHEMES) or SCP_LIKE.match(url) or url.startswith("/")):
         p.add("repo.url", f"expected a Git URL (file://, ssh://, https://), got {url!r}",
@@ -157,7 +160,8 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
                           verify=_verify_mode(p, repo_data.get("verify", "off")),
                           allowed_signers=repo.string("allowed_signers"),
                           gpg_home=repo.string("gpg_home"),
-                          verify_since=repo.string("verify_since"))
+                          verify_since=repo.string("verify_since"),
+                          ssh_key=repo.string("ssh_key"), known_hosts=repo.string("known_hosts"))
     if repo_cfg.verify != "off" and not (repo_cfg.allowed_signers or repo_cfg.gpg_home):
         p.add("repo.verify", f"is {repo_cfg.verify!r}, but no key may sign the source",
               "set repo.allowed_signers (SSH) or repo.gpg_home (OpenPGP), or verify: off")

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from agent.hostkeys import parse_host_key_refusal
+
 CLEAN, DRIFTED, FAILED = "clean", "drifted", "failed"
 UNREACHABLE, UNKNOWN = "unreachable", "unknown"
 STATUSES = (CLEAN, DRIFTED, FAILED, UNREACHABLE, UNKNOWN)
@@ -22,12 +24,6 @@ COMMAND_MODULES = frozenset({"command", "shell", "raw", "script", "expect"})
 HIDDEN = "(hidden: no_log)"
 MAX_MESSAGE = 500
 GENERATED_PATH = re.compile(r"\S*/\.ansible/tmp/\S*")
-# What OpenSSH prints when it refuses a host key (StrictHostKeyChecking=yes, BatchMode=yes).
-KEY_SENT = re.compile(r"The fingerprint for the (\S+) key sent by the remote host is\s+"
-                      r"(SHA256:[A-Za-z0-9+/]+)")
-KEY_OFFENDING = re.compile(r"Offending \S+ key in (\S+):(\d+)")
-KEY_CHANGED_FOR = re.compile(r"Host key for (\S+) has changed")
-KEY_UNKNOWN = re.compile(r"No (\S+) host key is known for (\S+) and you have requested strict")
 
 
 @dataclass(frozen=True)
@@ -144,36 +140,6 @@ def render_diff(diff: Any, tree_root: str = "") -> str:
 
 def short_module(action: str) -> str:
     return action.rsplit(".", 1)[-1]
-
-
-def parse_host_key_refusal(text: str) -> str | None:
-    """Given the message of an unreachable result, return one line saying which host key ssh
-    refused and how to fix it, or None when the host was unreachable for another reason.
-
-    Ansible passes ssh's refusal on as text only, so this reads it; the status still comes
-    from the event. A changed or unknown key is never accepted: a person must verify it."""
-    if changed := KEY_CHANGED_FOR.search(text):
-        sent, offending = KEY_SENT.search(text), KEY_OFFENDING.search(text)
-        host = changed.group(1)
-        kind, fp = sent.groups() if sent else ("new", "(fingerprint not shown)")
-        where = f"{offending.group(1)}:{offending.group(2)}" if offending else "known_hosts"
-        known = offending.group(1) if offending else "the known_hosts file"
-        return (f"host key changed: {host} now sends {kind} key {fp}, not the one in {where}; "
-                "refused, as it may be a man in the middle: verify that fingerprint on the host "
-                f"(ssh-keygen -lf {_host_key_file(kind)}), then replace the old key "
-                f"(ssh-keygen -R '{host}' -f {known}) with the verified one")
-    if unknown := KEY_UNKNOWN.search(text):
-        kind, host = unknown.groups()
-        return (f"host key unknown: no {kind} key for {host} in known_hosts; refused, never "
-                "trusted on first use: verify the key on the host (ssh-keygen -lf "
-                f"{_host_key_file(kind)}), then add it to the known_hosts file "
-                "(ansible.known_hosts_file)")
-    return None
-
-
-def _host_key_file(kind: str) -> str:
-    name = kind.lower().removeprefix("ssh-")
-    return f"/etc/ssh/ssh_host_{name if name in ('ed25519', 'ecdsa', 'rsa') else '*'}_key.pub"
 
 
 def _read_stats(data: Mapping[str, Any], tallies: dict[str, _HostTally]) -> None:

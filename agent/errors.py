@@ -40,5 +40,9 @@ class RepoError(StalledError):
     """The repository's content is unusable: missing branch, playbook, path outside the repo."""
 
 
+class HostKeyError(StalledError):
+    """An SSH host key is unknown or changed: a person must verify it; never trusted first."""
+
+
 class FetchError(TransientError):
     """The remote could not be reached or did not answer in time."""

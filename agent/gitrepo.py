@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -19,13 +20,15 @@ from typing import Any
 
 import git
 
-from agent.errors import AgentError, FetchError, RepoError
+from agent.errors import AgentError, FetchError, HostKeyError, RepoError
+from agent.hostkeys import parse_host_key_refusal
 from agent.redact import redact_text
 from agent.state import disk_full_error
 
 log = logging.getLogger(__name__)
 
 QUEUE_REF = "refs/petkeeper/reports"
+KNOWN_HOSTS_HINT = "repo.known_hosts (default: ~/.ssh/known_hosts of the user running Petkeeper)"
 HARDENING = {
     "core.hooksPath": os.devnull,
     "core.symlinks": "true",
@@ -47,7 +50,8 @@ class Author:
 class Mirror:
     """The agent's private bare copy of the GitOps repository."""
 
-    def __init__(self, path: Path, url: str, timeout: float) -> None:
+    def __init__(self, path: Path, url: str, timeout: float,
+                 ssh_options: tuple[str, ...] = ()) -> None:
         self.path, self.url, self.timeout = path, url, timeout
         if not (path / "HEAD").exists():
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -59,7 +63,10 @@ class Mirror:
                 cw.set_value(section, option, value)
         self.repo.git.update_environment(
             GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false",
-            GIT_SSH_COMMAND="ssh -o BatchMode=yes -o StrictHostKeyChecking=yes",
+            # DEBUG1: a refused host key's fingerprint is in the error (only errors are read).
+            GIT_SSH_COMMAND=shlex.join(["ssh", "-o", "BatchMode=yes", "-o",
+                                        "StrictHostKeyChecking=yes", "-o", "LogLevel=DEBUG1",
+                                        *ssh_options]),
             GIT_CONFIG_NOSYSTEM="1", GIT_ALLOW_PROTOCOL="file:git:ssh:http:https",
         )
 
@@ -336,6 +343,9 @@ class Mirror:
                 raise _disk_full(self.path, args[0], stderr) from None
             if rejected and ("rejected" in stderr or "[rejected]" in str(e.stdout)):
                 raise _Rejected() from None
+            refusal = parse_host_key_refusal(stderr, KNOWN_HOSTS_HINT)
+            if refusal and args[0] in ("fetch", "push", "ls-remote"):
+                raise HostKeyError(f"git {args[0]} {self.safe_url}: {refusal}") from None
             if args[0] in ("fetch", "push", "ls-remote"):
                 raise FetchError(f"git {args[0]} {self.safe_url} failed: "
                                  f"{_last_line(stderr) or 'timed out'}") from None

@@ -41,7 +41,11 @@ class Source:
 
 
 def open_mirror(config: Config, state: StateDir) -> Mirror:
-    return Mirror(state.mirror, config.repo.url, config.repo.timeout)
+    repo = config.repo
+    ssh = (("-o", f"IdentityFile={repo.ssh_key}", "-o", "IdentitiesOnly=yes") if repo.ssh_key
+           else ()) + (("-o", f"UserKnownHostsFile={repo.known_hosts}") if repo.known_hosts
+                       else ())
+    return Mirror(state.mirror, repo.url, repo.timeout, ssh)
 
 
 def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:

@@ -330,3 +330,51 @@ def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
                     "protocol.ext.allow=never", "submodule.recurse=false"):
         assert setting in config
     mirror.repo.close()
+
+
+def test_git_over_ssh_refuses_an_unknown_or_changed_host_key_and_shows_its_fingerprint(
+        host_pool, remote, tmp_path):
+    host = host_pool.hosts["alpha"]
+    host_pool.run("alpha", "rm -rf /tmp/pets-ssh.git && git init -q --bare /tmp/pets-ssh.git")
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")))
+    url = f"ssh://root@{host.address}:{host.port}/tmp/pets-ssh.git"
+    ssh = (f"ssh -i {host_pool.client_key} -o UserKnownHostsFile={host_pool.known_hosts} "
+           "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+    subprocess.run(["git", "-C", str(remote.work), "push", "-q", url, "HEAD:refs/heads/main"],
+                   env={**os.environ, "GIT_SSH_COMMAND": ssh}, check=True, timeout=60,
+                   capture_output=True)
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    config = write_agent_config(
+        tmp_path / "agent.yml", url, tmp_path / "state", host_pool, limit="alpha",
+        repo={"url": url, "branch": "main", "timeout": "30s",
+              "ssh_key": str(host_pool.client_key), "known_hosts": str(known)})
+    spec, safe = f"[{host.address}]:{host.port}", f"ssh://***@{host.address}:{host.port}"
+
+    code, report, stderr = cli(config, "check")
+
+    assert code == 1 and report == {}
+    assert stderr.splitlines() == [
+        f"petkeeper: error: git fetch {safe}/tmp/pets-ssh.git: host key unknown: no ED25519 "
+        f"key for {spec} in known_hosts (it sends {host.fingerprint}); refused, never trusted "
+        "on first use: verify the key on the host (ssh-keygen -lf "
+        "/etc/ssh/ssh_host_ed25519_key.pub), then add it to repo.known_hosts (default: "
+        "~/.ssh/known_hosts of the user running Petkeeper)"]
+    assert known.read_text() == "" and trees(tmp_path / "state") == set()
+
+    impostor = tmp_path / "impostor"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor))
+    known.write_text(f"{spec} {Path(f'{impostor}.pub').read_text().split(' ', 2)[0]} "
+                     f"{Path(f'{impostor}.pub').read_text().split()[1]}\n")
+    before = known.read_bytes()
+    code, _, stderr = cli(config, "check")
+    assert code == 1
+    assert f"host key changed: {spec} now sends ED25519 key {host.fingerprint}, not the one " \
+           f"in {known}:1; refused" in stderr and stderr.count("\n") == 1
+    assert known.read_bytes() == before and trees(tmp_path / "state") == set()
+
+    known.write_text(host.known_hosts_line + "\n")
+    code, report, stderr = cli(config, "check")
+    assert report["source_sha"] == remote.rev("main"), stderr
+    assert host_pool.run("alpha", "git --git-dir /tmp/pets-ssh.git log --format=%s "
+                                  "petkeeper/reports").stdout.startswith("alpha: ")
