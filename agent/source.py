@@ -141,8 +141,9 @@ def _contained(tree: Path, relpath: str, what: str) -> Path:
     root = Path(os.path.realpath(tree))
     target = Path(os.path.realpath(root / relpath))
     if os.path.commonpath([root, target]) != str(root):
-        raise RepoError(f"{what}: {relpath!r} resolves outside the repository (to {target}); "
-                        "point it inside the repository")
+        raise RepoError(f"security: {what}: {relpath!r} resolves outside the repository (to "
+                        f"{target}), so the whole commit is refused; point it inside the "
+                        "repository")
     return target
 
 
