@@ -122,12 +122,17 @@ def pets_repo_files(hosts: dict[str, tuple[str, int]]) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def host_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHostPool]:
-    """Three real SSH hosts with their own /etc, for the whole session."""
+def require_test_hosts() -> None:
+    """Fail at once, saying what to install, where SSH test hosts cannot run."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or not Path("/usr/sbin/sshd").exists():
         pytest.fail("the integration tests need root, unshare and /usr/sbin/sshd "
                     "(apt-get install openssh-server): run .ci/run or the README's setup")
+
+
+@pytest.fixture(scope="session")
+def host_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHostPool]:
+    """Three real SSH hosts with their own /etc, for the whole session."""
+    require_test_hosts()
     with TestHostPool(tmp_path_factory.mktemp("hosts")) as pool:
         for name, address in (("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)):
             pool.start(name, address)
