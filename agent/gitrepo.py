@@ -38,6 +38,7 @@ HARDENING = {
     "protocol.file.allow": "user",  # a file:// repo.url works; file:// from inside a repo not
     "transfer.fsckObjects": "true",
     "gc.auto": "0",
+    "maintenance.auto": "false",  # no `git maintenance run --auto` child after each fetch
 }
 
 
@@ -57,10 +58,13 @@ class Mirror:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
             git.Repo.init(path, bare=True)
         self.repo = git.Repo(path)
-        with self.repo.config_writer() as cw:
-            for key, value in HARDENING.items():
-                section, option = key.rsplit(".", 1)
-                cw.set_value(section, option, value)
+        with self.repo.config_reader("repository") as cr:
+            stale = {key: value for key, value in HARDENING.items()
+                     if cr.get(*key.rsplit(".", 1), fallback=None) != value}
+        if stale:  # written once, not on every cycle: a quiet cycle leaves the mirror untouched
+            with self.repo.config_writer() as cw:
+                for key, value in stale.items():
+                    cw.set_value(*key.rsplit(".", 1), value)
         self.repo.git.update_environment(
             GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false",
             # DEBUG1: a refused host key's fingerprint is in the error (only errors are read).

@@ -90,11 +90,12 @@ def trace(tick: Any, daemon: Daemon, calls: int, forced: bool, top: int) -> None
     print(f"  after {calls + 1:>4} calls: {memory()}")
     mine = [tracemalloc.Filter(False, f) for f in (__file__, tracemalloc.__file__)]
     grown = tracemalloc.take_snapshot().filter_traces(mine).compare_to(
-        before.filter_traces(mine), "lineno")
+        before.filter_traces(mine), "traceback")
     print(f"== {calls - warm} {'cycles' if forced else 'cheap fetches'} after {warm} of "
           f"warm-up, {time.monotonic() - began:.0f}s; source lines whose live allocations grew:")
     for stat in [s for s in grown if s.size_diff > 0][:top]:
-        print(f"  {stat.size_diff:+,} B in {stat.count_diff:+} blocks at {stat.traceback}")
+        print(f"  {stat.size_diff:+,} B in {stat.count_diff:+} blocks at:")
+        print("\n".join(f"     {line}" for line in stat.traceback.format(most_recent_first=True)))
     now = container_sizes()
     bigger = sorted(((n - sizes[k], n, o) for k, (n, o) in now.items()
                      if k in sizes and n > sizes[k]), key=lambda t: -t[0])
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=0, help="ticks with nothing due")
     parser.add_argument("--cycles", type=int, default=0, help="ticks that run a cycle")
     parser.add_argument("--top", type=int, default=10, help="lines and containers shown")
+    parser.add_argument("--frames", type=int, default=1, help="call frames per allocation site")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="pksoaktrace-", dir="/tmp"))
     try:
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worker.submit(daemon.tick).result()
 
             tick()  # the first cycle: mirror, trees, first report
-            tracemalloc.start(1)
+            tracemalloc.start(args.frames)
             for calls, forced in ((args.ticks, False), (args.cycles, True)):
                 if calls:
                     trace(tick, daemon, calls, forced, args.top)

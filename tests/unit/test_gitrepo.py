@@ -1,12 +1,30 @@
-"""agent.gitrepo's reading of Git's errors: a full disk, the remote's or the mirror's own."""
+"""agent.gitrepo: the mirror's hardened config, and its reading of Git's errors (a full disk,
+the remote's or the mirror's own)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from agent.errors import FetchError, TransientError
-from agent.gitrepo import _disk_full
+from agent.gitrepo import HARDENING, Mirror, _disk_full
 from agent.state import mount_point
+
+
+def test_the_mirror_config_is_written_once_and_restored_when_someone_loosens_it(tmp_path: Path):
+    config = tmp_path / "mirror.git" / "config"
+    Mirror(config.parent, "file:///nowhere.git", 10)
+    first = config.read_bytes()
+    assert all(f"{key.rsplit('.', 1)[1]} = {value}" in first.decode()
+               for key, value in HARDENING.items())
+
+    written = config.stat().st_mtime_ns
+    Mirror(config.parent, "file:///nowhere.git", 10)  # every cycle opens the mirror
+    assert config.stat().st_mtime_ns == written and config.read_bytes() == first
+
+    config.write_text(first.decode().replace("hooksPath = /dev/null", "hooksPath = hooks"))
+    Mirror(config.parent, "file:///nowhere.git", 10)
+    assert config.read_bytes() == first
+
 
 # What git 2.39 prints when it cannot write objects: a push to a full remote, a local write.
 REMOTE_FULL = """\
