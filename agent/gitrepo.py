@@ -211,7 +211,7 @@ class Mirror:
         """Push the queue to BRANCH of URL without force; False when the remote rejects it."""
         try:
             self._git("push", "--porcelain", url, f"{QUEUE_REF}:refs/heads/{branch}",
-                      rejected=True)
+                      rejected=True, remote=url)
         except _Rejected:
             return False
         self._git("update-ref", f"refs/remotes/origin/{branch}", QUEUE_REF)
@@ -235,7 +235,7 @@ class Mirror:
 
     def fetch_reports(self, url: str, branch: str) -> None:
         self._git("fetch", "--no-tags", "--no-write-fetch-head", url,
-                  f"+refs/heads/{branch}*:refs/remotes/origin/{branch}*")
+                  f"+refs/heads/{branch}*:refs/remotes/origin/{branch}*", remote=url)
 
     # -- approvals -------------------------------------------------------------------------
 
@@ -334,7 +334,8 @@ class Mirror:
             return self._git("hash-object", "-w", "--", f.name).strip()
 
     def _git(self, *args: str, env: Mapping[str, str] | None = None, missing_ref: str = "",
-             rejected: bool = False) -> str:
+             rejected: bool = False, remote: str | None = None) -> str:
+        """Run git in the mirror. Errors name REMOTE (the reports URL, say) or else repo.url."""
         try:
             return str(self.repo.git.execute(
                 ["git", *args], env=dict(env or {}), kill_after_timeout=self.timeout,
@@ -348,10 +349,11 @@ class Mirror:
             if rejected and ("rejected" in stderr or "[rejected]" in str(e.stdout)):
                 raise _Rejected() from None
             refusal = parse_host_key_refusal(stderr, KNOWN_HOSTS_HINT)
+            where = redact_text(remote) if remote else self.safe_url
             if refusal and args[0] in ("fetch", "push", "ls-remote"):
-                raise HostKeyError(f"git {args[0]} {self.safe_url}: {refusal}") from None
+                raise HostKeyError(f"git {args[0]} {where}: {refusal}") from None
             if args[0] in ("fetch", "push", "ls-remote"):
-                raise FetchError(f"git {args[0]} {self.safe_url} failed: "
+                raise FetchError(f"git {args[0]} {where} failed: "
                                  f"{_last_line(stderr) or 'timed out'}") from None
             raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}") from None
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.errors import FetchError, TransientError
-from agent.gitrepo import HARDENING, Mirror, _disk_full
+from agent.gitrepo import HARDENING, Author, Mirror, _disk_full
 from agent.state import mount_point
 
 
@@ -24,6 +26,22 @@ def test_the_mirror_config_is_written_once_and_restored_when_someone_loosens_it(
     config.write_text(first.decode().replace("hooksPath = /dev/null", "hooksPath = hooks"))
     Mirror(config.parent, "file:///nowhere.git", 10)
     assert config.read_bytes() == first
+
+
+def test_a_failed_report_push_or_fetch_names_the_reports_url_not_the_source(tmp_path: Path):
+    mirror = Mirror(tmp_path / "mirror.git", "file:///srv/git/pets.git", 10)
+    commit = mirror.commit_files(None, {"hosts/a.yml": b"status: clean\n"}, "report",
+                                 Author("petkeeper", "petkeeper@localhost"), "2026-11-26T00:00:00Z")
+    mirror.set_queue(commit, None)
+    reports = f"file://reporter:s3cret@{tmp_path}/missing-reports.git"
+
+    for call in (lambda: mirror.push_reports(reports, "petkeeper/reports"),
+                 lambda: mirror.fetch_reports(reports, "petkeeper/reports")):
+        with pytest.raises(FetchError) as e:
+            call()
+        assert f"{tmp_path}/missing-reports.git" in str(e.value)
+        assert "pets.git" not in str(e.value) and "s3cret" not in str(e.value)
+    assert mirror.queued_reports() == commit  # nothing lost: the report stays queued
 
 
 # What git 2.39 prints when it cannot write objects: a push to a full remote, a local write.
