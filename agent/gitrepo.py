@@ -342,6 +342,9 @@ class Mirror:
                 with_extended_output=False, stdout_as_string=True))
         except git.GitCommandError as e:
             stderr = redact_text(str(e.stderr or "").strip().removeprefix("stderr:").strip(" '"))
+            if stderr.startswith("Timeout: the command "):  # GitPython's, with the command line
+                stderr = (f"no answer within {self.timeout:g}s; check the remote, or raise "
+                          "repo.timeout in the config")
             if missing_ref and "couldn't find remote ref" in stderr:
                 raise RepoError(missing_ref) from None
             if "No space left on device" in stderr:

@@ -3,6 +3,7 @@ the remote's or the mirror's own)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,20 @@ def test_a_failed_report_push_or_fetch_names_the_reports_url_not_the_source(tmp_
         assert f"{tmp_path}/missing-reports.git" in str(e.value)
         assert "pets.git" not in str(e.value) and "s3cret" not in str(e.value)
     assert mirror.queued_reports() == commit  # nothing lost: the report stays queued
+
+
+def test_a_remote_that_never_answers_says_so_and_names_the_timeout_key(tmp_path: Path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        url = f"git://127.0.0.1:{silent.getsockname()[1]}/pets.git"
+        mirror = Mirror(tmp_path / "mirror.git", url, 1)
+
+        with pytest.raises(FetchError) as e:
+            mirror.fetch("main", "petkeeper/reports")
+
+    assert str(e.value) == (f"git fetch {url} failed: no answer within 1s; check the remote, "
+                            "or raise repo.timeout in the config")
+    assert mirror.remote_reports("petkeeper/reports") is None and not list(
+        (tmp_path / "mirror.git" / "objects" / "pack").iterdir())
 
 
 # What git 2.39 prints when it cannot write objects: a push to a full remote, a local write.
