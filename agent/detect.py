@@ -71,7 +71,9 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
                             f"is not in the inventory {config.inventory or inventory}; add it to "
                             "the inventory or set limit: to the hosts to check")
         limit = mine[0]
-    hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env)
+        hosts = {limit: everyone[limit]}  # the listing has it: no second ansible-inventory
+    else:
+        hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env)
     if not hosts:
         raise RepoError(f"{config.path}: limit: {limit!r} selects no host of the inventory; "
                         "fix the limit")
