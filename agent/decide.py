@@ -69,7 +69,7 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
                now: datetime) -> Plan:
     """Decide what to do about REPORT's host. APPROVALS pairs each approval found for it with
     a reason it cannot count (bad signature, already used) or None."""
-    base = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
+    base: dict[str, Any] = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
                 fingerprint=report.fingerprint, status=report.status)
     if report.status != DRIFTED:
         why = "nothing to correct" if report.status == CLEAN else \
@@ -89,13 +89,15 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
         if not gate.open:
             return Plan(**base, action=WAIT, reason=f"policy {rule}: auto; {gate.reason}")
         return Plan(**base, action=APPLY, reason=f"policy {rule}: auto")
-    valid, voids = None, []
+    valid: Approval | None = None
+    voids: list[str] = []
     for approval, problem in approvals:
-        why = problem or void_reason(approval, report.name, source_sha, report.fingerprint, now)
-        if why is None and valid is None:
+        void = problem or void_reason(approval, report.name, source_sha, report.fingerprint,
+                                      now)
+        if void is None and valid is None:
             valid = approval
-        elif why is not None:
-            voids.append(f"{approval.how} approval by {approval.approver}: {why}")
+        elif void is not None:
+            voids.append(f"{approval.how} approval by {approval.approver}: {void}")
     if valid is None:
         asked = f"awaiting approval: petkeeper approve {plan_id}"
         return Plan(**base, action=WAIT, reason="; ".join([asked, *voids]))

@@ -157,9 +157,10 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
     action = str(data.get("resolved_action") or data.get("task_action") or "")
     module = short_module(action)
     fact = known.get((str(data.get("task_uuid", "")), str(data.get("host", ""))))
-    where = dict(play=str(data.get("play") or ""), role=data.get("role") or None,
-                 task=str(data.get("task") or module), module=action,
-                 tags=tuple(sorted(fact.get("tags") or ())) if fact else ())
+    where: dict[str, Any] = dict(
+        play=str(data.get("play") or ""), role=data.get("role") or None,
+        task=str(data.get("task") or module), module=action,
+        tags=tuple(sorted(fact.get("tags") or ())) if fact else ())
     if kind == "runner_on_unreachable":
         tally.unreachable = parse_host_key_refusal(str(res.get("msg") or "")) or \
             _message(res, "unreachable")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 COLORS = {"clean": "32", "drifted": "33", "failed": "31", "unreachable": "31", "unknown": "35",
@@ -61,7 +61,7 @@ def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_history(entries: list[Mapping[str, Any]]) -> str:
+def render_history(entries: Sequence[Mapping[str, Any]]) -> str:
     """Given report_history() entries, return one line per commit, newest first."""
     if not entries:
         return "no reports yet"
@@ -116,14 +116,14 @@ def _footer(report: Mapping[str, Any]) -> str:
     return line
 
 
-def _painter(color: bool):  # type: ignore[no-untyped-def]
+def _painter(color: bool) -> Callable[[str, str], str]:
     def paint(text: str, key: str) -> str:
         code = COLORS.get(key)
         return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
     return paint
 
 
-def _paint_diff_line(line: str, paint) -> str:  # type: ignore[no-untyped-def]
+def _paint_diff_line(line: str, paint: Callable[[str, str], str]) -> str:
     if line.startswith(("+++", "---")):
         return line
     return paint(line, line[:1]) if line[:1] in "+-@" else line
