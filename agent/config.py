@@ -6,7 +6,6 @@ Each problem reads ``FILE: key.path: what is wrong; how to fix it``.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 from dataclasses import dataclass, field, replace
@@ -16,13 +15,11 @@ from typing import Any
 import yaml
 
 from agent.errors import ConfigError
+from agent.schema import Problems, Section, kind_of, load_yaml, yaml_problem
 
 DEFAULT_PATH = Path("/etc/petkeeper/agent.yml")
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 URL_SCHEMES = ("file://", "ssh://", "https://", "http://", "git://")
 SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
-MAX_DURATION = 3650 * 86400.0  # ten years: a longer one is a typo, and dates would overflow
 MAX_RUN_TIMEOUT = 7 * 86400.0
 URL_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
 VERIFY_MODES = ("off", "head", "all")
@@ -136,75 +133,20 @@ def load_config(path: Path, overrides: Overrides | None = None) -> Config:
 
 def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     """Given the parsed YAML DATA of SOURCE, return a Config or raise ConfigError."""
-    p = _Problems(source)
+    p = Problems(source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a mapping of settings at the top level, "
-                           f"got {_kind(data)}; see README: Configuration"])
-    top = _Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
+                           f"got {kind_of(data)}; see README: Configuration"])
+    top = Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                  "extra_vars", "vault_password_file", "reports", "state_dir",
                                  "ansible", "policy", "approvals", "post_apply_tests",
                                  "requirements", "daemon"})
-    repo_data = top.mapping("repo", required=True)
-    repo = _Section(p, repo_data, "repo.", {"url", "branch", "timeout", "verify",
-                                            "allowed_signers", "gpg_home", "verify_since",
-                                            "ssh_key", "known_hosts"})
-    url = repo.string("url", required=True)
-    if url and not (url.startswith(URL_SCHEMES) or SCP_LIKE.match(url) or url.startswith("/")):
-        p.add("repo.url", f"expected a Git URL (file://, ssh://, https://), got {url!r}",
-              "write the full URL, e.g. file:///srv/git/pets.git")
-    _check_plain_http(p, "repo.url", url)
-    repo_cfg = RepoConfig(url=url or "", branch=repo.string("branch") or "main",
-                          timeout=repo.duration("timeout", 120.0),
-                          verify=_verify_mode(p, repo_data.get("verify", "off")),
-                          allowed_signers=repo.string("allowed_signers"),
-                          gpg_home=repo.string("gpg_home"),
-                          verify_since=repo.string("verify_since"),
-                          ssh_key=repo.string("ssh_key"), known_hosts=repo.string("known_hosts"))
-    if repo_cfg.verify != "off" and not (repo_cfg.allowed_signers or repo_cfg.gpg_home):
-        p.add("repo.verify", f"is {repo_cfg.verify!r}, but no key may sign the source",
-              "set repo.allowed_signers (SSH) or repo.gpg_home (OpenPGP), or verify: off")
-    if repo_cfg.verify_since and not re.fullmatch(r"[0-9a-f]{7,64}", repo_cfg.verify_since):
-        p.add("repo.verify_since", f"expected a commit id, got {repo_cfg.verify_since!r}",
-              "give the id of the last commit made before signing began (it and its "
-              "ancestors are trusted as they are)")
-
-    rep = _Section(p, top.mapping("reports"), "reports.",
-                   {"branch", "url", "heartbeat", "push", "author_name", "author_email"})
-    reports = ReportsConfig(
-        branch=rep.string("branch") or "petkeeper/reports",
-        url=_check_plain_http(p, "reports.url", rep.string("url")),
-        heartbeat=rep.duration("heartbeat", 86400.0),
-        push=rep.boolean("push", True),
-        author_name=rep.string("author_name") or "Petkeeper",
-        author_email=rep.string("author_email") or "petkeeper@localhost",
-    )
-    if reports.branch == repo_cfg.branch and (reports.url or url) == url:
-        p.add("reports.branch", f"must differ from repo.branch ({repo_cfg.branch!r}): Petkeeper "
-              "never writes to the source branch", "use e.g. petkeeper/reports")
-
-    ans = _Section(p, top.mapping("ansible"), "ansible.",
-                   {"timeout", "forks", "private_key_file", "known_hosts_file", "artifacts_keep"})
-    ansible = AnsibleConfig(
-        timeout=ans.duration("timeout", 1800.0),
-        forks=ans.integer("forks", 5, minimum=1),
-        private_key_file=ans.string("private_key_file"),
-        known_hosts_file=ans.string("known_hosts_file"),
-        artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
-    )
-    if ansible.timeout > MAX_RUN_TIMEOUT:  # Python's subprocess waits fail beyond 24.8 days
-        p.add("ansible.timeout", f"at most 7d, got {ans.data['timeout']!r}",
-              "set how long one playbook run may take, e.g. \"30m\"")
-
-    appr = _Section(p, top.mapping("approvals"), "approvals.",
-                    {"verify", "allowed_signers", "gpg_home", "expires"})
-    approvals = ApprovalsConfig(
-        verify=appr.boolean("verify", False), allowed_signers=appr.string("allowed_signers"),
-        gpg_home=appr.string("gpg_home"), expires=appr.duration("expires", 4 * 3600.0))
-    if approvals.verify and not (approvals.allowed_signers or approvals.gpg_home):
-        p.add("approvals.verify", "is on, but no key may sign approvals",
-              "set approvals.allowed_signers (SSH) or approvals.gpg_home (OpenPGP)")
+    repo_cfg = _parse_repo(p, top.mapping("repo", required=True))
+    reports = _parse_reports(p, top.mapping("reports"), repo_cfg)
+    ansible = _parse_ansible(p, top.mapping("ansible"))
+    approvals = _parse_approvals(p, top.mapping("approvals"))
     daemon = _parse_daemon(p, top.mapping("daemon"))
     policy = top.string("policy") or "petkeeper/policy.yml"
     _check_repo_path(p, "policy", policy)
@@ -246,8 +188,76 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     return apply_overrides(config, overrides)
 
 
-def _parse_daemon(p: _Problems, data: dict[str, Any]) -> DaemonConfig:
-    d = _Section(p, data, "daemon.", {"fetch_interval", "check_interval", "splay",
+def _parse_repo(p: Problems, data: dict[str, Any]) -> RepoConfig:
+    repo = Section(p, data, "repo.", {"url", "branch", "timeout", "verify", "allowed_signers",
+                                      "gpg_home", "verify_since", "ssh_key", "known_hosts"})
+    url = repo.string("url", required=True)
+    if url and not (url.startswith(URL_SCHEMES) or SCP_LIKE.match(url) or url.startswith("/")):
+        p.add("repo.url", f"expected a Git URL (file://, ssh://, https://), got {url!r}",
+              "write the full URL, e.g. file:///srv/git/pets.git")
+    _check_plain_http(p, "repo.url", url)
+    cfg = RepoConfig(url=url or "", branch=repo.string("branch") or "main",
+                     timeout=repo.duration("timeout", 120.0),
+                     verify=_verify_mode(p, data.get("verify", "off")),
+                     allowed_signers=repo.string("allowed_signers"),
+                     gpg_home=repo.string("gpg_home"), verify_since=repo.string("verify_since"),
+                     ssh_key=repo.string("ssh_key"), known_hosts=repo.string("known_hosts"))
+    if cfg.verify != "off" and not (cfg.allowed_signers or cfg.gpg_home):
+        p.add("repo.verify", f"is {cfg.verify!r}, but no key may sign the source",
+              "set repo.allowed_signers (SSH) or repo.gpg_home (OpenPGP), or verify: off")
+    if cfg.verify_since and not re.fullmatch(r"[0-9a-f]{7,64}", cfg.verify_since):
+        p.add("repo.verify_since", f"expected a commit id, got {cfg.verify_since!r}",
+              "give the id of the last commit made before signing began (it and its "
+              "ancestors are trusted as they are)")
+    return cfg
+
+
+def _parse_reports(p: Problems, data: dict[str, Any], repo: RepoConfig) -> ReportsConfig:
+    rep = Section(p, data, "reports.",
+                  {"branch", "url", "heartbeat", "push", "author_name", "author_email"})
+    reports = ReportsConfig(
+        branch=rep.string("branch") or "petkeeper/reports",
+        url=_check_plain_http(p, "reports.url", rep.string("url")),
+        heartbeat=rep.duration("heartbeat", 86400.0),
+        push=rep.boolean("push", True),
+        author_name=rep.string("author_name") or "Petkeeper",
+        author_email=rep.string("author_email") or "petkeeper@localhost",
+    )
+    if reports.branch == repo.branch and (reports.url or repo.url) == repo.url:
+        p.add("reports.branch", f"must differ from repo.branch ({repo.branch!r}): Petkeeper "
+              "never writes to the source branch", "use e.g. petkeeper/reports")
+    return reports
+
+
+def _parse_ansible(p: Problems, data: dict[str, Any]) -> AnsibleConfig:
+    ans = Section(p, data, "ansible.",
+                  {"timeout", "forks", "private_key_file", "known_hosts_file", "artifacts_keep"})
+    ansible = AnsibleConfig(
+        timeout=ans.duration("timeout", 1800.0),
+        forks=ans.integer("forks", 5, minimum=1),
+        private_key_file=ans.string("private_key_file"),
+        known_hosts_file=ans.string("known_hosts_file"),
+        artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
+    )
+    if ansible.timeout > MAX_RUN_TIMEOUT:  # Python's subprocess waits fail beyond 24.8 days
+        p.add("ansible.timeout", f"at most 7d, got {data['timeout']!r}",
+              "set how long one playbook run may take, e.g. \"30m\"")
+    return ansible
+
+
+def _parse_approvals(p: Problems, data: dict[str, Any]) -> ApprovalsConfig:
+    appr = Section(p, data, "approvals.", {"verify", "allowed_signers", "gpg_home", "expires"})
+    approvals = ApprovalsConfig(
+        verify=appr.boolean("verify", False), allowed_signers=appr.string("allowed_signers"),
+        gpg_home=appr.string("gpg_home"), expires=appr.duration("expires", 4 * 3600.0))
+    if approvals.verify and not (approvals.allowed_signers or approvals.gpg_home):
+        p.add("approvals.verify", "is on, but no key may sign approvals",
+              "set approvals.allowed_signers (SSH) or approvals.gpg_home (OpenPGP)")
+    return approvals
+
+
+def _parse_daemon(p: Problems, data: dict[str, Any]) -> DaemonConfig:
+    d = Section(p, data, "daemon.", {"fetch_interval", "check_interval", "splay",
                                       "backoff_max"})
     daemon = DaemonConfig(fetch_interval=d.duration("fetch_interval", 60.0),
                           check_interval=d.duration("check_interval", 900.0),
@@ -277,21 +287,6 @@ def apply_overrides(config: Config, o: Overrides) -> Config:
     )
 
 
-def parse_duration(value: Any) -> float | None:
-    """Given "90s", "15m", "24h", "2d" or a number of seconds, return seconds (None if invalid)."""
-    seconds = None
-    try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := DURATION.match(value)):
-            seconds = float(m.group(1)) * UNITS[m.group(2)]
-    except OverflowError:
-        return None
-    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_DURATION:
-        return None
-    return seconds
-
-
 def parse_extra_var(value: str) -> dict[str, Any]:
     """Given "k=v k2=v2" or a JSON object, return the variables (ValueError if neither)."""
     text = value.strip()
@@ -312,7 +307,7 @@ def parse_extra_var(value: str) -> dict[str, Any]:
     return result
 
 
-def _check_extra_var(p: _Problems, key: str, value: str) -> None:
+def _check_extra_var(p: Problems, key: str, value: str) -> None:
     if value.startswith("@"):
         if len(value) == 1:
             p.add(key, "'@' names no file", "write @path/to/vars.yml")
@@ -325,7 +320,7 @@ def _check_extra_var(p: _Problems, key: str, value: str) -> None:
               "use key=value pairs, a JSON object, or @file")
 
 
-def _verify_mode(p: _Problems, value: Any) -> str:
+def _verify_mode(p: Problems, value: Any) -> str:
     if value is False:  # YAML reads a bare `off` as false
         return "off"
     if value not in VERIFY_MODES:
@@ -335,7 +330,7 @@ def _verify_mode(p: _Problems, value: Any) -> str:
     return str(value)
 
 
-def _check_plain_http(p: _Problems, key: str, url: str | None) -> str | None:
+def _check_plain_http(p: Problems, key: str, url: str | None) -> str | None:
     """Credentials in an http:// URL would cross the network in clear text."""
     if url and url.lower().startswith("http://") and URL_USERINFO.match(url):
         p.add(key, "has credentials in a plain http:// URL: they would be sent unencrypted",
@@ -343,148 +338,8 @@ def _check_plain_http(p: _Problems, key: str, url: str | None) -> str | None:
     return url
 
 
-def _check_repo_path(p: _Problems, key: str, value: str) -> None:
+def _check_repo_path(p: Problems, key: str, value: str) -> None:
     parts = PurePosixPath(value).parts
     if value.startswith("/") or ".." in parts:
         p.add(key, f"{value!r} leaves the repository",
               "give a path relative to the repository root, without '..'")
-
-
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, key: str, problem: str, fix: str) -> None:
-        self.items.append(f"{self.source}: {key}: {problem}; {fix}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError(self.items)
-
-
-class _Section:
-    """Typed reads from one mapping of the file; unknown keys become problems."""
-
-    def __init__(self, p: _Problems, data: dict[str, Any], prefix: str, known: set[str]) -> None:
-        self.p, self.data, self.prefix = p, data, prefix
-        for key in data:
-            if key not in known:
-                hint = _closest(str(key), known)
-                fix = f"did you mean {prefix}{hint}?" if hint else \
-                    f"remove it (known keys: {', '.join(sorted(known))})"
-                p.add(prefix + printable_key(key), "unknown key", fix)
-
-    def _get(self, key: str, required: bool) -> Any:
-        value = self.data.get(key)
-        if value is None and required:
-            self.p.add(self.prefix + key, "missing", f"set {self.prefix}{key}")
-        return value
-
-    def mapping(self, key: str, required: bool = False) -> dict[str, Any]:
-        value = self._get(key, required)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.p.add(self.prefix + key, f"expected a mapping, got {_kind(value)}",
-                       f"write {self.prefix}{key} as nested keys")
-            return {}
-        return value
-
-    def string(self, key: str, required: bool = False) -> str | None:
-        value = self._get(key, required)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.p.add(self.prefix + key, f"expected a string, got {_kind(value)}",
-                       f"write {self.prefix}{key} as a single value")
-            return None
-        if str(value).strip() == "":
-            self.p.add(self.prefix + key, "is empty", f"set a value or remove {self.prefix}{key}")
-            return None
-        return str(value)
-
-    def strings(self, key: str, split: bool = True) -> list[str]:
-        """A list of strings; one string is accepted too, comma-separated where SPLIT, as on
-        the command line."""
-        value = self._get(key, False)
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()] if split else [value]
-        if isinstance(value, list) and all(isinstance(v, str | int | float) and
-                                           not isinstance(v, bool) for v in value):
-            return [str(v) for v in value]
-        self.p.add(self.prefix + key, f"expected a list of strings, got {_kind(value)}",
-                   f"write {self.prefix}{key} as [a, b] or 'a,b'")
-        return []
-
-    def duration(self, key: str, default: float) -> float:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        seconds = parse_duration(value)
-        if seconds is None:
-            self.p.add(self.prefix + key, f'expected a duration like "15m", got {value!r}',
-                       'use a number with s, m, h or d, e.g. "90s", "15m", "24h"')
-            return default
-        return seconds
-
-    def integer(self, key: str, default: int, minimum: int) -> int:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.p.add(self.prefix + key, f"expected a whole number >= {minimum}, got {value!r}",
-                       f"set {self.prefix}{key} to e.g. {default}")
-            return default
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.p.add(self.prefix + key, f"expected true or false, got {value!r}",
-                       f"set {self.prefix}{key}: true or false")
-            return default
-        return value
-
-
-def load_yaml(text: str | bytes) -> Any:
-    """yaml.safe_load, failing only with a YAMLError: PyYAML's parser recurses, and its
-    constructors raise what they like for a badly tagged value (e.g. `!!bool maybe`)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise
-    except RecursionError:
-        raise yaml.YAMLError("nested too deeply") from None
-    except Exception as e:
-        raise yaml.YAMLError(f"a tagged value cannot be read ({type(e).__name__}: {e})") from e
-
-
-def yaml_problem(e: yaml.YAMLError) -> str:
-    """One line saying where and why the text is not valid YAML."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = getattr(e, "problem", None) or str(e).split("\n")[0] or "invalid YAML"
-    return f"not valid YAML{where}: {' '.join(str(problem).split())}"
-
-
-def printable_key(key: Any) -> str:
-    """A key as written, or quoted when it holds what would break the one-line message."""
-    text = str(key)
-    return text if text.isprintable() and text.strip() == text and text else repr(text)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _closest(key: str, known: set[str]) -> str | None:
-    import difflib
-
-    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None

@@ -24,12 +24,13 @@ from agent.approval import (
     plan_id,
     void_reason,
 )
-from agent.config import Config, load_yaml, printable_key, yaml_problem
+from agent.config import Config
 from agent.drift import CLEAN, DRIFTED, HostReport
 from agent.errors import RepoError, StalledError
 from agent.gitrepo import Mirror
 from agent.ledger import classify
 from agent.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
+from agent.schema import load_yaml, printable_key, yaml_problem
 from agent.source import Source, resolve_in_tree
 from agent.state import StateDir, read_json, write_json
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import ansible_runner
 
-from agent.config import parse_extra_var, printable_key
+from agent.config import parse_extra_var
 from agent.errors import AgentError, RepoError
+from agent.schema import printable_key
 from agent.state import DISK_FULL, disk_full_error
 
 log = logging.getLogger(__name__)

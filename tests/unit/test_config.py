@@ -17,7 +17,6 @@ from agent.config import (
     Overrides,
     load_config,
     parse_config,
-    parse_duration,
     parse_extra_var,
 )
 from agent.errors import ConfigError, StalledError
@@ -189,19 +188,6 @@ def test_empty_document_means_defaults_and_reports_the_missing_repo():
 
 
 # --- durations -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("90s", 90.0), ("15m", 900.0), ("24h", 86400.0), ("2d", 172800.0), (30, 30.0),
-    ("45", 45.0), (" 1.5h ", 5400.0), (2.5, 2.5), (0, 0.0)])
-def test_durations_are_read_as_seconds(value: Any, seconds: float):
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize("value", ["soon", "15 minutes", "-5m", -5, "", "1w", True, None,
-                                   [15], "m"])
-def test_invalid_durations_are_none(value: Any):
-    assert parse_duration(value) is None
-
 
 def test_bad_duration_in_the_file_shows_the_value_and_the_expected_form():
     [line] = problems(minimal(reports={"heartbeat": "soon"}))
