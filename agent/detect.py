@@ -13,7 +13,8 @@ import yaml
 from agent.config import Config
 from agent.drift import HostReport, build_host_reports, mask_reports
 from agent.errors import RepoError
-from agent.runner import PlaybookRun, list_hosts, run_playbook
+from agent.inventory import list_hosts
+from agent.runner import PlaybookRun, run_playbook
 from agent.source import Source, resolve_in_tree
 from agent.state import StateDir, write_atomic
 

@@ -55,7 +55,8 @@ import yaml
 import agent
 from agent.config import Config, load_config
 from agent.demo import PLAYBOOK, seed_repo, write_config
-from agent.runner import PlaybookRun, build_env, list_hosts, run_playbook
+from agent.inventory import list_hosts
+from agent.runner import PlaybookRun, build_env, run_playbook
 from agent.source import open_mirror, sync_source
 from agent.state import StateDir
 from agent.testhosts import TestHostPool

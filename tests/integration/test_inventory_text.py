@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import RepoError
-from agent.runner import list_hosts
+from agent.inventory import list_hosts
 
 INVENTORY = "inventory/hosts.yml"
 names = st.sampled_from(["web1", "db1", "all", "ungrouped", "web", "pets", "localhost",

@@ -31,8 +31,8 @@ from agent.config import (
 )
 from agent.decide import approve_plan, git_approvals, host_approvals, load_policy, used_approvals
 from agent.errors import AgentError, ConfigError, RepoError, StalledError
+from agent.inventory import parse_inventory_list
 from agent.policy import Policy, decide_change, decide_host, parse_policy, window_gate
-from agent.runner import parse_inventory_list
 from agent.schema import parse_duration
 from agent.source import Source
 from agent.state import StateDir

@@ -1,0 +1,105 @@
+"""The inventory as Ansible reads it: ansible-inventory's listing, each host with its groups.
+
+list_hosts runs ansible-inventory; parse_inventory_list and the rest are pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, RepoError
+from agent.runner import path_with_venv, strict_env
+from agent.schema import printable_key
+
+INVENTORY_TIMEOUT = 120.0
+
+
+def list_hosts(tree: Path, inventory: Path, limit: str | None,
+               vault_password_file: str | None = None,
+               extra_env: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Return the inventory's hosts matching LIMIT, each with every group it is in; RepoError
+    if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing."""
+    argv = ["ansible-inventory", "-i", str(inventory), "--list"]
+    if limit:
+        argv += ["--limit", limit]
+    if vault_password_file:
+        argv += ["--vault-password-file", vault_password_file]
+    env = {**os.environ, **strict_env(), **(extra_env or {}), "PATH": path_with_venv()}
+    try:
+        proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise AgentError(f"{inventory}: ansible-inventory did not answer within "
+                         f"{INVENTORY_TIMEOUT:.0f}s; check dynamic inventory sources") from e
+    if proc.returncode != 0:
+        raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
+                        "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
+    source = f"{_relative(inventory, tree)} (ansible-inventory --list)"
+    try:
+        data = json.loads(proc.stdout)
+    except (ValueError, RecursionError):
+        raise RepoError(f"{source}: printed no JSON listing; see what ansible-inventory --list "
+                        "prints for this inventory") from None
+    return parse_inventory_list(data, source)
+
+
+def parse_inventory_list(data: Any, source: str = "ansible-inventory --list"
+                         ) -> dict[str, tuple[str, ...]]:
+    """Given `ansible-inventory --list` JSON, return each host with all its groups (nested
+    groups included, 'all' and 'ungrouped' left out); RepoError naming SOURCE when the JSON
+    is not such a listing (a broken inventory plugin or script)."""
+    def bad(problem: str) -> RepoError:
+        return RepoError(f"{source}: {problem}; see what ansible-inventory --list prints for "
+                         "this inventory")
+
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, got {type(data).__name__}")
+    meta = data.get("_meta") or {}
+    hostvars = (meta.get("hostvars") if isinstance(meta, dict) else None) or {}
+    if not isinstance(meta, dict) or not isinstance(hostvars, dict):
+        raise bad("_meta.hostvars is not a mapping of hosts")
+    entries = {g: e or {} for g, e in data.items() if g != "_meta"}
+    for g, e in entries.items():
+        if not isinstance(e, dict) or not all(_names(e.get(k)) for k in ("hosts", "children")):
+            raise bad(f"group {printable_key(g)}: expected hosts and children as lists of names")
+
+    def members(group: str) -> set[str]:
+        found: set[str] = set()
+        todo, seen = [group], set()
+        while todo:  # not recursive: a deep chain of child groups must not overflow the stack
+            g = todo.pop()
+            if g not in seen:
+                seen.add(g)
+                found.update(entries.get(g, {}).get("hosts") or ())
+                todo.extend(entries.get(g, {}).get("children") or ())
+        return found
+
+    groups = {g: members(g) for g in entries if g not in ("all", "ungrouped")}
+    # A host without variables is left out of hostvars: the groups name it.
+    hosts = set(hostvars).union(*(e.get("hosts") or () for e in entries.values()))
+    return {h: tuple(sorted(g for g, m in groups.items() if h in m)) for h in sorted(hosts)}
+
+
+def _names(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _first_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("[ERROR]:").strip() for ln in lines if ln.startswith("[ERROR]")]
+    warnings = [ln.removeprefix("[WARNING]:").strip() for ln in lines
+                if ln.startswith("[WARNING]") and "Failed to parse" in ln]
+    text = "; ".join((warnings[:1] + errors[:1]) or lines[-1:] or ["ansible-inventory failed"])
+    return text.rstrip(".")
+
+
+def _relative(path: Path, tree: Path) -> str:
+    try:
+        return str(path.relative_to(tree))
+    except ValueError:
+        return str(path)
