@@ -37,7 +37,7 @@ from agent.redact import redact_text
 from agent.report import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.runner import stop_strays
 from agent.source import Source, open_mirror, secret_masker, sync_source
-from agent.state import StateDir, cycle_lock, read_json, write_status
+from agent.state import StateDir, cycle_lock, read_json, read_pause, write_status
 from agent.trust import mark_applied
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def _publish(c: Cycle) -> None:
     r = c.config.reports
     if c.config.reports_url != c.config.repo.url:
         _fetch_reports_quietly(c.mirror, c.config.reports_url, r.branch)
-    run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname())
+    run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state))
     pending, c.pending = c.pending, []
     mirror, hosts = c.mirror, c.hosts
     result = publish(mirror, lambda base: new_records(mirror, base, pending) + drift_records(

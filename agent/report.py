@@ -34,6 +34,7 @@ class RunInfo:
     source_sha: str
     checked_at: datetime
     agent: str  # the machine that ran the check
+    paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,12 @@ def report_path(host: str) -> str:
 
 def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
     """Return the machine-readable report of one host."""
-    return {"schema": REPORT_SCHEMA, "host": report.name, **report.as_dict(),
+    data = {"schema": REPORT_SCHEMA, "host": report.name, **report.as_dict(),
             "source_sha": run.source_sha, "run_id": run.run_id,
             "checked_at": _iso(run.checked_at), "checked_by": run.agent}
+    if run.paused:  # only while paused: reports of an agent never paused keep their shape
+        data["paused"] = {k: run.paused[k] for k in ("by", "at", "reason", "checks")}
+    return data
 
 
 def render_report(data: Mapping[str, Any]) -> str:
@@ -62,6 +66,10 @@ def render_report(data: Mapping[str, Any]) -> str:
              f"checked {data['checked_at']} by {data['checked_by']}"]
     if data.get("message"):
         lines.append(f"# {_one_line(str(data['message']))}")
+    if pause := data.get("paused"):
+        lines.append(f"# paused by {pause['by']} since {pause['at']}: "
+                     f"{_one_line(str(pause['reason']))}; nothing is applied until "
+                     "petkeeper resume")
     for c in data.get("changes") or []:
         mark = "?" if c["check_blind"] else "~"
         role = f"{c['role']} | " if c.get("role") else ""
@@ -89,6 +97,8 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
     for key in ("status", "fingerprint", "source_sha"):
         if previous.get(key) != current.get(key):
             return f"{key} changed"
+    if previous.get("paused") != current.get("paused"):
+        return "resumed" if current.get("paused") is None else "paused"
     try:
         age = (datetime.fromisoformat(current["checked_at"]) -
                datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()
@@ -102,7 +112,8 @@ def build_message(data: Mapping[str, Any], reason: str) -> str:
         summary_line(data),
         f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason}).",
         {"Source": data["source_sha"], "Run": data["run_id"], "Host": data["host"],
-         "Status": data["status"]})
+         "Status": data["status"],
+         **({"Paused": data["paused"]["reason"]} if data.get("paused") else {})})
 
 
 def format_message(subject: str, body: str, trailers: Mapping[str, Any]) -> str:

@@ -277,3 +277,34 @@ def test_message_trailers_are_parsed_by_git(report: HostReport, tmp_path: Path):
 
     assert trailers == [f"Petkeeper-Source: {SHA}", f"Petkeeper-Run: {RUN.run_id}",
                         f"Petkeeper-Host: {report.name}", f"Petkeeper-Status: {report.status}"]
+
+
+# --- a pause in force ------------------------------------------------------------------------
+
+PAUSE = {"by": "alice", "at": "2026-11-25T20:00:00+00:00", "reason": "swapping disks\nin bay 2",
+         "checks": False}
+PAUSED = RunInfo(RUN.run_id, SHA, WHEN, "pet1", PAUSE)
+
+
+def test_a_pause_is_in_the_report_its_summary_and_its_commit_and_only_while_it_lasts(
+        tmp_path: Path):
+    data = data_of(host(DRIFTED, (MOTD,)), PAUSED)
+
+    assert data["paused"] == PAUSE
+    assert "paused" not in data_of(host(DRIFTED, (MOTD,)))  # never paused: no key at all
+    text = render_report(data)
+    assert ("# paused by alice since 2026-11-25T20:00:00+00:00: swapping disks in bay 2; "
+            "nothing is applied until petkeeper resume") in text.splitlines()
+    assert yaml.safe_load(text)["paused"] == PAUSE
+    assert parse_trailers(build_message(data, "paused"), tmp_path)[-1] == \
+        "Petkeeper-Paused: swapping disks in bay 2"
+
+
+def test_pausing_and_resuming_each_commit_the_report_once():
+    plain, paused = data_of(host()), data_of(host(), PAUSED)
+
+    assert commit_reason(as_read_back(plain), paused, DAY) == "paused"
+    assert commit_reason(as_read_back(paused), data_of(host(), PAUSED), DAY) is None
+    assert commit_reason(as_read_back(paused), plain, DAY) == "resumed"
+    other = RunInfo(RUN.run_id, SHA, WHEN, "pet1", {**PAUSE, "reason": "still swapping"})
+    assert commit_reason(as_read_back(paused), data_of(host(), other), DAY) == "paused"
