@@ -30,7 +30,7 @@ from agent.config import Config
 from agent.decide import APPLY, Plan, classify_report, decide_plans
 from agent.detect import Targets, check_drift, select_targets
 from agent.drift import CLEAN, DRIFTED, HostReport
-from agent.errors import FetchError, RepoError
+from agent.errors import AgentError, FetchError, RepoError
 from agent.galaxy import install_requirements
 from agent.gitrepo import Author, Mirror
 from agent.redact import redact_text
@@ -157,6 +157,7 @@ def decide_step(c: Cycle) -> None:
 
 def record_step(c: Cycle) -> None:
     _publish(c)
+    _tidy(c.mirror)
     c.advance(Stage.RECORDED)
 
 
@@ -250,6 +251,18 @@ def _publish(c: Cycle) -> None:
     earlier = c.publish.committed if c.publish else ()
     c.publish = PublishResult(earlier + result.committed, result.queued, result.pushed,
                               result.error)
+
+
+def _tidy(mirror: Mirror | None) -> None:
+    """Pack the mirror's loose objects when they piled up. Packing is housekeeping on objects
+    that are already safe, so a failure is a warning and the cycle goes on."""
+    if mirror is None:
+        return
+    try:
+        if mirror.tidy():
+            log.info("mirror packed: its loose objects are one pack now")
+    except AgentError as e:
+        log.warning("mirror not packed (the next cycle tries again): %s", e)
 
 
 def _fetch_reports_quietly(mirror: Mirror, url: str, branch: str) -> None:

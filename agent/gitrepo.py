@@ -28,6 +28,7 @@ from agent.state import disk_full_error
 log = logging.getLogger(__name__)
 
 QUEUE_REF = "refs/petkeeper/reports"
+LOOSE_LIMIT = 256  # loose objects in the mirror before it is packed (a few files, not thousands)
 KNOWN_HOSTS_HINT = "repo.known_hosts (default: ~/.ssh/known_hosts of the user running Petkeeper)"
 HARDENING = {
     "core.hooksPath": os.devnull,
@@ -37,7 +38,7 @@ HARDENING = {
     "protocol.ext.allow": "never",
     "protocol.file.allow": "user",  # a file:// repo.url works; file:// from inside a repo not
     "transfer.fsckObjects": "true",
-    "gc.auto": "0",
+    "gc.auto": "0",  # never at git's moment, detached: Mirror.tidy packs, inside the cycle
     "maintenance.auto": "false",  # no `git maintenance run --auto` child after each fetch
 }
 
@@ -124,7 +125,8 @@ class Mirror:
         if commit is None:
             return None
         try:
-            return self.repo.git.cat_file("blob", f"{commit}:{path}", stdout_as_string=False)
+            return self.repo.git.cat_file("blob", f"{commit}:{path}", stdout_as_string=False,
+                                          strip_newline_in_stdout=False)  # the exact bytes
         except git.GitCommandError:
             return None
 
@@ -236,6 +238,16 @@ class Mirror:
     def fetch_reports(self, url: str, branch: str) -> None:
         self._git("fetch", "--no-tags", "--no-write-fetch-head", url,
                   f"+refs/heads/{branch}*:refs/remotes/origin/{branch}*", remote=url)
+
+    def tidy(self, loose_limit: int = LOOSE_LIMIT) -> bool:
+        """Pack the mirror once LOOSE_LIMIT loose objects piled up (a report commit adds about
+        four); return whether it did. Unreachable objects go after git's two weeks."""
+        counts = dict(line.split(": ", 1) for line in
+                      self._git("count-objects", "-v").splitlines() if ": " in line)
+        if int(counts.get("count", 0)) < loose_limit:
+            return False
+        self._git("gc", "--quiet")
+        return True
 
     # -- approvals -------------------------------------------------------------------------
 

@@ -76,6 +76,8 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
     status = json.loads(petkeeper("--config", str(pets), "status", "--json").stdout)
     assert status["last_run"]["reports"]["queued"] == 1
 
+    mirror = tmp_path / "state" / "mirror.git"
+    queued = git("--git-dir", str(mirror), "show", "refs/petkeeper/reports:hosts/beta.yml")
     other = push_as_other_writer(remote, tmp_path, "hosts/other.yml", "status: clean\n")
     _, later = check_json(pets)
 
@@ -86,6 +88,7 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
                                 "alpha: clean (0 changes, 1 check-blind)"]
     assert remote.show("petkeeper/reports", "hosts/other.yml") == "status: clean\n"
     assert "edited by hand" in remote.show("petkeeper/reports", "hosts/beta.yml")
+    assert remote.show("petkeeper/reports", "hosts/beta.yml") == queued  # rebased byte for byte
 
 
 def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, remote,

@@ -88,3 +88,26 @@ def test_full_local_disk_names_the_mirror_and_its_filesystem(tmp_path: Path):
     where = mount_point(mirror)
     assert str(error) == (f"{mirror}: cannot write (git hash-object): no space left on device; "
                           f"free space on {where} (df -h {where}), then run again")
+
+
+def test_tidy_packs_the_loose_objects_once_they_pile_up_and_loses_no_commit(tmp_path: Path):
+    mirror = Mirror(tmp_path / "mirror.git", "file:///nowhere.git", 10)
+    author, tip = Author("petkeeper", "petkeeper@localhost"), None
+    for n in range(3):  # a blob, two trees and a commit each
+        tip = mirror.commit_files(tip, {f"hosts/h{n}.yml": f"status: clean {n}\n".encode()},
+                                  f"report {n}", author, f"2026-11-26T00:0{n}:00Z")
+    mirror.set_queue(tip, None)
+    objects = tmp_path / "mirror.git" / "objects"
+
+    def loose() -> int:
+        return sum(1 for d in objects.iterdir() if len(d.name) == 2 for _ in d.iterdir())
+
+    assert loose() == 12
+    assert mirror.tidy(loose_limit=13) is False and loose() == 12
+
+    assert mirror.tidy(loose_limit=12) is True
+    assert loose() == 0 and len(list((objects / "pack").glob("*.pack"))) == 1
+    assert mirror.queued_reports() == tip
+    assert [mirror.read_blob(tip, f"hosts/h{n}.yml") for n in range(3)] == [
+        f"status: clean {n}\n".encode() for n in range(3)]  # exact bytes, final newline too
+    assert mirror.commit_changes(tip) == {"hosts/h2.yml": b"status: clean 2\n"}  # for rebases
