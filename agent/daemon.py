@@ -3,14 +3,14 @@
 Every fetch interval a cheap fetch (Git only, under the cycle lock) decides whether a cycle is
 due: a new source commit (Git approvals come with it), a new host-side approval, a pause or
 resume, a reloaded config, or check_interval elapsed. Cycles never overlap, with each other or
-with a cycle run by hand. SIGTERM stops the current Ansible run and exits 0, SIGHUP reloads the
-config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
+with a cycle run by hand. Each cycle runs in a forked child (agent.isolate), so the daemon's
+memory stays flat over months. SIGTERM stops the current Ansible run and exits 0, SIGHUP reloads
+the config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
@@ -35,6 +35,7 @@ from agent.errors import (
     RepoError,
     StalledError,
 )
+from agent.isolate import ChildFailed, run_forked
 from agent.notify import notify, watchdog_interval
 from agent.schedule import Ticker
 from agent.source import open_mirror
@@ -193,6 +194,8 @@ class Daemon:
             self._stall(config, self.peeked, e)
         except AgentError as e:  # transient
             self._back_off(e)
+        except ChildFailed as e:  # the child logged the traceback, if it had one
+            self._back_off(AgentError(str(e)))
         except Exception:
             log.exception("unexpected error in a cycle, this is probably a bug; retrying later")
             self._back_off(None)
@@ -221,13 +224,18 @@ class Daemon:
         steps, command = (CHECK_STEPS, "daemon check (paused)") if pause else \
             (RUN_STEPS, "daemon run")
         log.info("cycle due: %s", why)
-        cycle = run_cycle(config, until_cancelled(steps, self.cancelled), command,
-                          cancel=self.cancelled)
-        release_free_memory()
+
+        def work(cancelled: Callable[[], bool]) -> dict[str, Any]:  # in a child process
+            cycle = run_cycle(config, until_cancelled(steps, cancelled), command,
+                              cancel=cancelled)
+            return {"status": describe(cycle, pause),
+                    "fetch_error": cycle.source.fetch_error if cycle.source else None}
+
+        result = run_forked(work, self.cancelled)
         self.last, self.last_cycle_at, self.stalled_on = now, time.monotonic(), None
-        notify(f"STATUS={describe(cycle, pause)}", self.env)
-        if cycle.source is not None and cycle.source.fetch_error:
-            self._back_off(FetchError(cycle.source.fetch_error))
+        notify(f"STATUS={result['status']}", self.env)
+        if result["fetch_error"]:
+            self._back_off(FetchError(result["fetch_error"]))
         elif self.retry_at:
             self.failures, self.retry_at = 0, 0.0
 
@@ -282,17 +290,6 @@ def describe(cycle: Cycle, pause: dict[str, Any] | None) -> str:
     if cycle.source is not None and cycle.source.hold:
         line += f"; applies held: {cycle.source.hold}"
     return line + (f"; paused: {pause['reason']}" if pause else "")
-
-
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-
-
-def release_free_memory() -> None:
-    """Give the heap's free pages back to the OS after a cycle. glibc kept pages a cycle had
-    freed, and the daemon's RSS crept up by about 4 KiB a cycle with no more live Python
-    objects behind it (bench/soak.py, bench/soak_trace.py); trimmed, it stays flat."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:

@@ -30,7 +30,8 @@ cron file (drift that waits for an approval: exit 2, a drifted commit), then its
 hand (a clean commit).
 
 After each cycle it samples the daemon process alone (VmRSS and its heap and file parts,
-VmHWM, threads, open fds, own CPU), its child processes, the processes inside the test hosts
+VmHWM, threads, open fds, own CPU and that of the processes it forks for cycles, from their log
+lines), its child processes, the processes inside the test hosts
 (SSH sessions left open), the state directory by part (mirror.git, trees, runner =
 ansible-runner's artifacts, other) and the bare remote. At the end: SIGTERM, exit 0 expected;
 hosts stopped; a summary with a verdict.
@@ -43,6 +44,7 @@ import contextlib
 import csv
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -81,6 +83,7 @@ HELD_FILE = "/etc/cron.d/petkeeper-backup"  # backup_job role: no rule, waits fo
 POLICY = {"default": "approve",
           "rules": [{"name": "banners heal themselves", "tags": ["baseline"], "mode": "auto"}]}
 PARTS = ("mirror", "trees", "artifacts", "other")
+CYCLE_CPU = re.compile(r"cycle process \d+: ([0-9.]+)s of CPU of its own")
 FIT_FROM = 20  # the slope skips the warm-up cycles
 LIGHT = "soak/light.yml"
 # --playbook light: what the soak's remote gets besides the project's playbooks. The same kinds
@@ -307,9 +310,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
-def own_cpu(pid: int) -> float:
+def own_cpu(pid: int, log: Path) -> float:
+    """CPU seconds of the daemon and of the processes it forked for its cycles, each logging
+    its own (agent.isolate), Ansible's processes left out."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    cycles = sum(float(m.group(1)) for m in CYCLE_CPU.finditer(log.read_text(errors="replace")))
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK") + cycles
 
 
 def descendants(pid: int) -> list[int]:
@@ -371,7 +377,8 @@ def sample(cycle: int, event: str, wall: float, status: str, pid: int, pool: Tes
     f = least_of_reads(pid, pool, state)
     return Sample(cycle, event, wall, exit_code, applies, f["VmRSS"], f["VmHWM"], f["RssAnon"],
                   f["RssFile"], f["Threads"], f["fds"], f["children"], f["host_procs"],
-                  own_cpu(pid), report_commits(remote), *tree_size(remote),
+                  own_cpu(pid, state.parent / "daemon.log"), report_commits(remote),
+                  *tree_size(remote),
                   {p: f[f"{p}_bytes"] for p in PARTS}, {p: f[f"{p}_files"] for p in PARTS})
 
 
@@ -487,7 +494,8 @@ def summarize(samples: list[Sample], args: argparse.Namespace, workdir: Path) ->
     cpu = (samples[-1].cpu - samples[0].cpu) / max(n - 1, 1)
     print(f"\n== soak: {n} daemon cycles on {args.hosts} host(s); {len(quiet)} no-change; "
           f"no-change cycle wall median {statistics.median(quiet):.1f}s "
-          f"({min(quiet):.1f}-{max(quiet):.1f}); daemon's own CPU {cpu:.2f}s per cycle")
+          f"({min(quiet):.1f}-{max(quiet):.1f}); Petkeeper's own CPU (daemon and cycle "
+          f"processes, not Ansible) {cpu:.2f}s per cycle")
     slopes = print_memory(samples, fit)
     print_disk(samples, workdir)
     return verdict(samples, fit, slopes)

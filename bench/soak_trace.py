@@ -14,6 +14,10 @@ the garbage collector tracks; at the end, the source lines whose live allocation
 the containers (dicts, lists, sets, lru_caches) that grew, named where a module holds them.
 RssAnon growing while the traced bytes, objects and containers stay flat is the heap keeping
 freed memory (the C allocator), not a leak of Python objects.
+
+The daemon now runs each cycle in a forked child (agent.isolate), so ``--cycles`` shows the
+daemon process around its cycles (flat by construction); to trace a cycle itself, call
+agent.cycle.run_cycle in process the same way.
 """
 
 from __future__ import annotations
