@@ -542,7 +542,7 @@ def print_disk(samples: list[Sample], workdir: Path) -> None:
     print(f"    {'report commits':15} " + " | ".join(f"{at(samples, c).commits:>20}"
                                                    for c in checkpoints))
     print(f"  per report commit, cycles 10..{n}: remote {per_commit(samples, 'remote')}, mirror "
-          f"{per_commit(samples, 'mirror')} (loose objects: git gc is off in the mirror); "
+          f"{per_commit(samples, 'mirror')} (loose objects until 256, then packed); "
           f"daemon.log (stderr) {kib((workdir / 'daemon.log').stat().st_size)}")
 
 
