@@ -69,10 +69,10 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     one = replace(targets, hosts=(plan.host,), limit=plan.host)
     started = now().isoformat(timespec="seconds")
     approved_by = plan.approval.approver if plan.approval else f"policy: auto ({plan.rule})"
-    common: dict[str, Any] = dict(host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
-                  approved_by=approved_by, run_id=run_id, started=started,
-                  approval=plan.approval.as_dict() if plan.approval else None,
-                  before_status=plan.status)
+    common: dict[str, Any] = dict(
+        host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
+        approved_by=approved_by, run_id=run_id, started=started,
+        approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status)
     before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel)
     report = before[plan.host]
     if report.fingerprint != plan.fingerprint:

@@ -140,9 +140,9 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         raise ConfigError([f"{source}: expected a mapping of settings at the top level, "
                            f"got {kind_of(data)}; see README: Configuration"])
     top = Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
-                                 "extra_vars", "vault_password_file", "reports", "state_dir",
-                                 "ansible", "policy", "approvals", "post_apply_tests",
-                                 "requirements", "daemon"})
+                                "extra_vars", "vault_password_file", "reports", "state_dir",
+                                "ansible", "policy", "approvals", "post_apply_tests",
+                                "requirements", "daemon"})
     repo_cfg = _parse_repo(p, top.mapping("repo", required=True))
     reports = _parse_reports(p, top.mapping("reports"), repo_cfg)
     ansible = _parse_ansible(p, top.mapping("ansible"))
@@ -258,7 +258,7 @@ def _parse_approvals(p: Problems, data: dict[str, Any]) -> ApprovalsConfig:
 
 def _parse_daemon(p: Problems, data: dict[str, Any]) -> DaemonConfig:
     d = Section(p, data, "daemon.", {"fetch_interval", "check_interval", "splay",
-                                      "backoff_max"})
+                                     "backoff_max"})
     daemon = DaemonConfig(fetch_interval=d.duration("fetch_interval", 60.0),
                           check_interval=d.duration("check_interval", 900.0),
                           splay=d.duration("splay", 30.0),

@@ -157,6 +157,7 @@ def decide_step(c: Cycle) -> None:
 
 def record_step(c: Cycle) -> None:
     _publish(c)
+    assert c.mirror is not None  # fetch_step opened it; _publish used it
     _tidy(c.mirror)
     c.advance(Stage.RECORDED)
 
@@ -253,11 +254,9 @@ def _publish(c: Cycle) -> None:
                               result.error)
 
 
-def _tidy(mirror: Mirror | None) -> None:
+def _tidy(mirror: Mirror) -> None:
     """Pack the mirror's loose objects when they piled up. Packing is housekeeping on objects
     that are already safe, so a failure is a warning and the cycle goes on."""
-    if mirror is None:
-        return
     try:
         if mirror.tidy():
             log.info("mirror packed: its loose objects are one pack now")

@@ -71,7 +71,7 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
     """Decide what to do about REPORT's host. APPROVALS pairs each approval found for it with
     a reason it cannot count (bad signature, already used) or None."""
     base: dict[str, Any] = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
-                fingerprint=report.fingerprint, status=report.status)
+                                fingerprint=report.fingerprint, status=report.status)
     if report.status != DRIFTED:
         why = "nothing to correct" if report.status == CLEAN else \
             f"not corrected while {report.status}"
