@@ -15,17 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import output
-from agent.apply import approval_record
-from agent.approval import expiry
-from agent.config import DEFAULT_PATH, Overrides, load_config
-from agent.cycle import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
-from agent.decide import approve_plan
-from agent.errors import AgentError, ConfigError
-from agent.gitrepo import Author
-from agent.report import publish, report_history
-from agent.source import open_mirror
-from agent.state import (
+from agent.adapters.gitrepo import Author
+from agent.adapters.state import (
     StateDir,
     clear_pause,
     cycle_lock,
@@ -33,7 +24,16 @@ from agent.state import (
     read_status,
     write_pause,
 )
-from agent.trust import acknowledge
+from agent.config import DEFAULT_PATH, Overrides, load_config
+from agent.core.approval import expiry
+from agent.cycle.apply import approval_record
+from agent.cycle.decide import approve_plan
+from agent.cycle.record import publish, report_history
+from agent.cycle.source import open_mirror
+from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
+from agent.cycle.trust import acknowledge
+from agent.errors import AgentError, ConfigError
+from agent.operate import output
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from agent.daemon import run_daemon  # APScheduler is loaded by the daemon only
+    from agent.daemon.service import run_daemon  # APScheduler is loaded by the daemon only
 
     agent_log = logging.getLogger("agent")
     agent_log.setLevel(min(agent_log.level, logging.INFO))  # the journal wants each cycle
@@ -273,7 +273,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_run_now(args: argparse.Namespace) -> int:
-    from agent.daemon import request_cycle
+    from agent.daemon.service import request_cycle
 
     config = load_config(_config_path(args))
     pid = request_cycle(StateDir(config.state_dir))

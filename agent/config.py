@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from agent.core.schema import Problems, Section, kind_of, load_yaml, yaml_problem
 from agent.errors import ConfigError
-from agent.schema import Problems, Section, kind_of, load_yaml, yaml_problem
 
 DEFAULT_PATH = Path("/etc/petkeeper/agent.yml")
 URL_SCHEMES = ("file://", "ssh://", "https://", "http://", "git://")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from agent.adapters.runner import PlaybookRun, run_playbook
 from agent.config import Config, load_config
-from agent.cycle import EXIT_DRIFT, run_check
-from agent.detect import Targets
+from agent.cycle.detect import Targets
+from agent.cycle.steps import EXIT_DRIFT, run_check
 from agent.errors import AgentError
-from agent.output import render_check
-from agent.runner import PlaybookRun, run_playbook
+from agent.operate.output import render_check
 from agent.testhosts import TestHostPool
 
 PROJECT = Path(__file__).resolve().parent.parent

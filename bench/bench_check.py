@@ -53,12 +53,12 @@ from pathlib import Path
 import yaml
 
 import agent
+from agent.adapters.inventory import list_hosts
+from agent.adapters.runner import PlaybookRun, build_env, run_playbook
+from agent.adapters.state import StateDir
 from agent.config import Config, load_config
+from agent.cycle.source import open_mirror, sync_source
 from agent.demo import PLAYBOOK, seed_repo, write_config
-from agent.inventory import list_hosts
-from agent.runner import PlaybookRun, build_env, run_playbook
-from agent.source import open_mirror, sync_source
-from agent.state import StateDir
 from agent.testhosts import TestHostPool
 
 ADDRESS = "127.0.90.{}"  # not 127.0.80.x (demo) nor 127.0.81.x (tests)
@@ -255,7 +255,7 @@ class Bench:
         return bench_config(self.workdir, self.remote, self.pool, names, state)
 
     def ansible_env(self, config: Config) -> dict[str, str]:
-        """Petkeeper's Ansible environment (agent.runner.build_env) over the base one."""
+        """Petkeeper's Ansible environment (agent.adapters.runner.build_env) over the base one."""
         run = PlaybookRun(tree=self.tree, playbook=PLAYBOOK, inventory=self.tree / INVENTORY,
                           limit="", check=True, ident="bench",
                           private_key_file=config.ansible.private_key_file,

@@ -71,9 +71,9 @@ from bench_check import (
     git,
 )
 
+from agent.adapters.runner import PlaybookRun, run_playbook
 from agent.config import Config, load_config
 from agent.demo import PLAYBOOK, seed_repo
-from agent.runner import PlaybookRun, run_playbook
 from agent.testhosts import TestHostPool
 
 ADDRESS = "127.0.91.{}"  # not 127.0.80.x (demo), .81 (tests), .90 (bench_check)
@@ -312,7 +312,7 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def own_cpu(pid: int, log: Path) -> float:
     """CPU seconds of the daemon and of the processes it forked for its cycles, each logging
-    its own (agent.isolate), Ansible's processes left out."""
+    its own (agent.daemon.isolate), Ansible's processes left out."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cycles = sum(float(m.group(1)) for m in CYCLE_CPU.finditer(log.read_text(errors="replace")))
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK") + cycles

@@ -15,9 +15,9 @@ the containers (dicts, lists, sets, lru_caches) that grew, named where a module 
 RssAnon growing while the traced bytes, objects and containers stay flat is the heap keeping
 freed memory (the C allocator), not a leak of Python objects.
 
-The daemon now runs each cycle in a forked child (agent.isolate), so ``--cycles`` shows the
+The daemon now runs each cycle in a forked child (agent.daemon.isolate), so ``--cycles`` shows the
 daemon process around its cycles (flat by construction); to trace a cycle itself, call
-agent.cycle.run_cycle in process the same way.
+agent.cycle.steps.run_cycle in process the same way.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import LIGHT, set_up
 
 from agent.config import load_config
-from agent.daemon import Daemon
+from agent.daemon.service import Daemon
 from agent.testhosts import TestHostPool
 
 

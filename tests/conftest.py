@@ -176,7 +176,7 @@ def petkeeper(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
 
 def converge(pool: TestHostPool, remote: GitRemote, limit: str, tmp: Path) -> None:
     """Bring LIMIT's hosts to the repo's state with a real (non-check) run, as an admin would."""
-    from agent.runner import PlaybookRun, run_playbook
+    from agent.adapters.runner import PlaybookRun, run_playbook
 
     run = PlaybookRun(tree=remote.work, playbook="site.yml",
                       inventory=remote.work / "inventory/hosts.yml", limit=limit, check=False,

@@ -1,4 +1,4 @@
-"""Ansible callback plugin, loaded into ansible-playbook by agent.runner.
+"""Ansible callback plugin, loaded into ansible-playbook by agent.adapters.runner.
 
 ansible-runner's events leave out three facts that drift detection needs: why a task was
 skipped (a `when:` that is false, or a module that cannot run in check mode), whether a `no_log`

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.cycle import RUN_STEPS, run_cycle
+from agent.cycle.steps import RUN_STEPS, run_cycle
 from tests.conftest import (
     GitRemote,
     converge,

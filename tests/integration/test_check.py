@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.cycle import run_check
+from agent.cycle.steps import run_check
 from tests.conftest import (
     GitRemote,
     check_json,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.cycle import run_check
+from agent.cycle.steps import run_check
 from tests.conftest import (
     GitRemote,
     check_json,
@@ -212,7 +212,7 @@ def test_second_cycle_is_refused_while_one_runs_and_a_killed_holder_frees_the_lo
     state.mkdir(mode=0o700, exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from agent.state import StateDir, cycle_lock\n"
+         "from agent.adapters.state import StateDir, cycle_lock\n"
          f"with cycle_lock(StateDir(Path({str(state)!r})), 'petkeeper check'):\n"
          "    print('locked', flush=True); time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
     try:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.cycle import run_check
+from agent.cycle.steps import run_check
 from agent.errors import FetchError, TransientError
 from agent.testhosts import TestHostPool, free_port
 from tests.conftest import (

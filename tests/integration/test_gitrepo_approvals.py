@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.adapters.gitrepo import Mirror
 from agent.errors import RepoError
-from agent.gitrepo import Mirror
 from tests.conftest import GitRemote, git
 from tests.signing import (
     ALICE,

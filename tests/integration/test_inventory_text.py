@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from agent.adapters.inventory import list_hosts
 from agent.errors import RepoError
-from agent.inventory import list_hosts
 
 INVENTORY = "inventory/hosts.yml"
 names = st.sampled_from(["web1", "db1", "all", "ungrouped", "web", "pets", "localhost",

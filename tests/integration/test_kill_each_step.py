@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cycle import RUN_STEPS, apply_step
-from agent.state import StateDir, cycle_lock, read_pause, read_status
+from agent.adapters.state import StateDir, cycle_lock, read_pause, read_status
+from agent.cycle.steps import RUN_STEPS, apply_step
 from agent.testhosts import TestHost
 from tests.conftest import GitRemote, processes_in, write_agent_config
 
@@ -95,13 +95,14 @@ def _kill_points() -> list[KillPoint]:
     reports queue before its push, the apply between its journal and its approval's use, and
     during its Ansible run."""
     applying = RUN_STEPS.index(apply_step)
-    push = "agent.gitrepo:Mirror.push_reports"
+    push = "agent.adapters.gitrepo:Mirror.push_reports"
     return [
-        *(KillPoint(f"start of {s.__name__}", f"agent.cycle:{s.__name__}", applied=i > applying)
+        *(KillPoint(f"start of {s.__name__}", f"agent.cycle.steps:{s.__name__}",
+                    applied=i > applying)
           for i, s in enumerate(RUN_STEPS)),
         KillPoint("record_step: queued, not pushed", push),
         KillPoint("record_applies_step: queued, not pushed", push, nth=2, applied=True),
-        KillPoint("apply_step: journaled, approval not yet spent", "agent.apply:mark_used",
+        KillPoint("apply_step: journaled, approval not yet spent", "agent.cycle.apply:mark_used",
                   expect=INTERRUPTED_BEFORE),
         KillPoint("apply_step: during Ansible", "", applied=True, expect=INTERRUPTED),
     ]

@@ -300,7 +300,7 @@ def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checkin
 
 
 def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
-    from agent.gitrepo import Mirror
+    from agent.adapters.gitrepo import Mirror
 
     sub = GitRemote(tmp_path / "sub")
     sub_sha = sub.commit({"secret.txt": "from a submodule\n"})

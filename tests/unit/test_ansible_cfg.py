@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.ansible_cfg import check_ansible_cfg, find_cfg_problem
+from agent.adapters.runner import PlaybookRun, build_env
+from agent.core.ansible_cfg import check_ansible_cfg, find_cfg_problem
 from agent.errors import RepoError
-from agent.runner import PlaybookRun, build_env
 
 
 def test_settings_a_repo_needs_are_allowed(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""agent.apply's records for the reports branch (apply and approval commits, read back by Git's
+"""cycle/apply's records for the reports branch (apply and approval commits, read back by Git's
 own trailer parser), interrupted applies found in the journal, and `petkeeper history`."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.apply import (
+from agent.adapters.state import StateDir, write_json
+from agent.core.approval import HOST, Approval
+from agent.core.policy import parse_policy
+from agent.cycle.apply import (
     INTERRUPTED,
     ApplyResult,
     apply_record,
@@ -21,12 +24,9 @@ from agent.apply import (
     clear_journal,
     recover_interrupted,
 )
-from agent.approval import HOST, Approval
-from agent.decide import approval_key, used_approvals
-from agent.output import render_history
-from agent.policy import parse_policy
-from agent.report import new_records
-from agent.state import StateDir, write_json
+from agent.cycle.decide import approval_key, used_approvals
+from agent.cycle.record import new_records
+from agent.operate.output import render_history
 
 SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
 PID = "3f2a9c0d1e2b4a5f"

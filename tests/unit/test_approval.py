@@ -1,4 +1,4 @@
-"""agent.approval: a person's yes to one exact drift, void on a new commit, other drift, expiry
+"""agent.core.approval: a person's yes to one exact drift, void on a new commit, other drift, expiry
 or use; approvals read from files committed under approvals/."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.approval import GIT, HOST, Approval, expiry, parse_git_approval, plan_id, void_reason
+from agent.core.approval import (
+    GIT,
+    HOST,
+    Approval,
+    expiry,
+    parse_git_approval,
+    plan_id,
+    void_reason,
+)
 from agent.errors import RepoError
 
 SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"

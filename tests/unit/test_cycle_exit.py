@@ -1,4 +1,4 @@
-"""agent.cycle: the exit code a cycle ends with, and a stage that only moves forward."""
+"""agent.cycle.steps: the exit code a cycle ends with, and a stage that only moves forward."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from agent.adapters.state import StateDir
 from agent.config import Config, RepoConfig
-from agent.cycle import EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR, Cycle, Stage
-from agent.drift import CLEAN, DRIFTED, FAILED, STATUSES, UNKNOWN, UNREACHABLE, Change, HostReport
-from agent.source import Source
-from agent.state import StateDir
+from agent.core.drift import (
+    CLEAN,
+    DRIFTED,
+    FAILED,
+    STATUSES,
+    UNKNOWN,
+    UNREACHABLE,
+    Change,
+    HostReport,
+)
+from agent.cycle.source import Source
+from agent.cycle.steps import EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR, Cycle, Stage
 
 PROBE = Change("Baseline", None, "Run a command", "ansible.builtin.command", "", True)
 
@@ -77,7 +86,7 @@ def test_stages_are_ordered_as_the_cycle_runs():
 
 
 def test_every_step_list_moves_the_stage_forward_only():
-    from agent.cycle import CHECK_STEPS, RUN_STEPS
+    from agent.cycle.steps import CHECK_STEPS, RUN_STEPS
 
     assert tuple(s for s in RUN_STEPS if s in CHECK_STEPS) == CHECK_STEPS
 

@@ -1,4 +1,4 @@
-"""agent.daemon's pure parts: when a cycle is due, how long to back off, shutdown guards,
+"""agent.daemon.service's pure parts: when a cycle is due, how long to back off, shutdown guards,
 and the daemon section of the config."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from agent.config import Config, Overrides, RepoConfig, parse_config
-from agent.daemon import Inputs, backoff_delay, cycle_due, until_cancelled
+from agent.daemon.service import Inputs, backoff_delay, cycle_due, until_cancelled
 from agent.errors import ConfigError
 
 CONFIG = Config(repo=RepoConfig(url="file:///srv/git/pets.git"))

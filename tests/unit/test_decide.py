@@ -1,5 +1,5 @@
-"""agent.decide's pure part: each host's plan from its report, the policy, the windows and the
-approvals found for it; and `petkeeper plan`'s output of it (agent.output.render_plan)."""
+"""agent.cycle.decide's pure part: each host's plan from its report, the policy, the windows and the
+approvals found for it; and `petkeeper plan`'s output of it (agent.operate.output.render_plan)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent.apply import ApplyResult
-from agent.approval import GIT, HOST, Approval, plan_id
-from agent.decide import (
-    APPLY,
-    NOTHING,
-    REPORT_ONLY,
-    WAIT,
-    Plan,
-    approval_key,
-    build_plan,
-    classify_report,
-)
-from agent.drift import (
+from agent.core.approval import GIT, HOST, Approval, plan_id
+from agent.core.drift import (
     CLEAN,
     DRIFTED,
     FAILED,
@@ -33,9 +22,20 @@ from agent.drift import (
     build_host_reports,
     fingerprint,
 )
-from agent.ledger import CHECK_BLIND, CORRECTIVE, INTENTIONAL
-from agent.output import render_plan
-from agent.policy import APPROVE, AUTO, REPORT, Gate, Policy, Rule, Window
+from agent.core.ledger import CHECK_BLIND, CORRECTIVE, INTENTIONAL
+from agent.core.policy import APPROVE, AUTO, REPORT, Gate, Policy, Rule, Window
+from agent.cycle.apply import ApplyResult
+from agent.cycle.decide import (
+    APPLY,
+    NOTHING,
+    REPORT_ONLY,
+    WAIT,
+    Plan,
+    approval_key,
+    build_plan,
+    classify_report,
+)
+from agent.operate.output import render_plan
 
 SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
 NEW_SRC = "c9f0f895fb98ab9159f51fd0297e236d0f0d4c1a"

@@ -1,4 +1,4 @@
-"""agent.drift: ansible-runner events in, one report per host out.
+"""agent.core.drift: ansible-runner events in, one report per host out.
 
 The golden cases under fixtures/drift/ hold real events (see fixtures/drift/README.md).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.drift import (
+from agent.core.drift import (
     CLEAN,
     DRIFTED,
     FAILED,

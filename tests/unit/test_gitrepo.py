@@ -1,4 +1,4 @@
-"""agent.gitrepo: the mirror's hardened config, and its reading of Git's errors (a full disk,
+"""adapters/gitrepo: the mirror's hardened config, and its reading of Git's errors (a full disk,
 the remote's or the mirror's own)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.adapters.gitrepo import HARDENING, Author, Mirror, _disk_full
+from agent.adapters.state import mount_point
 from agent.errors import FetchError, TransientError
-from agent.gitrepo import HARDENING, Author, Mirror, _disk_full
-from agent.state import mount_point
 
 
 def test_the_mirror_config_is_written_once_and_restored_when_someone_loosens_it(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""agent.isolate: a cycle in a forked child, its result, its errors and a stop request."""
+"""agent.daemon.isolate: a cycle in a forked child, its result, its errors and a stop request."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from agent.daemon.isolate import ChildFailed, run_forked
 from agent.errors import AgentError, ConfigError, FetchError, LockedError, StalledError
-from agent.isolate import ChildFailed, run_forked
 
 GROWN: list[bytes] = []
 

@@ -1,4 +1,4 @@
-"""agent.ledger: each change's drift class, from the host's last converged apply and the tasks
+"""agent.core.ledger: each change's drift class, from the host's last converged apply and the tasks
 that kept changing after one."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.drift import Change
-from agent.ledger import (
+from agent.core.drift import Change
+from agent.core.ledger import (
     CHECK_BLIND,
     CORRECTIVE,
     FLAPPING,

@@ -1,4 +1,4 @@
-"""agent.output: what people read on a terminal after `check` and `status`."""
+"""agent.operate.output: what people read on a terminal after `check` and `status`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.output import render_check, render_status
+from agent.operate.output import render_check, render_status
 
 FP = "a547283f08a3a78e1f2887dd23ac2248b5ccdbed8f51b937fbfc8aa81f3fa1e4"
 SHA = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"

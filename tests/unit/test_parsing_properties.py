@@ -20,7 +20,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.approval import Approval, expiry, parse_git_approval, plan_id, void_reason
+from agent.adapters.inventory import parse_inventory_list
+from agent.adapters.state import StateDir
 from agent.config import (
     Config,
     Overrides,
@@ -29,13 +30,18 @@ from agent.config import (
     parse_config,
     parse_extra_var,
 )
-from agent.decide import approve_plan, git_approvals, host_approvals, load_policy, used_approvals
+from agent.core.approval import Approval, expiry, parse_git_approval, plan_id, void_reason
+from agent.core.policy import Policy, decide_change, decide_host, parse_policy, window_gate
+from agent.core.schema import parse_duration
+from agent.cycle.decide import (
+    approve_plan,
+    git_approvals,
+    host_approvals,
+    load_policy,
+    used_approvals,
+)
+from agent.cycle.source import Source
 from agent.errors import AgentError, ConfigError, RepoError, StalledError
-from agent.inventory import parse_inventory_list
-from agent.policy import Policy, decide_change, decide_host, parse_policy, window_gate
-from agent.schema import parse_duration
-from agent.source import Source
-from agent.state import StateDir
 
 # Reproducible in CI: examples are derived from each test's name, and nothing is stored.
 PROPERTY = settings(max_examples=100, deadline=None, database=None, derandomize=True,

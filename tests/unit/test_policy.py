@@ -1,4 +1,4 @@
-"""agent.policy: which rule decides a change, when windows let a host be corrected, and the
+"""agent.core.policy: which rule decides a change, when windows let a host be corrected, and the
 policy file's loader (every problem at once, with key path and fix)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import RepoError
-from agent.policy import (
+from agent.core.policy import (
     APPROVE,
     AUTO,
     REPORT,
@@ -26,6 +25,7 @@ from agent.policy import (
     parse_policy,
     window_gate,
 )
+from agent.errors import RepoError
 
 SOURCE = "petkeeper/policy.yml"
 HOUR = 3600.0

@@ -1,10 +1,10 @@
-"""agent.redact: credentials in URLs never reach a log line, a report or an error."""
+"""agent.core.redact: credentials in URLs never reach a log line, a report or an error."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.redact import Masker, leaf_strings, redact_text, url_secrets
+from agent.core.redact import Masker, leaf_strings, redact_text, url_secrets
 
 
 @pytest.mark.parametrize(("text", "redacted"), [

@@ -1,4 +1,4 @@
-"""agent.runner.run_playbook when ansible-runner itself fails mid-run: Ansible is stopped, and a
+"""adapters/runner.run_playbook when ansible-runner itself fails mid-run: Ansible is stopped, and a
 full disk is one clear, transient error. ansible-runner is replaced; no Ansible runs."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import ansible_runner
 import pytest
 
+from agent.adapters.runner import PlaybookRun, run_playbook
+from agent.adapters.state import mount_point
 from agent.errors import TransientError
-from agent.runner import PlaybookRun, run_playbook
-from agent.state import mount_point
 
 Started = list[subprocess.Popen[bytes]]
 

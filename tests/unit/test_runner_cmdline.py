@@ -1,4 +1,4 @@
-"""agent.runner's pure part: ansible-playbook's options, its environment, the extra-vars files."""
+"""adapters/runner's pure part: ansible-playbook's options, environment and extra-vars files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.runner import PlaybookRun, _extra_var_files, build_cmdline, build_env
+from agent.adapters.runner import PlaybookRun, _extra_var_files, build_cmdline, build_env
 
 CANARY = "hunter2-canary"
 

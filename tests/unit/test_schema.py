@@ -1,4 +1,4 @@
-"""agent.schema: typed reads from parsed YAML, every problem with its key path."""
+"""agent.core.schema: typed reads from parsed YAML, every problem with its key path."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.core.schema import (
+    Problems,
+    Section,
+    load_yaml,
+    parse_duration,
+    printable_key,
+    yaml_problem,
+)
 from agent.errors import ConfigError
-from agent.schema import Problems, Section, load_yaml, parse_duration, printable_key, yaml_problem
 
 
 def read(data: dict[str, Any], known: set[str], reads: dict[str, tuple[str, Any]]

@@ -1,4 +1,4 @@
-"""agent.state: atomic writes, the versioned status file and the cycle lock across processes."""
+"""adapters/state: atomic writes, the versioned status file and the cycle lock across processes."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import LockedError, StalledError, TransientError
-from agent.state import (
+from agent.adapters.state import (
     StateDir,
     cycle_lock,
     mount_point,
@@ -25,6 +24,7 @@ from agent.state import (
     write_atomic,
     write_status,
 )
+from agent.errors import LockedError, StalledError, TransientError
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_read_status_rejects_json_that_is_not_an_object(state: StateDir, body: s
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from agent.state import StateDir, cycle_lock
+    from agent.adapters.state import StateDir, cycle_lock
     with cycle_lock(StateDir(Path(sys.argv[1])), "petkeeper check, run holder-run"):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -1,4 +1,4 @@
-"""agent.vault: the values a repo keeps vault-encrypted, found and decrypted for masking."""
+"""adapters/vault: the values a repo keeps vault-encrypted, found and decrypted for masking."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.vault import vault_values
+from agent.adapters.vault import vault_values
 
 VAULT = [str(Path(sys.executable).parent / "ansible-vault")]
 

@@ -2,8 +2,8 @@
 
 Molecule's verify step runs this file after converge and side_effect (see ../molecule.yml for
 the sequence). It does what the agent does, through the agent's code: a check-mode run of the
-same playbook with ``agent.runner.run_playbook``, read into per-host reports by
-``agent.drift.build_host_reports`` (structured events, never printed output), then an apply
+same playbook with ``agent.adapters.runner.run_playbook``, read into per-host reports by
+``agent.core.drift.build_host_reports`` (structured events, never printed output), then an apply
 and a re-check. The fixtures chain in that order whatever order the tests run in.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.drift import CLEAN, DRIFTED, HostReport, build_host_reports
-from agent.runner import PlaybookRun, RunResult, run_playbook
+from agent.core.drift import CLEAN, DRIFTED, HostReport, build_host_reports
+from agent.adapters.runner import PlaybookRun, RunResult, run_playbook
 
 
 def molecule_path(variable: str) -> Path:

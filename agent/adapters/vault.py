@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from agent.redact import leaf_strings
-from agent.schema import load_yaml
+from agent.core.redact import leaf_strings
+from agent.core.schema import load_yaml
 
 log = logging.getLogger(__name__)
 

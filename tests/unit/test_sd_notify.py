@@ -1,4 +1,4 @@
-"""agent.notify: sd_notify datagrams to a real socket, path and abstract names."""
+"""agent.daemon.sd_notify: sd_notify datagrams to a real socket, path and abstract names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import build_address, notify, watchdog_interval
+from agent.daemon.sd_notify import build_address, notify, watchdog_interval
 
 
 def test_notify_sends_one_datagram_to_a_path_socket(tmp_path: Path):

@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.ansible_cfg import check_ansible_cfg
+from agent.adapters.gitrepo import Mirror
+from agent.adapters.state import StateDir, write_atomic
+from agent.adapters.vault import vault_values
 from agent.config import Config, parse_extra_var
+from agent.core.ansible_cfg import check_ansible_cfg
+from agent.core.redact import Masker, leaf_strings, url_secrets
+from agent.cycle.trust import rewind_hold, trusted_head
 from agent.errors import FetchError, RepoError
-from agent.gitrepo import Mirror
-from agent.redact import Masker, leaf_strings, url_secrets
-from agent.state import StateDir, write_atomic
-from agent.trust import rewind_hold, trusted_head
-from agent.vault import vault_values
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Runs Ansible: the only module that imports ansible-runner (agent.galaxy alone starts
+"""Runs Ansible: the only module that imports ansible-runner (agent.adapters.galaxy alone starts
 ansible-galaxy).
 
 Events are kept in memory and returned; none is written to the artifacts folder, which keeps
@@ -25,12 +25,12 @@ from typing import Any
 
 import ansible_runner
 
+from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
-from agent.state import DISK_FULL, disk_full_error
 
 log = logging.getLogger(__name__)
 
-PLUGINS = Path(__file__).parent / "plugins"  # petkeeper_facts: skip reasons, no_log changes
+PLUGINS = Path(__file__).parents[1] / "plugins"  # petkeeper_facts: skip reasons, no_log changes
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 BACKSTOP = 30  # ansible-runner's own timeout, in case our stop did not end the run
 SCRUBBED_ARTIFACTS = ("command", "stdout", "stderr")
@@ -55,7 +55,7 @@ class PlaybookRun:
     forks: int = 5
     private_key_file: str | None = None
     known_hosts_file: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)  # e.g. agent.galaxy's paths
+    env: Mapping[str, str] = field(default_factory=dict)  # e.g. agent.adapters.galaxy's paths
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""agent.schedule: cron expressions for maintenance windows, read in the window's time zone."""
+"""core/cron: cron expressions for maintenance windows, read in the window's time zone."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.schedule import next_start, parse_cron
+from agent.core.cron import next_start, parse_cron
 
 PARIS = "Europe/Paris"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from agent.core.schema import parse_duration, printable_key
 from agent.errors import RepoError, StalledError
-from agent.schema import parse_duration, printable_key
 
 APPROVALS_DIR = "approvals"
 PLAN_ID_LENGTH = 16

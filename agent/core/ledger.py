@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.drift import Change
+from agent.core.drift import Change
 
 CHECK_BLIND, FLAPPING, CORRECTIVE, INTENTIONAL = "check_blind", "flapping", "corrective", \
     "intentional"

@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from agent.adapters.gitrepo import Mirror
+from agent.adapters.state import StateDir, read_json, write_json
 from agent.config import Config
 from agent.errors import StalledError
-from agent.gitrepo import Mirror
-from agent.state import StateDir, read_json, write_json
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.apply import (
+from agent.adapters.galaxy import install_requirements
+from agent.adapters.gitrepo import Author, Mirror
+from agent.adapters.runner import stop_strays
+from agent.adapters.state import StateDir, cycle_lock, read_json, read_pause, write_status
+from agent.config import Config
+from agent.core.drift import CLEAN, DRIFTED, HostReport
+from agent.core.redact import redact_text
+from agent.cycle.apply import (
     FAILED_APPLY,
     INTERRUPTED,
     NOT_CONVERGED,
@@ -26,19 +33,12 @@ from agent.apply import (
     clear_journal,
     recover_interrupted,
 )
-from agent.config import Config
-from agent.decide import APPLY, Plan, classify_report, decide_plans
-from agent.detect import Targets, check_drift, select_targets
-from agent.drift import CLEAN, DRIFTED, HostReport
+from agent.cycle.decide import APPLY, Plan, classify_report, decide_plans
+from agent.cycle.detect import Targets, check_drift, select_targets
+from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
+from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
+from agent.cycle.trust import mark_applied
 from agent.errors import AgentError, FetchError, RepoError
-from agent.galaxy import install_requirements
-from agent.gitrepo import Author, Mirror
-from agent.redact import redact_text
-from agent.report import PublishResult, Record, RunInfo, drift_records, new_records, publish
-from agent.runner import stop_strays
-from agent.source import Source, open_mirror, secret_masker, sync_source
-from agent.state import StateDir, cycle_lock, read_json, read_pause, write_status
-from agent.trust import mark_applied
 
 log = logging.getLogger(__name__)
 

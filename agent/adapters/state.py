@@ -8,8 +8,8 @@ Layout (mode 0700)::
     approvals/      host-side approvals, one file per plan id
     used-approvals.json  approvals already used once (never replayed)
     journal/        applies in progress: found after a crash, recorded as interrupted
-    ledger.json     per host: last converged source, flapping tasks (agent.ledger)
-    mirror.git/     bare mirror of the GitOps repo (agent.gitrepo)
+    ledger.json     per host: last converged source, flapping tasks (agent.core.ledger)
+    mirror.git/     bare mirror of the GitOps repo (agent.adapters.gitrepo)
     trees/<sha>/    materialised commits (the current one and the one before)
     runner/         ansible-runner's private data dir, artifacts rotated
     pause.json      set by `petkeeper pause`: who, when, why, whether checks pause too

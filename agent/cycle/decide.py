@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
-from agent.approval import (
+from agent.adapters.gitrepo import Mirror
+from agent.adapters.state import StateDir, read_json, write_json
+from agent.config import Config
+from agent.core.approval import (
     APPROVALS_DIR,
     Approval,
     parse_git_approval,
@@ -24,15 +27,12 @@ from agent.approval import (
     plan_id,
     void_reason,
 )
-from agent.config import Config
-from agent.drift import CLEAN, DRIFTED, HostReport
+from agent.core.drift import CLEAN, DRIFTED, HostReport
+from agent.core.ledger import classify
+from agent.core.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
+from agent.core.schema import load_yaml, printable_key, yaml_problem
+from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError, StalledError
-from agent.gitrepo import Mirror
-from agent.ledger import classify
-from agent.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
-from agent.schema import load_yaml, printable_key, yaml_problem
-from agent.source import Source, resolve_in_tree
-from agent.state import StateDir, read_json, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,41 +1,18 @@
-"""APScheduler 3.x, and only here: cron expressions for maintenance windows, and the daemon's
-ticker."""
+"""The daemon's ticker: APScheduler 3.x's background scheduler, and only here."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 # "maximum number of running instances reached" is how a tick during a long cycle is skipped:
 # by design here, not worth a warning line in the journal every fetch interval.
 logging.getLogger("apscheduler").setLevel(logging.ERROR)
-
-
-def parse_cron(expr: str, timezone: str) -> str | None:
-    """Return why EXPR is not a 5-field cron expression, or None when it is."""
-    try:
-        _trigger(expr, timezone)
-    except (ValueError, TypeError) as e:
-        return str(e)
-    return None
-
-
-def next_start(expr: str, timezone: str, after: datetime) -> datetime | None:
-    """The first time at or after AFTER that cron EXPR fires, in TIMEZONE."""
-    return _trigger(expr, timezone).get_next_fire_time(None, after)
-
-
-@lru_cache(maxsize=64)
-def _trigger(expr: str, timezone: str) -> CronTrigger:
-    return CronTrigger.from_crontab(expr, timezone=ZoneInfo(timezone))
 
 
 class Ticker:

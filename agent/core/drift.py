@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from agent.hostkeys import parse_host_key_refusal
+from agent.core.hostkeys import parse_host_key_refusal
 
 CLEAN, DRIFTED, FAILED = "clean", "drifted", "failed"
 UNREACHABLE, UNKNOWN = "unreachable", "unknown"
@@ -49,7 +49,7 @@ class HostReport:
     changes: tuple[Change, ...] = ()
     fingerprint: str = ""
     message: str | None = None  # why a host failed, was unreachable or is unknown
-    classes: tuple[str, ...] = ()  # each change's drift class (agent.ledger), when known
+    classes: tuple[str, ...] = ()  # each change's drift class (agent.core.ledger), when known
 
     def as_dict(self) -> dict[str, Any]:
         changes = [{**asdict(c), "tags": list(c.tags)} for c in self.changes]

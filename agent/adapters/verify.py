@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.runner import PlaybookRun, build_env
+from agent.adapters.runner import PlaybookRun, build_env
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.core.cron import next_start, parse_cron
+from agent.core.schema import parse_duration, printable_key
 from agent.errors import RepoError
-from agent.schedule import next_start, parse_cron
-from agent.schema import parse_duration, printable_key
 
 AUTO, APPROVE, REPORT = "auto", "approve", "report"
 MODES = (AUTO, APPROVE, REPORT)

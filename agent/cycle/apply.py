@@ -17,17 +17,17 @@ from typing import Any
 
 import yaml
 
-from agent.approval import Approval
+from agent.adapters.runner import run_playbook
+from agent.adapters.state import StateDir, read_json, write_atomic, write_json
+from agent.adapters.verify import run_host_tests
 from agent.config import Config
-from agent.decide import Plan, mark_used
-from agent.detect import Targets, check_drift, playbook_run
-from agent.drift import CLEAN, HostReport
-from agent.ledger import record_apply
-from agent.report import UNSAFE, Record, format_message
-from agent.runner import run_playbook
-from agent.source import Source, resolve_folder
-from agent.state import StateDir, read_json, write_atomic, write_json
-from agent.verify import run_host_tests
+from agent.core.approval import Approval
+from agent.core.drift import CLEAN, HostReport
+from agent.core.ledger import record_apply
+from agent.cycle.decide import Plan, mark_used
+from agent.cycle.detect import Targets, check_drift, playbook_run
+from agent.cycle.record import UNSAFE, Record, format_message
+from agent.cycle.source import Source, resolve_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ApplyResult:
     finished: str = ""
     run_id: str = ""
     message: str = ""
-    tests: dict[str, Any] | None = None  # the repo's post-apply tests (agent.verify)
+    tests: dict[str, Any] | None = None  # the repo's post-apply tests (agent.adapters.verify)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "leftovers": list(self.leftovers)}

@@ -3,7 +3,7 @@
 Every fetch interval a cheap fetch (Git only, under the cycle lock) decides whether a cycle is
 due: a new source commit (Git approvals come with it), a new host-side approval, a pause or
 resume, a reloaded config, or check_interval elapsed. Cycles never overlap, with each other or
-with a cycle run by hand. Each cycle runs in a forked child (agent.isolate), so the daemon's
+with a cycle run by hand. Each cycle runs in a forked child (agent.daemon.isolate), so the daemon's
 memory stays flat over months. SIGTERM stops the current Ansible run and exits 0, SIGHUP reloads
 the config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
 """
@@ -26,8 +26,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.adapters.state import StateDir, cycle_lock, read_pause
 from agent.config import Config, load_config
-from agent.cycle import CHECK_STEPS, RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
+from agent.cycle.source import open_mirror
+from agent.cycle.steps import CHECK_STEPS, RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
+from agent.daemon.isolate import ChildFailed, run_forked
+from agent.daemon.sd_notify import notify, watchdog_interval
+from agent.daemon.ticker import Ticker
 from agent.errors import (
     AgentError,
     ConfigError,
@@ -36,11 +41,6 @@ from agent.errors import (
     RepoError,
     StalledError,
 )
-from agent.isolate import ChildFailed, run_forked
-from agent.notify import notify, watchdog_interval
-from agent.schedule import Ticker
-from agent.source import open_mirror
-from agent.state import StateDir, cycle_lock, read_pause
 
 log = logging.getLogger(__name__)
 

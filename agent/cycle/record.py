@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from agent.drift import HostReport
+from agent.adapters.gitrepo import QUEUE_REF, Author, Mirror
+from agent.core.drift import HostReport
+from agent.core.schema import load_yaml
 from agent.errors import FetchError
-from agent.gitrepo import QUEUE_REF, Author, Mirror
-from agent.schema import load_yaml
 
 log = logging.getLogger(__name__)
 

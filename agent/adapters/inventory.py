@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.adapters.runner import path_with_venv, strict_env
+from agent.core.schema import printable_key
 from agent.errors import AgentError, RepoError
-from agent.runner import path_with_venv, strict_env
-from agent.schema import printable_key
 
 INVENTORY_TIMEOUT = 120.0
 

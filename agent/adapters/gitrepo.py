@@ -20,10 +20,10 @@ from typing import Any
 
 import git
 
+from agent.adapters.state import disk_full_error
+from agent.core.hostkeys import parse_host_key_refusal
+from agent.core.redact import redact_text
 from agent.errors import AgentError, FetchError, HostKeyError, RepoError
-from agent.hostkeys import parse_host_key_refusal
-from agent.redact import redact_text
-from agent.state import disk_full_error
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from agent.adapters.runner import path_with_venv
 from agent.errors import RepoError
-from agent.runner import path_with_venv
 
 log = logging.getLogger(__name__)
 

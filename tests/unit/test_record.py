@@ -1,4 +1,4 @@
-"""agent.report's pure part: the report file, when to commit it, and the commit message."""
+"""agent.cycle.record's pure part: the report file, when to commit it, and the commit message."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.drift import CLEAN, DRIFTED, UNKNOWN, Change, HostReport, build_host_reports, fingerprint
-from agent.report import (
+from agent.core.drift import (
+    CLEAN,
+    DRIFTED,
+    UNKNOWN,
+    Change,
+    HostReport,
+    build_host_reports,
+    fingerprint,
+)
+from agent.cycle.record import (
     RunInfo,
     build_message,
     build_report,

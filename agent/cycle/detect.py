@@ -10,13 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from agent.adapters.inventory import list_hosts
+from agent.adapters.runner import PlaybookRun, run_playbook
+from agent.adapters.state import StateDir, write_atomic
 from agent.config import Config
-from agent.drift import HostReport, build_host_reports, mask_reports
+from agent.core.drift import HostReport, build_host_reports, mask_reports
+from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
-from agent.inventory import list_hosts
-from agent.runner import PlaybookRun, run_playbook
-from agent.source import Source, resolve_in_tree
-from agent.state import StateDir, write_atomic
 
 log = logging.getLogger(__name__)
 
