@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.drift import CLEAN, DRIFTED, HostReport, build_host_reports
 from agent.adapters.runner import PlaybookRun, RunResult, run_playbook
+from agent.core.drift import CLEAN, DRIFTED, HostReport, build_host_reports
 
 
 def molecule_path(variable: str) -> Path:
