@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.adapters.gitrepo import Author
+from agent.adapters.runner import warn_untested_ansible
 from agent.adapters.state import (
     StateDir,
     clear_pause,
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
+    if args.command in RUNS_ANSIBLE:
+        warn_untested_ansible()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
@@ -307,6 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, keep=args.keep)
 
 
+RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo"})
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import ansible_runner
 
 from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
+from agent.core.versions import untested_ansible
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,17 @@ class RunResult:
                 if line.startswith(("[ERROR]", "ERROR!")):
                     return line.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
         return f"ansible-playbook exited {self.rc} ({self.status})"
+
+
+def warn_untested_ansible() -> None:
+    """Log one warning when the installed ansible-core is outside the tested range."""
+    try:
+        installed = version("ansible-core")
+    except PackageNotFoundError:
+        installed = "(not installed as a Python package)"
+    warning = untested_ansible(installed, sys.version_info[:2])
+    if warning:
+        log.warning("%s", warning)
 
 
 def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
