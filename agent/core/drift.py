@@ -182,7 +182,9 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
             tally.changes.append(Change(**where, diff=HIDDEN))
     elif res.get("changed") or _any_item_changed(res):
         tally.seen_changed += 1
-        blind = module in COMMAND_MODULES and not _predicted(res)
+        # creates/removes let a command module decide in check mode; the callback says whether
+        # they were set (results stopped carrying the module's arguments in ansible-core 2.21).
+        blind = module in COMMAND_MODULES and not (fact and fact.get("predicted"))
         tally.changes.append(Change(**where, diff=_result_diff(res, tree_root),
                                     check_blind=blind))
 
@@ -213,11 +215,6 @@ def _hidden_changes(t: _HostTally) -> list[Change]:
         return []
     blind = unexplained != len(t.hidden)
     return [Change(**where, diff=HIDDEN, check_blind=blind) for where in t.hidden]
-
-
-def _predicted(res: Mapping[str, Any]) -> bool:
-    args = (res.get("invocation") or {}).get("module_args") or {}
-    return bool(args.get("creates") or args.get("removes"))
 
 
 def _any_item_changed(res: Mapping[str, Any]) -> bool:

@@ -1,9 +1,11 @@
 """Ansible callback plugin, loaded into ansible-playbook by agent.adapters.runner.
 
-ansible-runner's events leave out three facts that drift detection needs: why a task was
+ansible-runner's events leave out four facts that drift detection needs: why a task was
 skipped (a `when:` that is false, or a module that cannot run in check mode), whether a `no_log`
-task changed anything (its whole result is censored), and a changed task's tags (for the
-policy). This plugin writes exactly those facts,
+task changed anything (its whole result is censored), a changed task's tags (for the policy),
+and whether a changed command had `creates` or `removes` to predict its outcome in check mode
+(results carried the module's arguments in `invocation` until ansible-core 2.21 stopped sending
+them). This plugin writes exactly those facts,
 one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
 never a value, an argument or any output of a task.
 """
@@ -55,9 +57,16 @@ class CallbackModule(CallbackBase):
         if result._task.no_log or result._result.get("_ansible_no_log"):
             self._write(result, event="hidden", changed=changed)
         elif changed:
-            self._write(result, event="changed", changed=True)
+            self._write(result, event="changed", changed=True, predicted=_predicted(result))
 
     def v2_playbook_on_stats(self, stats) -> None:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+def _predicted(result) -> bool:
+    """Whether the task's (templated) arguments set creates or removes: a command module then
+    decides in check mode whether it would run."""
+    args = result._task.args or {}
+    return bool(args.get("creates") or args.get("removes"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,8 +28,8 @@ from agent.cycle.record import (
     report_path,
     summary_line,
 )
+from tests.unit.test_drift import load_events, load_facts
 
-FIXTURES = Path(__file__).parent / "fixtures" / "drift"
 TREE = "/var/lib/petkeeper/trees/8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
 SHA = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
 WHEN = datetime(2026, 11, 25, 20, 36, 22, tzinfo=UTC)
@@ -39,8 +38,8 @@ DAY = 86400.0
 
 
 def real_reports() -> dict[str, HostReport]:
-    events = json.loads((FIXTURES / "real_check_run" / "events.json").read_text())
-    return build_host_reports(events, ["web1", "ghost"], TREE)
+    return build_host_reports(load_events("real_check_run"), ["web1", "ghost"], TREE,
+                              load_facts("real_check_run"))
 
 
 def host(status: str = CLEAN, changes: tuple[Change, ...] = (), message: str | None = None,
