@@ -15,9 +15,19 @@ import yaml
 
 from agent.testhosts import TestHostPool
 
-# Addresses of the integration tests' hosts (the demo uses 127.0.80.x, playbook tests 127.0.81.x).
-ALPHA, BETA, GAMMA = "127.0.82.11", "127.0.82.12", "127.0.82.13"
-GHOST = "127.0.82.99"  # nothing listens there: an unreachable host
+
+def _session_block() -> str:
+    """The session pool's addresses: 127.0.82.x, and for each further pytest-xdist worker a
+    block of its own (127.0.121.x for gw1, ...), so that workers never share a host. Modules
+    with hosts of their own use their own blocks and run whole on one worker (--dist loadfile).
+    The demo uses 127.0.80.x, the playbook tests 127.0.81.x."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return "127.0.82" if worker == 0 else f"127.0.{120 + worker}"
+
+
+BLOCK = _session_block()
+ALPHA, BETA, GAMMA = f"{BLOCK}.11", f"{BLOCK}.12", f"{BLOCK}.13"
+GHOST = f"{BLOCK}.99"  # nothing listens there: an unreachable host
 
 
 class GitRemote:
