@@ -21,9 +21,9 @@ from agent.adapters.state import (
     StateDir,
     clear_pause,
     cycle_lock,
+    pause_applies,
     read_pause,
     read_status,
-    write_pause,
 )
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.core.approval import expiry
@@ -165,16 +165,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if getattr(args, "now", False):
         return cmd_run_now(args)
     config = load_config(_config_path(args), overrides)
-    pause = read_pause(StateDir(config.state_dir))
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
-    if pause and steps is RUN_STEPS:
-        steps = CHECK_STEPS
-        print(f"petkeeper: paused by {pause['by']} since {pause['at']} ({pause['reason']}): "
-              "checking only, nothing is applied; petkeeper resume to apply again",
-              file=sys.stderr)
     cycle = run_cycle(config, steps, args.command, wait=args.wait,
                       only_plan=getattr(args, "plan_id", None))
-    data = {**cycle.as_json(), "paused": pause}
+    data = cycle.as_json()
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.command == "check":
@@ -287,10 +281,9 @@ def cmd_run_now(args: argparse.Namespace) -> int:
 def cmd_pause(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
     now = datetime.now(UTC).replace(microsecond=0).isoformat()
-    pause = write_pause(StateDir(config.state_dir), approver_name(), now, args.reason,
-                        args.checks)
-    what = "checks and applies" if pause["checks"] else "applies (checks go on)"
-    print(f"paused {what} as {pause['by']}: {pause['reason']}; petkeeper resume to undo")
+    pause, running = pause_applies(StateDir(config.state_dir), approver_name(), now,
+                                   args.reason, args.checks)
+    print(output.render_pause(pause, running))
     return 0
 
 

@@ -13,6 +13,7 @@ Layout (mode 0700)::
     trees/<sha>/    materialised commits (the current one and the one before)
     runner/         ansible-runner's private data dir, artifacts rotated
     pause.json      set by `petkeeper pause`: who, when, why, whether checks pause too
+    cycle.json      the running cycle: PID, run id, the host being applied (read by pause)
     daemon.pid      the running daemon's PID, flock-ed while it runs (`petkeeper run --now`)
     trust.json      last verified source commit, last applied one, an acknowledged rewind
 """
@@ -34,6 +35,7 @@ from agent.errors import LockedError, StalledError, TransientError
 
 STATUS_SCHEMA = 1
 PAUSE_SCHEMA = 1
+CYCLE_SCHEMA = 1
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a quota: free space and retry
 
 
@@ -84,6 +86,10 @@ class StateDir:
     @property
     def pause_file(self) -> Path:
         return self.root / "pause.json"
+
+    @property
+    def cycle_file(self) -> Path:
+        return self.root / "cycle.json"
 
     @property
     def daemon_pid_file(self) -> Path:
@@ -199,6 +205,56 @@ def write_pause(state: StateDir, by: str, at: str, reason: str, checks: bool) ->
     state.ensure()
     write_json(state.pause_file, {"schema": PAUSE_SCHEMA, **pause})
     return pause
+
+
+def pause_applies(state: StateDir, by: str, at: str, reason: str, checks: bool
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Write the pause, then read what a running cycle does (without its lock): the pause and
+    the running cycle (None when none runs). In that order: the cycle marks an apply as
+    running before it reads the pause, so an apply this misses cannot start."""
+    return write_pause(state, by, at, reason, checks), running_cycle(state)
+
+
+def note_cycle(state: StateDir, run_id: str, command: str) -> None:
+    """Record, for `petkeeper pause`, that this process runs cycle RUN_ID (under the lock)."""
+    write_json(state.cycle_file, {"schema": CYCLE_SCHEMA, "pid": os.getpid(), "run_id": run_id,
+                                  "command": command, "applying": None})
+
+
+def note_applying(state: StateDir, host: str | None) -> None:
+    """Record that the running cycle now applies HOST (None: no apply runs)."""
+    note = read_json(state.cycle_file, None)
+    if isinstance(note, dict):
+        write_json(state.cycle_file, {**note, "applying": host})
+
+
+def clear_cycle_note(state: StateDir) -> None:
+    state.cycle_file.unlink(missing_ok=True)
+
+
+def running_cycle(state: StateDir) -> dict[str, Any] | None:
+    """The cycle running now (pid, run_id, command, applying), or None. A note left by a
+    killed cycle names a process that is gone: no cycle runs."""
+    try:
+        note = json.loads(state.cycle_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or note.get("schema") != CYCLE_SCHEMA or \
+            not isinstance(note.get("pid"), int) or not _alive(note["pid"]):
+        return None
+    return {k: note.get(k) for k in ("pid", "run_id", "command", "applying")}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0) and kill(-1) would ask about groups, not one process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def clear_pause(state: StateDir) -> dict[str, Any] | None:

@@ -18,16 +18,24 @@ from typing import Any
 import yaml
 
 from agent.adapters.runner import run_playbook
-from agent.adapters.state import StateDir, read_json, write_atomic, write_json
+from agent.adapters.state import (
+    StateDir,
+    note_applying,
+    read_json,
+    read_pause,
+    write_atomic,
+    write_json,
+)
 from agent.adapters.verify import run_host_tests
 from agent.config import Config
 from agent.core.approval import Approval
 from agent.core.drift import CLEAN, HostReport
 from agent.core.ledger import record_apply
-from agent.cycle.decide import Plan, mark_used
+from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
 from agent.cycle.record import UNSAFE, Record, format_message
 from agent.cycle.source import Source, resolve_folder
+from agent.cycle.trust import mark_applied
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
                run_id: str, now: Callable[[], datetime],
                cancel: Callable[[], bool] | None = None) -> tuple[ApplyResult, HostReport]:
     """Re-check PLAN's host, apply if its drift is still the planned one, re-check again;
-    return the result and the host's report after it."""
+    return the result and the host's report after it. Paused when a pause is in force
+    before the re-check or where the apply starts: then nothing is run or recorded."""
     one = replace(targets, hosts=(plan.host,), limit=plan.host)
     started = now().isoformat(timespec="seconds")
     approved_by = plan.approval.approver if plan.approval else f"policy: auto ({plan.rule})"
@@ -73,6 +82,7 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
         approved_by=approved_by, run_id=run_id, started=started,
         approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status)
+    unless_paused(state)  # a pause: not even the re-check runs
     before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel)
     report = before[plan.host]
     if report.fingerprint != plan.fingerprint:
@@ -81,11 +91,17 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
             **common, result=DRIFT_CHANGED, after_status=report.status, finished=started,
             message="the re-check found other drift than the plan's: plan and approve "
                     "again")), report
-    journal = state.journal / f"{plan.plan_id}.json"
-    write_json(journal, {**common, "state": "applying"})
-    if plan.approval is not None:
-        mark_used(state, plan.approval)
-    failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
+    # Where the apply starts: said first, then the pause read again (see pause_applies).
+    note_applying(state, plan.host)
+    try:
+        unless_paused(state)
+        mark_applied(state, source.sha)  # before: an apply cut short counts too
+        write_json(state.journal / f"{plan.plan_id}.json", {**common, "state": "applying"})
+        if plan.approval is not None:
+            mark_used(state, plan.approval)
+        failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
+    finally:
+        note_applying(state, None)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
         return journal_done(state, ApplyResult(
             **common, result=INTERRUPTED, after_status="unknown",
@@ -110,6 +126,21 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     journal_done(state, result)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
     return result, after
+
+
+class Paused(Exception):
+    """`petkeeper pause` was found where an apply would start: it does not start."""
+
+    def __init__(self, pause: dict[str, Any]) -> None:
+        super().__init__(pause_reason(pause))
+        self.pause = pause
+
+
+def unless_paused(state: StateDir) -> None:
+    """Raise Paused when a pause is in force: read afresh, as a pause may come mid-cycle."""
+    pause = read_pause(state)
+    if pause is not None:
+        raise Paused(pause)
 
 
 def recover_interrupted(state: StateDir, now: datetime) -> list[ApplyResult]:

@@ -156,10 +156,26 @@ def git_approvals(config: Config, mirror: Mirror, head: str,
     return found
 
 
+def pause_reason(pause: Mapping[str, Any]) -> str:
+    """The reason a paused plan gives: who paused, since when, why."""
+    return f"paused by {pause['by']} since {pause['at']}: {pause['reason']}"
+
+
+def hold_paused(plans: Mapping[str, Plan], pause: Mapping[str, Any] | None) -> dict[str, Plan]:
+    """PLANS with every apply turned into a wait that names PAUSE (unchanged when None)."""
+    if pause is None:
+        return dict(plans)
+    return {host: replace(plan, action=WAIT, reason=pause_reason(pause))
+            if plan.action == APPLY else plan for host, plan in plans.items()}
+
+
 def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source,
                  reports: Mapping[str, HostReport], groups: Mapping[str, Sequence[str]],
-                 now: datetime) -> tuple[dict[str, Plan], dict[str, HostReport]]:
-    """Plans per host, and the reports with each change's drift class; plans.json is saved."""
+                 now: datetime, *, pause: Mapping[str, Any] | None
+                 ) -> tuple[dict[str, Plan], dict[str, HostReport]]:
+    """Plans per host, and the reports with each change's drift class; plans.json is saved.
+    PAUSE is `petkeeper pause` as read under the cycle's lock: while it lasts, nothing is
+    planned to apply."""
     policy = load_policy(config, source)
     bound = plan_source(mirror, source.sha)
     ledger = read_json(state.ledger_file, {})
@@ -178,6 +194,7 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
         if source.hold and plan.action == APPLY:
             plan = replace(plan, action=WAIT, reason=f"{source.hold} ({plan.reason})")
         plans[host] = plan
+    plans = hold_paused(plans, pause)
     write_json(state.plans_file, {h: p.as_dict() for h, p in plans.items()})
     return plans, classified
 

@@ -19,7 +19,15 @@ from typing import Any
 from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Author, Mirror
 from agent.adapters.runner import stop_strays
-from agent.adapters.state import StateDir, cycle_lock, read_json, read_pause, write_status
+from agent.adapters.state import (
+    StateDir,
+    clear_cycle_note,
+    cycle_lock,
+    note_cycle,
+    read_json,
+    read_pause,
+    write_status,
+)
 from agent.config import Config
 from agent.core.drift import CLEAN, DRIFTED, HostReport
 from agent.core.redact import redact_text
@@ -28,17 +36,24 @@ from agent.cycle.apply import (
     INTERRUPTED,
     NOT_CONVERGED,
     ApplyResult,
+    Paused,
     apply_plan,
     apply_record,
     clear_journal,
     recover_interrupted,
 )
-from agent.cycle.decide import APPLY, Plan, classify_report, decide_plans
+from agent.cycle.decide import (
+    APPLY,
+    Plan,
+    classify_report,
+    decide_plans,
+    hold_paused,
+    pause_reason,
+)
 from agent.cycle.detect import Targets, check_drift, select_targets
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
-from agent.cycle.trust import mark_applied
-from agent.errors import AgentError, FetchError, RepoError
+from agent.errors import AgentError, FetchError, RepoError, StalledError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +89,7 @@ class Cycle:
     pending: list[Record] = field(default_factory=list)  # apply records not committed yet
     publish: PublishResult | None = None
     only_plan: str | None = None  # `petkeeper apply PLAN_ID`: apply that plan alone
+    pause: dict[str, Any] | None = None  # `petkeeper pause`, as last read by decide or apply
     cancel: Callable[[], bool] | None = None
     clock: Callable[[], datetime] = field(default=lambda: _now())
 
@@ -107,6 +123,7 @@ class Cycle:
             "hosts": {name: r.as_dict() for name, r in self.hosts.items()},
             "plans": {name: p.as_dict() for name, p in self.plans.items()},
             "applies": [a.as_dict() for a in self.applies],
+            "paused": self.pause,
             "reports": None if self.publish is None else {
                 "committed": list(self.publish.committed), "queued": self.publish.queued,
                 "pushed": self.publish.pushed, "error": self.publish.error},
@@ -147,8 +164,9 @@ def check_step(c: Cycle) -> None:
 
 def decide_step(c: Cycle) -> None:
     assert c.mirror is not None and c.source is not None and c.targets is not None
+    c.pause = read_pause(c.state)  # under the cycle's lock: one place decides
     c.plans, c.hosts = decide_plans(c.config, c.state, c.mirror, c.source, c.hosts,
-                                    c.targets.groups, c.clock())
+                                    c.targets.groups, c.clock(), pause=c.pause)
     if c.only_plan and c.only_plan not in {p.plan_id for p in c.plans.values()}:
         raise RepoError(f"plan {c.only_plan}: not a current plan (the drift or the source "
                         "changed since); run petkeeper plan and approve the new plan id")
@@ -163,15 +181,20 @@ def record_step(c: Cycle) -> None:
 
 
 def apply_step(c: Cycle) -> None:
-    """Apply the plans that policy or a valid approval allows, one host at a time."""
+    """Apply the plans that policy or a valid approval allows, one host at a time; a pause
+    written meanwhile (read again where each apply starts) stops every apply not started."""
     assert c.source is not None and c.targets is not None
     ledger = read_json(c.state.ledger_file, {})
-    for host, plan in c.plans.items():
+    for host, plan in list(c.plans.items()):
         if plan.action != APPLY or (c.only_plan and plan.plan_id != c.only_plan):
             continue
-        mark_applied(c.state, c.source.sha)  # before: an apply cut short counts too
-        result, after = apply_plan(c.config, c.source, c.targets, c.state, plan, c.run_id,
-                                   c.clock, c.cancel)
+        try:
+            result, after = apply_plan(c.config, c.source, c.targets, c.state, plan,
+                                       c.run_id, c.clock, c.cancel)
+        except Paused as p:
+            log.warning("%s: not applied, %s", host, pause_reason(p.pause))
+            c.pause, c.plans = p.pause, hold_paused(c.plans, p.pause)
+            break
         ledger = read_json(c.state.ledger_file, ledger)
         c.hosts[host] = classify_report(after, ledger.get(host), plan.source_sha)
         c.applies.append(result)
@@ -221,14 +244,21 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
     clock is frozen there (tests control time)."""
     state = StateDir(config.state_dir)
     state.ensure()
+    if only_plan and (pause := read_pause(state)):
+        raise StalledError(f"apply {only_plan}: {pause_reason(pause)}; nothing is applied "
+                           "until petkeeper resume")
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
                   cancel=cancel, clock=(lambda: now) if now else _now)
     with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
-        log.info("cycle %s: %s of %s of %s", cycle.run_id, command, config.repo.branch,
-                 redact_text(config.repo.url))
-        for step in steps:
-            step(cycle)
+        note_cycle(state, cycle.run_id, f"petkeeper {command}")
+        try:
+            log.info("cycle %s: %s of %s of %s", cycle.run_id, command, config.repo.branch,
+                     redact_text(config.repo.url))
+            for step in steps:
+                step(cycle)
+        finally:
+            clear_cycle_note(state)
     return cycle
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from agent.adapters.state import StateDir, cycle_lock, read_pause
 from agent.config import Config, load_config
 from agent.cycle.source import open_mirror
-from agent.cycle.steps import CHECK_STEPS, RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
+from agent.cycle.steps import RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
 from agent.daemon.isolate import ChildFailed, run_forked
 from agent.daemon.sd_notify import notify, watchdog_interval
 from agent.daemon.ticker import Ticker
@@ -224,16 +224,14 @@ class Daemon:
         why = cycle_due(self.last, now, since, config.daemon.check_interval, forced)
         if why is None:
             return
-        if pause:
-            self._log_pause(pause, "checking only, no apply")
-        steps, command = (CHECK_STEPS, "daemon check (paused)") if pause else \
-            (RUN_STEPS, "daemon run")
+        if pause:  # the cycle reads it again under its lock and decides; this is the log
+            self._log_pause(pause, "checks go on, nothing is applied")
         log.info("cycle due: %s", why)
 
         def work(cancelled: Callable[[], bool]) -> dict[str, Any]:  # in a child process
-            cycle = run_cycle(config, until_cancelled(steps, cancelled), command,
+            cycle = run_cycle(config, until_cancelled(RUN_STEPS, cancelled), "daemon run",
                               cancel=cancelled)
-            return {"status": describe(cycle, pause),
+            return {"status": describe(cycle),
                     "fetch_error": cycle.source.fetch_error if cycle.source else None}
 
         result = run_forked(work, self.cancelled)
@@ -285,7 +283,7 @@ class Daemon:
         self.paused_logged = key
 
 
-def describe(cycle: Cycle, pause: dict[str, Any] | None) -> str:
+def describe(cycle: Cycle) -> str:
     """One line for systemctl status: the last cycle's result."""
     counts: dict[str, int] = {}
     for report in cycle.hosts.values():
@@ -294,7 +292,7 @@ def describe(cycle: Cycle, pause: dict[str, Any] | None) -> str:
     line = f"run {cycle.run_id}: exit {cycle.exit_code}, {hosts}, {len(cycle.applies)} apply(s)"
     if cycle.source is not None and cycle.source.hold:
         line += f"; applies held: {cycle.source.hold}"
-    return line + (f"; paused: {pause['reason']}" if pause else "")
+    return line + (f"; paused: {cycle.pause['reason']}" if cycle.pause else "")
 
 
 def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:

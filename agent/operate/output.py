@@ -96,6 +96,18 @@ def render_status(status: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_pause(pause: Mapping[str, Any], running: Mapping[str, Any] | None) -> str:
+    """Given the pause just written and the cycle running (or None), say what stops when."""
+    what = "checks and applies" if pause["checks"] else "applies (checks go on)"
+    text = f"paused {what} as {pause['by']}: {pause['reason']}; petkeeper resume to undo"
+    if running:
+        text += (f"\na cycle is running (PID {running['pid']}, run {running['run_id']}); it "
+                 "will apply nothing that has not started")
+        text += (f"; an apply already running on {running['applying']} finishes"
+                 if running.get("applying") else "; no apply is running")
+    return text
+
+
 def _footer(report: Mapping[str, Any]) -> str:
     counts: dict[str, int] = {}
     for host in report["hosts"].values():
@@ -106,6 +118,9 @@ def _footer(report: Mapping[str, Any]) -> str:
         line += f"\nwarning: {report['fetch_error']}; checked the last good commit"
     if report.get("applies_held"):
         line += f"\nwarning: applies held: {report['applies_held']}"
+    if pause := report.get("paused"):
+        line += (f"\npaused by {pause['by']} since {pause['at']}: {pause['reason']}; nothing "
+                 "is applied until petkeeper resume")
     rep = report.get("reports")
     if rep:
         line += f"\nreports: {len(rep['committed'])} committed"

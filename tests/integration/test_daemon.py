@@ -149,9 +149,13 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert r.returncode == 0 and "paused applies" in r.stdout, r.stderr
     paused = wait_for("a paused cycle", new_cycle(state, by_commit["run_id"]), daemon)
     assert paused["hosts"]["alpha"]["status"] == "drifted" and paused["applies"] == []
-    assert paused["hosts"]["alpha"]["plan"]["action"] == "apply"  # auto would apply it
+    plan = paused["hosts"]["alpha"]["plan"]
+    assert plan["action"] == "wait" and plan["mode"] == "auto"  # auto would apply it
+    assert plan["reason"].startswith("paused by ") and plan["reason"].endswith(
+        ": swapping disks")
+    assert paused["paused"]["reason"] == "swapping disks"
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
-    assert "paused by" in daemon.text() and "checking only, no apply" in daemon.text()
+    assert "paused by" in daemon.text() and "nothing is applied" in daemon.text()
     assert any(m.endswith("; paused: swapping disks") for m in daemon.notified())
     status = petkeeper("--config", str(pets), "status", "--json")
     assert json.loads(status.stdout)["paused"]["reason"] == "swapping disks"
@@ -162,9 +166,9 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert "Petkeeper-Paused: swapping disks" in remote.log(fmt="%B%x00")[0]
 
     by_hand = petkeeper("--config", str(pets), "run", "--json", "--wait", "120")
-    assert "checking only, nothing is applied" in by_hand.stderr
     ran = json.loads(by_hand.stdout)
     assert ran["paused"]["reason"] == "swapping disks" and ran["applies"] == []
+    assert ran["plans"]["alpha"]["action"] == "wait" and by_hand.returncode == 2
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
 
     assert petkeeper("--config", str(pets), "resume").returncode == 0

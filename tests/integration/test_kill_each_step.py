@@ -55,7 +55,8 @@ PLAYBOOK = f"""\
 # at its Nth call: a crash. Ansible's workers, which left the group with setsid, live on.
 KILLER = """\
 import importlib, os, signal, sys
-from agent import cli, cycle
+from agent import cli
+from agent.cycle import steps as cycle
 
 where, nth = sys.argv[1], int(sys.argv[2])
 module, _, attr = where.partition(":")

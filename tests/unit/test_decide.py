@@ -34,6 +34,7 @@ from agent.cycle.decide import (
     approval_key,
     build_plan,
     classify_report,
+    hold_paused,
 )
 from agent.operate.output import render_plan
 
@@ -293,6 +294,58 @@ def test_approval_key_does_not_depend_on_expiry_or_comment():
 
     assert approval_key(yes) == approval_key(dataclasses.replace(
         yes, comment="again", expires_at="2027-01-01T00:00:00+00:00"))
+
+
+# --- hold_paused: a pause, as decide_plans and apply_step read it ----------------------------
+
+PAUSE = {"by": "alice", "at": "2026-11-25T20:00:00+00:00", "reason": "swapping disks",
+         "checks": False}
+
+
+def test_a_pause_turns_every_apply_into_a_wait_that_names_who_when_and_why():
+    web1, web2 = drifted("web1"), drifted("web2")
+    plans = {"web1": plan(web1, WEB_HEALS),
+             "web2": plan(web2, approvals=[(approval_for(web2), None)])}
+    assert {p.action for p in plans.values()} == {APPLY}
+
+    held = hold_paused(plans, PAUSE)
+
+    for host, p in held.items():
+        assert (p.action, p.reason) == (
+            WAIT, "paused by alice since 2026-11-25T20:00:00+00:00: swapping disks")
+        # Only the action and its reason change: the plan id, the rule and the approval stay.
+        assert dataclasses.replace(p, action=APPLY, reason=plans[host].reason) == plans[host]
+    assert "apply" not in {p.as_dict()["action"] for p in held.values()}
+
+
+def test_a_pause_leaves_plans_that_apply_nothing_as_they_are():
+    db1 = drifted("db1")
+    plans = {"web1": plan(drifted(), windows=[NIGHTLY]),  # waits for approval
+             "db1": plan(db1, DB_HANDS_OFF, groups=("backend",)),
+             "web9": plan(HostReport("web9", CLEAN, (), fingerprint(CLEAN, ())))}
+
+    assert hold_paused(plans, PAUSE) == plans
+    assert [p.action for p in plans.values()] == [WAIT, REPORT_ONLY, NOTHING]
+
+
+def test_without_a_pause_every_plan_is_unchanged():
+    plans = {"web1": plan(drifted(), WEB_HEALS)}
+
+    assert hold_paused(plans, None) == plans and plans["web1"].action == APPLY
+
+
+def test_plan_output_of_a_paused_cycle_says_so_for_the_host_and_at_the_end():
+    data = plan_json()
+    data["plans"] = {h: p.as_dict() for h, p in hold_paused(
+        {"web1": plan(drifted("web1", MOTD), MOTD_HEALS)}, PAUSE).items()}
+    data["paused"] = PAUSE
+
+    lines = render_plan(data).splitlines()
+
+    assert "[wait] paused by alice since 2026-11-25T20:00:00+00:00: swapping disks" in lines[0]
+    assert lines[-1] == ("paused by alice since 2026-11-25T20:00:00+00:00: swapping disks; "
+                         "nothing is applied until petkeeper resume")
+    assert not any("[apply]" in line for line in lines)
 
 
 # --- output.render_plan ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.operate.output import render_check, render_status
+from agent.operate.output import render_check, render_pause, render_status
 
 FP = "a547283f08a3a78e1f2887dd23ac2248b5ccdbed8f51b937fbfc8aa81f3fa1e4"
 SHA = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
@@ -122,3 +122,27 @@ def test_status_output_shows_a_failed_fetch_and_queued_reports():
 
     assert lines[1:3] == ["  fetch failed: remote hung up",
                           "  reports: 4 commit(s) queued, not yet pushed"]
+
+
+PAUSE = {"by": "alice", "at": "2026-11-25T20:00:00+00:00", "reason": "swapping disks",
+         "checks": False}
+
+
+def test_pause_output_with_no_cycle_running_says_what_stops():
+    assert render_pause(PAUSE, None) == ("paused applies (checks go on) as alice: swapping "
+                                         "disks; petkeeper resume to undo")
+    assert render_pause({**PAUSE, "checks": True}, None).startswith(
+        "paused checks and applies as alice: ")
+
+
+@pytest.mark.parametrize("applying, tail", [
+    (None, "; no apply is running"),
+    ("web1", "; an apply already running on web1 finishes")])
+def test_pause_output_during_a_cycle_says_what_it_will_and_will_not_apply(applying, tail):
+    running = {"pid": 4242, "run_id": "20261125T200000Z-abc123", "command": "petkeeper run",
+               "applying": applying}
+
+    lines = render_pause(PAUSE, running).splitlines()
+
+    assert lines[1] == ("a cycle is running (PID 4242, run 20261125T200000Z-abc123); it will "
+                        "apply nothing that has not started" + tail)

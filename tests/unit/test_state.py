@@ -18,9 +18,15 @@ import pytest
 
 from agent.adapters.state import (
     StateDir,
+    clear_cycle_note,
     cycle_lock,
     mount_point,
+    note_applying,
+    note_cycle,
+    pause_applies,
+    read_pause,
     read_status,
+    running_cycle,
     write_atomic,
     write_status,
 )
@@ -290,3 +296,51 @@ def test_second_holder_in_the_same_process_is_refused_too(state: StateDir):
     with cycle_lock(state, "outer"), pytest.raises(LockedError, match="outer"), \
             cycle_lock(state, "inner"):
         pytest.fail("flock on a second open file must conflict")
+
+
+# --- the pause and the running cycle's note (what petkeeper pause reads, without the lock) ---
+
+def test_pause_with_no_cycle_running_writes_the_pause_and_finds_no_cycle(state: StateDir):
+    pause, running = pause_applies(state, "alice", "2026-11-25T20:00:00+00:00", "disks", False)
+
+    assert running is None
+    assert read_pause(state) == pause == {"by": "alice", "at": "2026-11-25T20:00:00+00:00",
+                                          "reason": "disks", "checks": False}
+
+
+def test_pause_during_a_cycle_names_its_pid_run_and_the_host_being_applied(state: StateDir):
+    note_cycle(state, "20261125T200000Z-abc123", "petkeeper run")
+    assert running_cycle(state) == {"pid": os.getpid(), "run_id": "20261125T200000Z-abc123",
+                                    "command": "petkeeper run", "applying": None}
+    note_applying(state, "web1")
+
+    _, running = pause_applies(state, "alice", "2026-11-25T20:00:00+00:00", "disks", False)
+
+    assert running is not None and running["applying"] == "web1"
+    note_applying(state, None)
+    assert running_cycle(state)["applying"] is None  # type: ignore[index]
+    assert stat.S_IMODE(state.cycle_file.stat().st_mode) == 0o600
+    clear_cycle_note(state)
+    assert running_cycle(state) is None and not state.cycle_file.exists()
+
+
+def test_a_note_left_by_a_killed_cycle_is_no_running_cycle(state: StateDir):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""\
+        import sys
+        from pathlib import Path
+        from agent.adapters.state import StateDir, note_applying, note_cycle
+        state = StateDir(Path(sys.argv[1]))
+        note_cycle(state, "killed-run", "petkeeper run")
+        note_applying(state, "web1")
+    """), str(state.root)], timeout=60)
+    assert proc.returncode == 0 and json.loads(state.cycle_file.read_text())["applying"] == "web1"
+
+    assert running_cycle(state) is None  # its process is gone
+
+
+@pytest.mark.parametrize("body", ["not json", "[]", '{"schema": 9, "pid": 1}',
+                                  '{"schema": 1, "pid": "1"}', '{"schema": 1, "pid": 0}'])
+def test_an_unreadable_cycle_note_is_no_running_cycle(state: StateDir, body: str):
+    state.cycle_file.write_text(body)
+
+    assert running_cycle(state) is None
