@@ -77,7 +77,7 @@ def run_paused_while_held(config: Path, pool, limit: str) -> tuple[str, int, dic
             time.sleep(0.2)
         started = time.monotonic()
         r = petkeeper("--config", str(config), "pause", "--reason", "test", timeout=60)
-        print(f"petkeeper pause returned in {time.monotonic() - started:.2f}s")
+        print(f"petkeeper pause returned in {time.monotonic() - started:.2f}s:\n{r.stdout}")
         assert r.returncode == 0, r.stderr
         assert proc.poll() is None  # it returned while the cycle still waits: it took no lock
         pool.run("alpha", f"touch {GO}")
