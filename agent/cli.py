@@ -35,6 +35,8 @@ from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.cycle.trust import acknowledge
 from agent.errors import AgentError, ConfigError
 from agent.operate import output
+from agent.operate.notifications import notify_status, send_test
+from agent.operate.tell import prepare_tell
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument("--checks", action="store_true",
                        help="pause the daemon's checks too (whole cycles)")
     sub.add_parser("resume", parents=[common], help="undo petkeeper pause")
+    notify = sub.add_parser("notify", parents=[common],
+                            help="show the notification targets and their outbox; --test "
+                                 "sends each a test event",
+                            description="Without --test: each target of notify.targets (by "
+                                        "its key, never its URL), the events it gets and how "
+                                        "many wait for it. With --test: send one test event to "
+                                        "every target and say what each answered; exit 1 if "
+                                        "one did not take it.")
+    notify.add_argument("--test", action="store_true",
+                        help="send one test event to every target")
 
     demo = sub.add_parser("demo", parents=[common],
                           help="start demo pets, serve this project's playbooks from a local "
@@ -167,7 +179,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args), overrides)
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
     cycle = run_cycle(config, steps, args.command, wait=args.wait,
-                      only_plan=getattr(args, "plan_id", None))
+                      only_plan=getattr(args, "plan_id", None), finish=prepare_tell(config))
     data = cycle.as_json()
     if args.json:
         print(json.dumps(data, indent=2))
@@ -297,6 +309,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    if not args.test:
+        print("\n".join(notify_status(config)))
+        return 0
+    ok, lines = send_test(config)
+    print("\n".join(lines))
+    return 0 if ok else EXIT_ERROR
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo  # the demo needs root and sshd; nothing else does
 
@@ -307,7 +329,8 @@ RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo"})
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
-                            "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume}
+                            "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
+                            "notify": cmd_notify}
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -14,7 +14,14 @@ from typing import Any
 
 import yaml
 
-from agent.core.schema import Problems, Section, kind_of, load_yaml, yaml_problem
+from agent.core.schema import (
+    Problems,
+    Section,
+    closest_key,
+    kind_of,
+    load_yaml,
+    yaml_problem,
+)
 from agent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/petkeeper/agent.yml")
@@ -23,6 +30,13 @@ SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
 MAX_RUN_TIMEOUT = 7 * 86400.0
 URL_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
 VERIFY_MODES = ("off", "head", "all")
+# What notify.targets[].events may name (docs/notifications.md says when each is sent).
+EVENTS = ("drift.detected", "drift.resolved", "approval.pending", "apply.succeeded",
+          "apply.failed", "host.unreachable", "host.failed", "source.rejected",
+          "source.rewound", "agent.stalled")
+DEFAULT_EVENTS = tuple(e for e in EVENTS if e != "drift.resolved")
+TARGET_FORMATS = ("apprise", "cloudevents")  # a digest for people; one JSON event per POST
+URL_SYNTAX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,36 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class NotifyTarget:
+    url: str = field(repr=False)  # holds tokens: never in a repr, a log line or an error
+    key: str = ""  # where it is configured, e.g. "notify.targets[2]": what logs name
+    format: str = "apprise"
+    events: tuple[str, ...] = DEFAULT_EVENTS
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0].lower()
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name the target: its key and scheme, never its URL."""
+        return f"{self.key} ({self.scheme})"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    timeout: float = 10.0  # for all the sending after one cycle
+    outbox_max: int = 1000  # events kept per target while it is down; the oldest go first
+    targets: tuple[NotifyTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: str | None = None  # node-exporter's textfile collector, written after each cycle
+    listen: str | None = None  # host:port where the daemon serves /metrics
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one cycle needs to know, as read from agent.yml plus command-line overrides."""
 
@@ -94,6 +138,8 @@ class Config:
     requirements: str = "requirements.yml"  # Galaxy roles and collections, in the repo
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def reports_url(self) -> str:
@@ -142,12 +188,14 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     top = Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                 "extra_vars", "vault_password_file", "reports", "state_dir",
                                 "ansible", "policy", "approvals", "post_apply_tests",
-                                "requirements", "daemon"})
+                                "requirements", "daemon", "notify", "metrics"})
     repo_cfg = _parse_repo(p, top.mapping("repo", required=True))
     reports = _parse_reports(p, top.mapping("reports"), repo_cfg)
     ansible = _parse_ansible(p, top.mapping("ansible"))
     approvals = _parse_approvals(p, top.mapping("approvals"))
     daemon = _parse_daemon(p, top.mapping("daemon"))
+    notify = _parse_notify(p, top.mapping("notify"))
+    metrics = _parse_metrics(p, top.mapping("metrics"))
     policy = top.string("policy") or "petkeeper/policy.yml"
     _check_repo_path(p, "policy", policy)
     requirements = top.string("requirements") or "requirements.yml"
@@ -176,7 +224,8 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         extra_vars=tuple(top.strings("extra_vars", split=False)),
         vault_password_file=top.string("vault_password_file"), reports=reports,
         state_dir=Path(state_dir), ansible=ansible, policy=policy, approvals=approvals,
-        post_apply_tests=tests, requirements=requirements, daemon=daemon,
+        post_apply_tests=tests, requirements=requirements, daemon=daemon, notify=notify,
+        metrics=metrics,
     )
     for i, name in enumerate(overrides.playbooks):
         _check_repo_path(p, f"playbooks[{i}] (command line)", name)
@@ -272,6 +321,81 @@ def _parse_daemon(p: Problems, data: dict[str, Any]) -> DaemonConfig:
               f"({daemon.fetch_interval:g}s): it is only looked at once per fetch",
               "set check_interval to at least fetch_interval")
     return daemon
+
+
+def _parse_notify(p: Problems, data: dict[str, Any]) -> NotifyConfig:
+    n = Section(p, data, "notify.", {"timeout", "outbox_max", "targets"})
+    raw = data.get("targets") or []
+    if not isinstance(raw, list):
+        p.add("notify.targets", f"expected a list of targets, got {kind_of(raw)}",
+              "write each target as a list item with a url")
+        raw = []
+    return NotifyConfig(timeout=n.duration("timeout", 10.0),
+                        outbox_max=n.integer("outbox_max", 1000, minimum=1),
+                        targets=tuple(_parse_target(p, item, f"notify.targets[{i}]")
+                                      for i, item in enumerate(raw)))
+
+
+def _parse_target(p: Problems, data: Any, key: str) -> NotifyTarget:
+    if not isinstance(data, dict):
+        p.add(key, f"expected a mapping with a url, got {kind_of(data)}",
+              f"write {key} as url: ... (and events, format)")
+        return NotifyTarget(url="", key=key)
+    t = Section(p, data, f"{key}.", {"url", "events", "format"})
+    url = t.string("url", required=True) or ""
+    # The URL is never echoed: it holds the service's token.
+    if url and not URL_SYNTAX.match(url):
+        p.add(f"{key}.url", "is not a URL (expected scheme://...)",
+              "write an Apprise URL such as mailto://... or slack://..., or an https:// "
+              "webhook with format: cloudevents")
+    fmt = t.string("format") or "apprise"
+    if fmt not in TARGET_FORMATS:
+        p.add(f"{key}.format", f"expected one of {', '.join(TARGET_FORMATS)}, got {fmt!r}",
+              "use apprise (a digest for people) or cloudevents (a JSON event per POST)")
+    elif fmt == "cloudevents" and url and not url.lower().startswith(("http://", "https://")):
+        p.add(f"{key}.url", "a cloudevents target needs an http:// or https:// URL",
+              "give the webhook's https:// URL, or drop format for an Apprise URL")
+    events = tuple(t.strings("events")) if "events" in data else DEFAULT_EVENTS
+    for i, name in enumerate(events):
+        if name not in EVENTS:
+            hint = closest_key(name, set(EVENTS))
+            p.add(f"{key}.events[{i}]", f"unknown event {name!r}",
+                  f"did you mean {hint}?" if hint else f"use some of {', '.join(EVENTS)}")
+    return NotifyTarget(url=url, key=key, format=fmt, events=events)
+
+
+def _parse_metrics(p: Problems, data: dict[str, Any]) -> MetricsConfig:
+    m = Section(p, data, "metrics.", {"textfile", "listen"})
+    textfile = m.string("textfile")
+    if textfile and not (textfile.startswith("/") and textfile.endswith(".prom")):
+        p.add("metrics.textfile", f"expected an absolute path ending in .prom, got "
+              f"{textfile!r}", "node-exporter's textfile collector reads only *.prom files, "
+              "e.g. /var/lib/prometheus/node-exporter/petkeeper.prom")
+    listen = m.string("listen")
+    if listen is not None:
+        try:
+            host, port = parse_listen(listen)
+            listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except ValueError as e:
+            p.add("metrics.listen", f"{e}, got {listen!r}",
+                  'write host:port, e.g. "127.0.0.1:9551" (a port alone binds 127.0.0.1)')
+            listen = None
+    return MetricsConfig(textfile=textfile, listen=listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Given "host:port", "[::1]:port", ":port" or "port", return (host, port); the host
+    defaults to loopback, so exposing /metrics is a deliberate choice."""
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected a port from 1 to 65535")
+    if host and not re.fullmatch(r"[A-Za-z0-9.:-]+", host):
+        raise ValueError("expected an IP address or a host name before the port")
+    return host or "127.0.0.1", int(port)
 
 
 def apply_overrides(config: Config, o: Overrides) -> Config:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from agent.testhosts import TestHostPool
+from tests.receivers import HttpReceiver
 
 
 def _session_block() -> str:
@@ -147,6 +148,14 @@ def host_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHostPool
         for name, address in (("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)):
             pool.start(name, address)
         yield pool
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    """A webhook receiver on loopback that answers 202 (tests.receivers)."""
+    r = HttpReceiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture

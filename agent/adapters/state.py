@@ -16,6 +16,8 @@ Layout (mode 0700)::
     cycle.json      the running cycle: PID, run id, the host being applied (read by pause)
     daemon.pid      the running daemon's PID, flock-ed while it runs (`petkeeper run --now`)
     trust.json      last verified source commit, last applied one, an acknowledged rewind
+    metrics.json    counters and gauges behind every metrics exposition (agent.operate.metrics)
+    notify.json     what was told per host, and the outbox of undelivered events
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)  # MODE as asked, whatever the umask (systemd's UMask=0077)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,9 @@ class PublishResult:
     queued: int  # report commits the remote does not have yet
     pushed: bool
     error: str | None = None
+    # (host, commit) of each host report committed: a later rebase onto a moved remote
+    # (sync_queue) makes a new commit of the same report
+    report_commits: tuple[tuple[str, str], ...] = ()
 
 
 def report_path(host: str) -> str:
@@ -163,15 +166,18 @@ def publish(mirror: Mirror, make_records: Callable[[str | None], list[Record]], 
     queue's tip, one commit each, then push the queue."""
     remote = sync_queue(mirror, branch, author)
     base = mirror.queued_reports()
-    committed = []
+    committed, reports = [], []
     for record in make_records(base):
         new = mirror.commit_files(base, {record.path: record.content.encode()}, record.message,
                                   author, record.when)
         mirror.set_queue(new, base)
         base = new
         committed.append(record.host)
+        if record.path == report_path(record.host):
+            reports.append((record.host, new))
         log.info("%s", record.message.splitlines()[0])
-    return push_queue(mirror, url, branch, remote, tuple(committed), push)
+    result = push_queue(mirror, url, branch, remote, tuple(committed), push)
+    return replace(result, report_commits=tuple(reports))
 
 
 def publish_reports(mirror: Mirror, reports: Mapping[str, HostReport], run: RunInfo, *,

@@ -11,6 +11,7 @@ import enum
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -92,6 +93,8 @@ class Cycle:
     pause: dict[str, Any] | None = None  # `petkeeper pause`, as last read by decide or apply
     cancel: Callable[[], bool] | None = None
     clock: Callable[[], datetime] = field(default=lambda: _now())
+    command: str = ""  # what ran it: check, plan, run, apply, "daemon run", ...
+    began: float = field(default_factory=time.monotonic)
 
     def advance(self, stage: Stage) -> None:
         if stage < self.stage:
@@ -237,11 +240,16 @@ def run_check(config: Config, *, wait: float = 0.0, now: datetime | None = None,
     return run_cycle(config, CHECK_STEPS, "check", wait=wait, now=now, cancel=cancel)
 
 
+Finish = Callable[[Cycle, BaseException | None], None]
+
+
 def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: float = 0.0,
               now: datetime | None = None, only_plan: str | None = None,
-              cancel: Callable[[], bool] | None = None) -> Cycle:
+              cancel: Callable[[], bool] | None = None, finish: Finish | None = None) -> Cycle:
     """Run STEPS under the state directory's lock; return the cycle's record. With NOW, the
-    clock is frozen there (tests control time)."""
+    clock is frozen there (tests control time). FINISH runs last, under the lock, also after
+    a step failed (with the error), and must not raise: notifications and metrics
+    (agent.operate.tell)."""
     state = StateDir(config.state_dir)
     state.ensure()
     if only_plan and (pause := read_pause(state)):
@@ -249,16 +257,22 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
                            "until petkeeper resume")
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
-                  cancel=cancel, clock=(lambda: now) if now else _now)
+                  cancel=cancel, clock=(lambda: now) if now else _now, command=command)
     with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
         note_cycle(state, cycle.run_id, f"petkeeper {command}")
+        error: BaseException | None = None
         try:
             log.info("cycle %s: %s of %s of %s", cycle.run_id, command, config.repo.branch,
                      redact_text(config.repo.url))
             for step in steps:
                 step(cycle)
+        except BaseException as e:
+            error = e
+            raise
         finally:
             clear_cycle_note(state)
+            if finish is not None:
+                finish(cycle, error)
     return cycle
 
 
@@ -280,8 +294,9 @@ def _publish(c: Cycle) -> None:
                      author=Author(r.author_name, r.author_email), push=r.push)
     clear_journal(c.state, c.applies)  # their records are committed: queued, if not pushed
     earlier = c.publish.committed if c.publish else ()
+    commits = c.publish.report_commits if c.publish else ()
     c.publish = PublishResult(earlier + result.committed, result.queued, result.pushed,
-                              result.error)
+                              result.error, commits + result.report_commits)
 
 
 def _tidy(mirror: Mirror) -> None:

@@ -41,6 +41,8 @@ from agent.errors import (
     RepoError,
     StalledError,
 )
+from agent.operate.metrics import serve_metrics
+from agent.operate.tell import prepare_tell, tell_after, tell_stall
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class Daemon:
         self.skipped = ""  # the last "another cycle is running" seen
         self.ticker = Ticker(self.tick, config.daemon.fetch_interval,
                              random.uniform(0, config.daemon.splay))
+        self.metrics_server: Any = None
 
     # -- main thread -----------------------------------------------------------------------
 
@@ -117,6 +120,7 @@ class Daemon:
         for sig, handler in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
                              (signal.SIGHUP, self._on_reload), (signal.SIGUSR1, self._on_now)):
             signal.signal(sig, handler)
+        self.metrics_server = serve_metrics(self.config, self.state)  # /metrics, a thread
         self.ticker.start()
         notify("READY=1\nSTATUS=waiting for the first cycle", self.env)
         log.info("daemon started (pid %d): fetch every %gs, cycle at least every %gs",
@@ -137,6 +141,9 @@ class Daemon:
         notify("STOPPING=1\nSTATUS=stopping", self.env)
         log.info("stopping: %s", "waiting for the current step to stop" if self.busy else "idle")
         self.ticker.shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("daemon stopped")
         return 0
 
@@ -149,6 +156,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             config = load_config(self.config_path)
+            check_notify(config, self.cancelled)
         except ConfigError as e:
             log.error("reload: keeping the running config: %s", "; ".join(e.problems))
             return
@@ -156,6 +164,9 @@ class Daemon:
             log.error("reload: keeping the running config: state_dir cannot change while the "
                       "daemon runs; restart it instead")
             return
+        if config.metrics.listen != self.config.metrics.listen:
+            log.warning("reload: metrics.listen changed; /metrics moves there when the daemon "
+                        "restarts")
         if config.daemon.fetch_interval != self.config.daemon.fetch_interval:
             self.ticker.reschedule(config.daemon.fetch_interval)
         self.config, self.stalled_on = config, None
@@ -230,7 +241,7 @@ class Daemon:
 
         def work(cancelled: Callable[[], bool]) -> dict[str, Any]:  # in a child process
             cycle = run_cycle(config, until_cancelled(RUN_STEPS, cancelled), "daemon run",
-                              cancel=cancelled)
+                              cancel=cancelled, finish=tell_after)
             return {"status": describe(cycle),
                     "fetch_error": cycle.source.fetch_error if cycle.source else None}
 
@@ -264,7 +275,15 @@ class Daemon:
             log.error("stalled, a person must fix this: %s; the daemon tries again when the "
                       "config or the source commit changes, or on SIGHUP", e)
             notify(f"STATUS=stalled: {e}", self.env)
+            if sha is None and config.notify.targets:  # the cheap fetch stalled, not a cycle
+                self._tell_stall(config, e)  # (a cycle tells its own stall)
         self.stalled_on = (config, sha)
+
+    def _tell_stall(self, config: Config, e: StalledError) -> None:
+        try:
+            run_forked(lambda cancelled: stall_notice(cancelled, config, e), self.cancelled)
+        except (AgentError, ChildFailed) as why:
+            log.warning("the stall was not told: %s", why)
 
     def _back_off(self, e: AgentError | None) -> None:
         d = self.config.daemon
@@ -283,6 +302,30 @@ class Daemon:
         self.paused_logged = key
 
 
+def check_notify(config: Config, stop: Callable[[], bool]) -> None:
+    """ConfigError when Apprise cannot read a target's URL. Asked in a child process: Apprise
+    and its plugins (about 26 MiB) never load into the daemon itself."""
+    if not any(t.format == "apprise" for t in config.notify.targets):
+        return
+    try:
+        run_forked(lambda cancelled: notify_checked(cancelled, config), stop)
+    except StalledError as e:  # what crosses back is the message: its lines are the problems
+        raise ConfigError(str(e).splitlines()) from None
+
+
+def notify_checked(cancelled: Callable[[], bool], config: Config) -> dict[str, Any]:
+    prepare_tell(config)
+    return {}
+
+
+def stall_notice(cancelled: Callable[[], bool], config: Config,
+                 error: StalledError) -> dict[str, Any]:
+    """Tell a stall met outside a cycle (in a child process, like a cycle: Apprise and its
+    threads never live in the daemon itself)."""
+    tell_stall(config, error)
+    return {}
+
+
 def describe(cycle: Cycle) -> str:
     """One line for systemctl status: the last cycle's result."""
     counts: dict[str, int] = {}
@@ -298,6 +341,7 @@ def describe(cycle: Cycle) -> str:
 def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:
     """Run cycles on the configured schedule until SIGTERM; return the exit code (0)."""
     config = load_config(config_path)
+    check_notify(config, lambda: False)
     state = StateDir(config.state_dir)
     state.ensure()
     with daemon_pid(state):

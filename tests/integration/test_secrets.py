@@ -21,7 +21,9 @@ ROTATED_CANARY = "PKCANARY-vault-v2-44d1e0"
 NOLOG_CANARY = "PKCANARY-nolog-5e1d42"
 URL_CANARY = "PKCANARY-url-c0ffee"
 EXTRA_CANARY = "PKCANARY-extra-9b2c77"
-CANARIES = (VAULT_CANARY, ROTATED_CANARY, NOLOG_CANARY, URL_CANARY, EXTRA_CANARY)
+WEBHOOK_CANARY = "PKCANARY-webhook-a4e5f1"
+CANARIES = (VAULT_CANARY, ROTATED_CANARY, NOLOG_CANARY, URL_CANARY, EXTRA_CANARY,
+            WEBHOOK_CANARY)
 VAULT = str(Path(sys.executable).parent / "ansible-vault")
 MASK = re.compile(r"<secret:[0-9a-f]{10}>")
 
@@ -82,7 +84,8 @@ def secret_diff(report: dict) -> str:
     return change["diff"]
 
 
-def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tmp_path):
+def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tmp_path,
+                                                                   receiver):
     remote = GitRemote(tmp_path / "git")
     password = tmp_path / "vault_pass"
     password.write_text("correct horse battery\n")
@@ -98,7 +101,12 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     state = tmp_path / "state"
     config = write_agent_config(tmp_path / "agent.yml", url, state, host_pool, limit="alpha",
                                 vault_password_file=str(password),
-                                extra_vars=[f"canary_extra={EXTRA_CANARY}"])
+                                extra_vars=[f"canary_extra={EXTRA_CANARY}"],
+                                notify={"targets": [{
+                                    "url": receiver.url(f"/hook/{WEBHOOK_CANARY}?token="
+                                                        f"{WEBHOOK_CANARY}"),
+                                    "format": "cloudevents"}]},
+                                metrics={"textfile": str(tmp_path / "petkeeper.prom")})
     out = Outputs(config)
     host_pool.run("alpha", "rm -f /etc/pet-secret.conf /etc/pet-token")
 
@@ -141,8 +149,17 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     out.json("status")
     out.run("status")
     out.run("history")
+    out.run("notify")
+    out.run("notify", "--test")
     bad = out.run("approve", "no-such-plan")
     assert bad.returncode == 1
+    # The webhook was told, with the masks in place of the secrets (not a vacuous check).
+    told = [r.json() for r in receiver.accepted()]
+    [failed] = [e for e in told if e["type"] == "org.petkeeper.host.failed"]
+    assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>",
+                     failed["data"]["message"])
+    assert {"org.petkeeper.drift.detected", "org.petkeeper.apply.succeeded",
+            "org.petkeeper.test"} <= {e["type"] for e in told}
 
     # Every output: what the commands printed, the reports branch (files, messages,
     # trailers), the whole state directory (artifacts, mirror, trees, status, ledger).
@@ -154,7 +171,10 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     leaks = {canary: where
              for canary in CANARIES
              for where, text in [("stdout/stderr", "\n".join(out.texts)),
-                                 ("reports branch", reports + blobs)]
+                                 ("reports branch", reports + blobs),
+                                 ("webhook bodies", b"".join(
+                                     r.body for r in receiver.received).decode()),
+                                 ("metrics", (tmp_path / "petkeeper.prom").read_text())]
              if canary in text}
     leaks |= {canary: str(path) for path in state.rglob("*")
               if path.is_file() and not path.is_symlink()

@@ -487,3 +487,69 @@ def test_credentials_in_a_plain_http_url_are_refused(key: str):
     assert "hunter22" not in problem
     assert parse({"repo": {"url": "http://git.example.org/pets.git"}}).repo.url.startswith(
         "http://")
+
+
+# --- notify and metrics ------------------------------------------------------------------------
+
+HOOK_TOKEN = "PKCANARY-hook-77c1"
+
+
+def test_notify_targets_take_the_default_events_and_format():
+    config = parse(minimal(notify={"timeout": "5s", "targets": [
+        {"url": "mailto://ops@example.org"},
+        {"url": f"https://hooks.example.org/{HOOK_TOKEN}", "format": "cloudevents",
+         "events": ["drift.detected", "drift.resolved"]}]}))
+    mail, hook = config.notify.targets
+    assert config.notify.timeout == 5.0 and config.notify.outbox_max == 1000
+    assert mail.format == "apprise" and "drift.resolved" not in mail.events
+    assert len(mail.events) == 9 and mail.key == "notify.targets[0]"
+    assert hook.events == ("drift.detected", "drift.resolved") and hook.label == \
+        "notify.targets[1] (https)"
+    assert HOOK_TOKEN not in repr(config)
+
+
+@pytest.mark.parametrize(("target", "key", "fix"), [
+    ({"url": "mailto://a@b.test", "events": ["drift.detectd"]}, "notify.targets[0].events[0]",
+     "did you mean drift.detected?"),
+    ({"url": "mailto://a@b.test", "events": ["everything"]}, "notify.targets[0].events[0]",
+     "use some of drift.detected"),
+    ({"url": f"hooks.example.org/{HOOK_TOKEN}"}, "notify.targets[0].url",
+     "write an Apprise URL"),
+    ({"url": f"slack://{HOOK_TOKEN}", "format": "cloudevents"}, "notify.targets[0].url",
+     "give the webhook's https:// URL"),
+    ({"url": "https://h.test/x", "format": "json"}, "notify.targets[0].format",
+     "use apprise (a digest for people) or cloudevents"),
+    ({"events": ["drift.detected"]}, "notify.targets[0].url", "set notify.targets[0].url"),
+    ({"url": "https://h.test/x", "evnts": []}, "notify.targets[0].evnts",
+     "did you mean notify.targets[0].events?"),
+])
+def test_a_bad_notify_target_is_one_line_naming_its_key_never_its_url(target, key, fix):
+    [problem] = problems(minimal(notify={"targets": [target]}))
+    assert problem.startswith(f"{SOURCE}: {key}: ") and fix in problem, problem
+    assert HOOK_TOKEN not in problem
+
+
+def test_notify_targets_must_be_a_list_of_mappings():
+    assert problems(minimal(notify={"targets": "mailto://a@b.test"})) == [
+        f"{SOURCE}: notify.targets: expected a list of targets, got a string; write each "
+        "target as a list item with a url"]
+    [problem] = problems(minimal(notify={"targets": ["mailto://a@b.test"]}))
+    assert problem.startswith(f"{SOURCE}: notify.targets[0]: expected a mapping with a url")
+
+
+@pytest.mark.parametrize(("listen", "normal"), [
+    ("127.0.0.1:9551", "127.0.0.1:9551"), ("9551", "127.0.0.1:9551"),
+    (":9551", "127.0.0.1:9551"), ("[::1]:9551", "[::1]:9551"), (9551, "127.0.0.1:9551"),
+    ("0.0.0.0:9551", "0.0.0.0:9551"), ("pet1.example.org:80", "pet1.example.org:80")])
+def test_metrics_listen_defaults_to_loopback(listen, normal):
+    assert parse(minimal(metrics={"listen": listen})).metrics.listen == normal
+
+
+@pytest.mark.parametrize(("metrics", "key"), [
+    ({"listen": "127.0.0.1:99999"}, "metrics.listen"), ({"listen": "localhost"}, "metrics.listen"),
+    ({"listen": "a b:80"}, "metrics.listen"), ({"textfile": "petkeeper.prom"}, "metrics.textfile"),
+    ({"textfile": "/var/lib/node/petkeeper.txt"}, "metrics.textfile"),
+    ({"textfle": "/x.prom"}, "metrics.textfle")])
+def test_bad_metrics_settings_name_their_key(metrics, key):
+    [problem] = problems(minimal(metrics=metrics))
+    assert problem.startswith(f"{SOURCE}: {key}: "), problem

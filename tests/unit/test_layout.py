@@ -25,6 +25,8 @@ OWNERS = {
     "git": {"agent.adapters.gitrepo"},
     "apscheduler": {"agent.core.cron", "agent.daemon.ticker"},
     "ansible": {"agent.adapters.vault", "agent.plugins.petkeeper_facts"},
+    "apprise": {"agent.adapters.apprise_send"},
+    "prometheus_client": {"agent.operate.metrics"},
 }
 PRINTERS = {"agent.cli", "agent.demo", "agent.testhosts"}  # the faces: a command, the demo, a tool
 
