@@ -9,12 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from agent.testhosts import TestHostPool
-from tests.receivers import HttpReceiver
 
 
 def _session_block() -> str:
@@ -151,8 +151,10 @@ def host_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHostPool
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
+def receiver() -> Iterator[Any]:
     """A webhook receiver on loopback that answers 202 (tests.receivers)."""
+    from tests.receivers import HttpReceiver  # its test-only libraries load where used
+
     r = HttpReceiver()
     yield r
     r.close()
