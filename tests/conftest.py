@@ -228,3 +228,12 @@ def processes_in(folder: Path) -> dict[str, str]:
         if cwd.startswith(f"{folder}{os.sep}"):
             found[pid] = cmdline
     return found
+
+
+def proc_file(pid: int | str, name: str) -> bytes:
+    """/proc/PID/NAME's bytes, or b"" for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

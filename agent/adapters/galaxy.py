@@ -13,10 +13,10 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from agent.adapters.process import TIMEOUT, Cancel, ProcessStopped, run_process
 from agent.adapters.runner import path_with_venv
 from agent.errors import RepoError
 
@@ -27,16 +27,18 @@ DEFAULT_COLLECTIONS = "~/.ansible/collections:/usr/share/ansible/collections"
 
 
 def install_requirements(tree: Path, requirements: str, cache_root: Path,
-                         timeout: float) -> dict[str, str]:
+                         timeout: float, cancel: Cancel = None) -> dict[str, str]:
     """Install REQUIREMENTS of TREE (if the file exists) into a cache under CACHE_ROOT; return
-    the environment that points Ansible at it ({} when there is nothing to install)."""
+    the environment that points Ansible at it ({} when there is nothing to install). Each
+    ansible-galaxy run, and all it started, is stopped after TIMEOUT or when CANCEL() turns
+    true."""
     source = tree / requirements
     if not source.is_file():
         return {}
     content = source.read_bytes()
     cache = cache_root / hashlib.sha256(content).hexdigest()[:16]
     if not cache.is_dir():
-        _install(source, requirements, cache, timeout)
+        _install(source, requirements, cache, timeout, cancel)
         _prune(cache_root, keep=cache)
     else:
         os.utime(cache)  # most recently used
@@ -44,28 +46,31 @@ def install_requirements(tree: Path, requirements: str, cache_root: Path,
             "ANSIBLE_COLLECTIONS_PATH": f"{cache / 'collections'}:{DEFAULT_COLLECTIONS}"}
 
 
-def _install(source: Path, name: str, cache: Path, timeout: float) -> None:
+def _install(source: Path, name: str, cache: Path, timeout: float, cancel: Cancel) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
     try:
         for kind in ("role", "collection"):
             target = tmp / ("roles" if kind == "role" else "collections")
             argv = ["ansible-galaxy", kind, "install", "-r", str(source), "-p", str(target)]
-            _galaxy(argv, source.parent, name, kind, timeout)
+            _galaxy(argv, source.parent, name, kind, timeout, cancel)
         os.replace(tmp, cache)
         log.info("installed %s into %s", name, cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _galaxy(argv: list[str], cwd: Path, name: str, kind: str, timeout: float) -> None:
+def _galaxy(argv: list[str], cwd: Path, name: str, kind: str, timeout: float,
+            cancel: Cancel) -> None:
     env = {**os.environ, "PATH": path_with_venv(), "ANSIBLE_NOCOLOR": "1"}
     try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RepoError(f"{name}: installing its {kind}s took over {timeout:.0f}s; check the "
-                        "sources it names") from None
+        proc = run_process(argv, what=f"{name}: ansible-galaxy {kind} install", timeout=timeout,
+                           cancel=cancel, cwd=cwd, env=env,
+                           fix="check the sources it names (ansible.timeout bounds it)")
+    except ProcessStopped as e:
+        if e.reason == TIMEOUT:  # a source that never answers: a person must look at it
+            raise RepoError(str(e)) from None
+        raise
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if "ERROR" in ln] or lines[-1:] or ["no output"]

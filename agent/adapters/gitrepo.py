@@ -3,7 +3,10 @@
 A bare mirror under the state directory holds the source branch, the reports branch as the
 remote has it (``refs/remotes/origin/...``) and our own queued reports
 (``refs/petkeeper/reports``). Every command runs with hooks off, no submodules, no prompts and a
-timeout; commits are built with plumbing, so no work tree or index is ever shared.
+timeout; commits are built with plumbing, so no work tree or index is ever shared. Every git
+process GitPython starts (commands and its persistent ``cat-file`` readers) starts in a session
+of its own, and each command is waited for by agent.adapters.process: at its timeout, or when
+the cycle is cancelled, it is stopped with all it started (ssh, remote helpers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import git
 
+from agent.adapters.process import SESSION, TIMEOUT, Cancel, ProcessStopped, wait_process
 from agent.adapters.state import disk_full_error
 from agent.core.hostkeys import parse_host_key_refusal
 from agent.core.redact import redact_text
@@ -28,6 +32,7 @@ from agent.errors import AgentError, FetchError, HostKeyError, RepoError
 log = logging.getLogger(__name__)
 
 QUEUE_REF = "refs/petkeeper/reports"
+NETWORK = ("fetch", "push", "ls-remote")  # the commands that reach a remote
 LOOSE_LIMIT = 256  # loose objects in the mirror before it is packed (a few files, not thousands)
 KNOWN_HOSTS_HINT = "repo.known_hosts (default: ~/.ssh/known_hosts of the user running Petkeeper)"
 HARDENING = {
@@ -43,6 +48,17 @@ HARDENING = {
 }
 
 
+class _Git(git.Git):
+    """GitPython's git command, each of whose processes starts in a session of its own."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return super().execute(*args, **{**kwargs, **SESSION})  # the rest goes to Popen
+
+
+class _Repo(git.Repo):
+    GitCommandWrapperType = _Git
+
+
 @dataclass(frozen=True)
 class Author:
     name: str
@@ -53,12 +69,12 @@ class Mirror:
     """The agent's private bare copy of the GitOps repository."""
 
     def __init__(self, path: Path, url: str, timeout: float,
-                 ssh_options: tuple[str, ...] = ()) -> None:
-        self.path, self.url, self.timeout = path, url, timeout
+                 ssh_options: tuple[str, ...] = (), cancel: Cancel = None) -> None:
+        self.path, self.url, self.timeout, self.cancel = path, url, timeout, cancel
         if not (path / "HEAD").exists():
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            git.Repo.init(path, bare=True)
-        self.repo = git.Repo(path)
+            _Repo.init(path, bare=True).close()
+        self.repo = _Repo(path)
         with self.repo.config_reader("repository") as cr:
             stale = {key: value for key, value in HARDENING.items()
                      if cr.get(*key.rsplit(".", 1), fallback=None) != value}
@@ -124,11 +140,8 @@ class Mirror:
     def read_blob(self, commit: str | None, path: str) -> bytes | None:
         if commit is None:
             return None
-        try:
-            return self.repo.git.cat_file("blob", f"{commit}:{path}", stdout_as_string=False,
-                                          strip_newline_in_stdout=False)  # the exact bytes
-        except git.GitCommandError:
-            return None
+        status, out, _ = self._run(("cat-file", "blob", f"{commit}:{path}"))
+        return out if status == 0 else None  # the exact bytes
 
     def list_files(self, commit: str | None, folder: str) -> list[str]:
         if commit is None:
@@ -327,6 +340,10 @@ class Mirror:
                 return _SIGNATURE_KINDS.get(armor, "unknown")
         return None
 
+    def close(self) -> None:
+        """End the git processes GitPython keeps for reading objects."""
+        self.repo.close()
+
     # -- plumbing --------------------------------------------------------------------------
 
     @property
@@ -348,29 +365,47 @@ class Mirror:
     def _git(self, *args: str, env: Mapping[str, str] | None = None, missing_ref: str = "",
              rejected: bool = False, remote: str | None = None) -> str:
         """Run git in the mirror. Errors name REMOTE (the reports URL, say) or else repo.url."""
+        status, out, err = self._run(args, env, remote)
+        if status == 0:
+            text = out.decode(errors="surrogateescape")  # as GitPython decodes
+            return text[:-1] if text.endswith("\n") else text
+        stderr = redact_text(err.decode(errors="replace").strip())
+        if missing_ref and "couldn't find remote ref" in stderr:
+            raise RepoError(missing_ref)
+        if "No space left on device" in stderr:
+            raise _disk_full(self.path, args[0], stderr)
+        if rejected and ("rejected" in stderr or b"[rejected]" in out):
+            raise _Rejected()
+        refusal = parse_host_key_refusal(stderr, KNOWN_HOSTS_HINT)
+        where = redact_text(remote) if remote else self.safe_url
+        if refusal and args[0] in NETWORK:
+            raise HostKeyError(f"git {args[0]} {where}: {refusal}")
+        if args[0] in NETWORK:
+            raise FetchError(f"git {args[0]} {where} failed: {_last_line(stderr) or 'no output'}")
+        raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}")
+
+    def _run(self, args: tuple[str, ...], env: Mapping[str, str] | None = None,
+             remote: str | None = None) -> tuple[int, bytes, bytes]:
+        """Run git ARGS in the mirror within repo.timeout; return its exit status, output and
+        errors. The cycle's cancel stops what reaches a remote (a FetchError: the reports stay
+        queued); local plumbing is quick and finishes, so a record being committed stays
+        whole."""
+        where = f" {redact_text(remote) if remote else self.safe_url}" if args[0] in NETWORK \
+            else ""
+        handle = self.repo.git.execute(["git", *args], env=dict(env or {}), as_process=True)
+        proc = handle.proc  # the handle stays referenced: it would end proc when collected
+        assert proc is not None
         try:
-            return str(self.repo.git.execute(
-                ["git", *args], env=dict(env or {}), kill_after_timeout=self.timeout,
-                with_extended_output=False, stdout_as_string=True))
-        except git.GitCommandError as e:
-            stderr = redact_text(str(e.stderr or "").strip().removeprefix("stderr:").strip(" '"))
-            if stderr.startswith("Timeout: the command "):  # GitPython's, with the command line
-                stderr = (f"no answer within {self.timeout:g}s; check the remote, or raise "
-                          "repo.timeout in the config")
-            if missing_ref and "couldn't find remote ref" in stderr:
-                raise RepoError(missing_ref) from None
-            if "No space left on device" in stderr:
-                raise _disk_full(self.path, args[0], stderr) from None
-            if rejected and ("rejected" in stderr or "[rejected]" in str(e.stdout)):
-                raise _Rejected() from None
-            refusal = parse_host_key_refusal(stderr, KNOWN_HOSTS_HINT)
-            where = redact_text(remote) if remote else self.safe_url
-            if refusal and args[0] in ("fetch", "push", "ls-remote"):
-                raise HostKeyError(f"git {args[0]} {where}: {refusal}") from None
-            if args[0] in ("fetch", "push", "ls-remote"):
-                raise FetchError(f"git {args[0]} {where} failed: "
-                                 f"{_last_line(stderr) or 'timed out'}") from None
-            raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}") from None
+            out, err = wait_process(proc, what=f"git {args[0]}{where}", timeout=self.timeout,
+                                    cancel=self.cancel if where else None)
+        except ProcessStopped as e:
+            failed = f"git {args[0]}{where} failed: {e.why}, stopped {e.stopped}"
+            if not where:
+                raise RepoError(f"{failed}; raise repo.timeout in the config for a mirror this "
+                                "large") from None
+            raise FetchError(failed + ("; check the remote, or raise repo.timeout in the config"
+                                       if e.reason == TIMEOUT else "")) from None
+        return proc.returncode, out, err
 
 
 class _Rejected(Exception):

@@ -7,35 +7,35 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.adapters.process import Cancel, run_process
 from agent.adapters.runner import path_with_venv, strict_env
 from agent.core.schema import printable_key
-from agent.errors import AgentError, RepoError
+from agent.errors import RepoError
 
 INVENTORY_TIMEOUT = 120.0
 
 
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
                vault_password_file: str | None = None,
-               extra_env: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+               extra_env: Mapping[str, str] | None = None, *,
+               cancel: Cancel = None) -> dict[str, tuple[str, ...]]:
     """Return the inventory's hosts matching LIMIT, each with every group it is in; RepoError
-    if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing."""
+    if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing; ProcessStopped
+    (its scripts and all they started stopped) after INVENTORY_TIMEOUT or when CANCEL()
+    turns true."""
     argv = ["ansible-inventory", "-i", str(inventory), "--list"]
     if limit:
         argv += ["--limit", limit]
     if vault_password_file:
         argv += ["--vault-password-file", vault_password_file]
     env = {**os.environ, **strict_env(), **(extra_env or {}), "PATH": path_with_venv()}
-    try:
-        proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True,
-                              timeout=INVENTORY_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise AgentError(f"{inventory}: ansible-inventory did not answer within "
-                         f"{INVENTORY_TIMEOUT:.0f}s; check dynamic inventory sources") from e
+    proc = run_process(argv, what=f"{_relative(inventory, tree)}: ansible-inventory",
+                       timeout=INVENTORY_TIMEOUT, cancel=cancel, cwd=tree, env=env,
+                       fix="check the inventory's dynamic sources (scripts, plugins)")
     if proc.returncode != 0:
         raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
                         "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")

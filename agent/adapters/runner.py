@@ -13,8 +13,6 @@ import logging
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +24,15 @@ from typing import Any
 
 import ansible_runner
 
+from agent.adapters.process import parents, read_proc, run_process, stop_process_tree
 from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
 from agent.core.versions import untested_ansible
+from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
 PLUGINS = Path(__file__).parents[1] / "plugins"  # petkeeper_facts: skip reasons, no_log changes
-STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 BACKSTOP = 30  # ansible-runner's own timeout, in case our stop did not end the run
 SCRUBBED_ARTIFACTS = ("command", "stdout", "stderr")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -114,8 +113,12 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
 
     def should_stop() -> bool:
         if not stopped and (time.monotonic() > deadline or (cancel is not None and cancel())):
-            stopped.append("timeout" if time.monotonic() > deadline else "canceled")
-            stop_process_tree(_ansible_children())
+            late = time.monotonic() > deadline
+            stopped.append("timeout" if late else "canceled")
+            names = _stop_ansible()
+            log.warning("%s (ident %s): %s; stopped %s", run.playbook, run.ident,
+                        f"no end within {run.timeout:g}s" if late else "the agent is stopping",
+                        ", ".join(names) or "nothing left")
         return bool(stopped)
 
     try:
@@ -141,9 +144,9 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                     forks=run.forks,
                 )
             except BaseException:
-                # ansible-runner gave up (e.g. it could not write its artifacts) while Ansible
-                # may still run: stop it, so that nothing outlives the cycle.
-                stop_process_tree(_ansible_children())
+                # ansible-runner gave up (e.g. it could not write its artifacts), or Ctrl-C,
+                # while Ansible may still run: stop it, so that nothing outlives the cycle.
+                _stop_ansible()
                 raise
             finally:
                 # Masters of a per-run control folder cannot serve a later run: close them.
@@ -159,37 +162,12 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                      facts=facts)
 
 
-def stop_process_tree(roots: list[int], grace: float = STOP_GRACE) -> None:
-    """SIGTERM ROOTS and all their descendants, then SIGKILL whatever is left after GRACE."""
-    victims = _descendants(roots)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(_alive(pid) for pid in victims):
-            time.sleep(0.05)
-
-
-def stop_strays(folder: Path) -> list[int]:
-    """Stop the processes left running in FOLDER by a run whose agent was killed (Ansible's
-    workers outlive it); only a lock holder may call this. Return their PIDs."""
-    root = str(folder.resolve())
-    strays = [pid for pid in _parents() if pid != os.getpid() and
-              _cwd(pid).startswith(root + os.sep)]
-    if strays:
-        log.warning("stopping %d process(es) left by an interrupted run: %s", len(strays),
-                    ", ".join(map(str, strays)))
-        stop_process_tree(strays)
-    return strays
-
-
 def close_control_masters(control_dir: Path) -> None:
     """Ask each SSH ControlPersist master of a run to exit (they left its process tree)."""
     for sock in control_dir.iterdir():
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "petkeeper"],
-                           capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+        with contextlib.suppress(AgentError, OSError):
+            run_process(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "petkeeper"],
+                        what="ssh -O exit", timeout=10)
 
 
 def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:
@@ -247,51 +225,17 @@ def _read_facts(path: Path) -> list[dict[str, Any]]:
     return facts
 
 
+def _stop_ansible() -> list[str]:
+    """Stop every Ansible process tree we started (pexpect made each a session leader)."""
+    kids = _ansible_children()
+    return stop_process_tree(kids, sessions=kids)
+
+
 def _ansible_children() -> list[int]:
     """Our child processes that run Ansible (pexpect starts ansible-playbook as our child)."""
     me = os.getpid()
-    return [pid for pid, parent in _parents().items() if parent == me and
-            b"ansible" in _read_proc(pid, "cmdline")]
-
-
-def _descendants(roots: list[int]) -> list[int]:
-    parents = _parents()
-    found, frontier = list(roots), list(roots)
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        found.extend(frontier)
-    return found
-
-
-def _parents() -> dict[int, int]:
-    result = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat_line = _read_proc(int(entry), "stat")
-            fields = stat_line.rpartition(b")")[2].split()
-            if len(fields) > 1:
-                result[int(entry)] = int(fields[1])
-    return result
-
-
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    fields = _read_proc(pid, "stat").rpartition(b")")[2].split()
-    return bool(fields) and fields[0] != b"Z"
-
-
-def _read_proc(pid: int, name: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+    return [pid for pid, parent in parents().items() if parent == me and
+            b"ansible" in read_proc(pid, "cmdline")]
 
 
 def _scrub_artifacts(folder: Path) -> None:

@@ -8,7 +8,6 @@ known hosts). Results are read from pytest's JUnit XML, never from its printed o
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.adapters.process import Cancel, ProcessStopped, run_process
 from agent.adapters.runner import PlaybookRun, build_env
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ class TestRun:
         return {**asdict(self), "failed": list(self.failed)}
 
 
-def run_host_tests(run: PlaybookRun, folder: Path, host: str) -> TestRun:
-    """Run the tests in FOLDER against HOST, reached like RUN's Ansible would reach it."""
+def run_host_tests(run: PlaybookRun, folder: Path, host: str, cancel: Cancel = None) -> TestRun:
+    """Run the tests in FOLDER against HOST, reached like RUN's Ansible would reach it. At
+    RUN.timeout, or when CANCEL() turns true, pytest and all it started are stopped, and the
+    tests count as failed, saying so."""
     with tempfile.TemporaryDirectory(prefix="petkeeper-tests-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(folder), f"--hosts=ansible://{host}",
@@ -49,10 +51,12 @@ def run_host_tests(run: PlaybookRun, folder: Path, host: str) -> TestRun:
             argv.append(f"--ssh-identity-file={run.private_key_file}")
         env = {**build_env(run), "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            proc = subprocess.run(argv, cwd=run.tree, env=env, capture_output=True, text=True,
-                                  timeout=run.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return TestRun(False, message=f"the tests did not finish within {run.timeout:.0f}s")
+            proc = run_process(argv, what=f"{host}: post-apply tests (pytest {folder.name})",
+                               timeout=run.timeout, cancel=cancel, cwd=run.tree, env=env,
+                               fix="make the tests finish within ansible.timeout")
+        except ProcessStopped as e:
+            log.warning("%s", e)
+            return TestRun(False, message=str(e))
         if not junit.exists():
             return TestRun(False, message=f"pytest exited {proc.returncode} without results")
         result = parse_junit(junit.read_text())

@@ -113,7 +113,7 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
                         cancel)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
     converged = after.status == CLEAN and not failed
-    tests = _post_apply_tests(config, source, one, plan.host)
+    tests = _post_apply_tests(config, source, one, plan.host, cancel)
     ledger = read_json(state.ledger_file, {})
     ledger[plan.host] = record_apply(ledger.get(plan.host), plan.source_sha, converged,
                                      [c for c in after.changes if not c.check_blind])
@@ -217,15 +217,15 @@ def approval_record(approval: Approval) -> Record:
                   message, approval.approved_at)
 
 
-def _post_apply_tests(config: Config, source: Source, targets: Targets,
-                      host: str) -> dict[str, Any] | None:
+def _post_apply_tests(config: Config, source: Source, targets: Targets, host: str,
+                      cancel: Callable[[], bool] | None) -> dict[str, Any] | None:
     """Run the repo's testinfra tests against HOST when the repo has them."""
     if not config.post_apply_tests or not (source.tree / config.post_apply_tests).is_dir():
         return None
     folder = resolve_folder(source.tree, config.post_apply_tests,
                             f"{config.path}: post_apply_tests")
     run = playbook_run(config, source, targets, targets.playbooks[0], "tests", check=False)
-    return run_host_tests(run, folder, host).as_dict()
+    return run_host_tests(run, folder, host, cancel).as_dict()
 
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,

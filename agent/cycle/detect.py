@@ -54,8 +54,10 @@ def select_playbooks(config: Config, tree: Path, names: list[str]) -> tuple[str,
                     "is in the repository; set playbooks: [site.yml] or commit local.yml")
 
 
-def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
-    """Resolve playbooks, inventory and the hosts the limit selects (RepoError if any is bad)."""
+def select_targets(config: Config, source: Source, state: StateDir,
+                   cancel: Callable[[], bool] | None = None) -> Targets:
+    """Resolve playbooks, inventory and the hosts the limit selects (RepoError if any is bad);
+    CANCEL stops ansible-inventory."""
     names = this_host_names()
     playbooks = select_playbooks(config, source.tree, names)
     if config.inventory:
@@ -65,7 +67,7 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
     limit = config.limit
     if limit is None:
         everyone = list_hosts(source.tree, inventory, None, config.vault_password_file,
-                              source.env)
+                              source.env, cancel=cancel)
         mine = [n for n in names if n in everyone]
         if not mine:
             raise RepoError(f"{config.path}: limit: not set, and this host ({', '.join(names)}) "
@@ -74,7 +76,8 @@ def select_targets(config: Config, source: Source, state: StateDir) -> Targets:
         limit = mine[0]
         hosts = {limit: everyone[limit]}  # the listing has it: no second ansible-inventory
     else:
-        hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env)
+        hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env,
+                           cancel=cancel)
     if not hosts:
         raise RepoError(f"{config.path}: limit: {limit!r} selects no host of the inventory; "
                         "fix the limit")

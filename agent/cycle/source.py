@@ -40,12 +40,14 @@ class Source:
     mask: Callable[[str], str] = field(default=lambda text: text)  # hides secrets in reports
 
 
-def open_mirror(config: Config, state: StateDir) -> Mirror:
+def open_mirror(config: Config, state: StateDir,
+                cancel: Callable[[], bool] | None = None) -> Mirror:
+    """The state directory's mirror of the repo; CANCEL stops the git it runs."""
     repo = config.repo
     ssh = (("-o", f"IdentityFile={repo.ssh_key}", "-o", "IdentitiesOnly=yes") if repo.ssh_key
            else ()) + (("-o", f"UserKnownHostsFile={repo.known_hosts}") if repo.known_hosts
                        else ())
-    return Mirror(state.mirror, repo.url, repo.timeout, ssh)
+    return Mirror(state.mirror, repo.url, repo.timeout, ssh, cancel)
 
 
 def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:

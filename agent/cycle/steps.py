@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Author, Mirror
-from agent.adapters.runner import stop_strays
+from agent.adapters.process import stop_strays
 from agent.adapters.state import (
     StateDir,
     clear_cycle_note,
@@ -135,17 +135,17 @@ class Cycle:
 
 def fetch_step(c: Cycle) -> None:
     """Pull: fetch, pin the commit, materialise it, install its Galaxy requirements."""
-    c.mirror = open_mirror(c.config, c.state)
+    c.mirror = open_mirror(c.config, c.state, c.cancel)
     source = sync_source(c.config, c.state, c.mirror)
     env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
-                               c.config.ansible.timeout)
+                               c.config.ansible.timeout, c.cancel)
     c.source = replace(source, env=env, mask=secret_masker(c.config, c.state, source.tree))
     c.advance(Stage.FETCHED)
 
 
 def target_step(c: Cycle) -> None:
     assert c.source is not None
-    c.targets = select_targets(c.config, c.source, c.state)
+    c.targets = select_targets(c.config, c.source, c.state, c.cancel)
     c.advance(Stage.TARGETED)
 
 
@@ -191,6 +191,8 @@ def apply_step(c: Cycle) -> None:
     for host, plan in list(c.plans.items()):
         if plan.action != APPLY or (c.only_plan and plan.plan_id != c.only_plan):
             continue
+        if c.cancel is not None and c.cancel():  # stopping: no apply starts
+            break
         try:
             result, after = apply_plan(c.config, c.source, c.targets, c.state, plan,
                                        c.run_id, c.clock, c.cancel)
@@ -273,6 +275,8 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
             clear_cycle_note(state)
             if finish is not None:
                 finish(cycle, error)
+            if cycle.mirror is not None:
+                cycle.mirror.close()
     return cycle
 
 

@@ -204,8 +204,11 @@ class Daemon:
             self.skipped = str(e)
         except StalledError as e:
             self._stall(config, self.peeked, e)
-        except AgentError as e:  # transient
-            self._back_off(e)
+        except AgentError as e:  # transient, or the cycle was stopped with the daemon
+            if self.stopping:
+                log.warning("cycle stopped: %s", e)
+            else:
+                self._back_off(e)
         except ChildFailed as e:  # the child logged the traceback, if it had one
             self._back_off(AgentError(str(e)))
         except Exception:
@@ -256,13 +259,15 @@ class Daemon:
     def _peek(self, config: Config) -> str | None:
         """The cheap fetch: the source branch's head, without a cycle."""
         with cycle_lock(self.state, "petkeeper daemon: fetch"):
-            mirror = open_mirror(config, self.state)
+            mirror = open_mirror(config, self.state, self.cancelled)
             try:
                 mirror.fetch(config.repo.branch, None)
+                return mirror.resolve(config.repo.branch)
             except RepoError as e:
                 raise RepoError(f"{config.path}: repo.branch: {e}; set repo.branch to an "
                                 "existing branch, or push it") from e
-            return mirror.resolve(config.repo.branch)
+            finally:
+                mirror.close()
 
     def _host_approvals(self) -> tuple[str, ...]:
         folder = self.state.approvals

@@ -24,6 +24,7 @@ from tests.conftest import (
     pet_hosts,
     petkeeper,
     pets_repo_files,
+    proc_file,
     write_agent_config,
 )
 
@@ -248,7 +249,7 @@ def test_sigterm_mid_apply_exits_promptly_and_leaves_no_ansible_behind(
 def sleeping() -> list[int]:
     """PIDs of the playbook's sleep (the test hosts' processes are visible from here)."""
     cmdline = f"sleep\x00{SLOW_SECONDS}\x00".encode()
-    return [pid for pid in _pids() if _read(f"/proc/{pid}/cmdline") == cmdline]
+    return [pid for pid in _pids() if proc_file(pid, "cmdline") == cmdline]
 
 
 def ansible_in(folder: Path) -> list[int]:
@@ -264,10 +265,3 @@ def ansible_in(folder: Path) -> list[int]:
 def _pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""

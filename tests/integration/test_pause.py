@@ -27,6 +27,7 @@ from tests.conftest import (
     pet_hosts,
     petkeeper,
     pets_repo_files,
+    proc_file,
     write_agent_config,
 )
 
@@ -70,7 +71,7 @@ def run_paused_while_held(config: Path, pool, limit: str) -> tuple[str, int, dic
                             text=True, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not any(GO.encode() in (cmdline := _read(f"/proc/{pid}/cmdline")) and
+        while not any(GO.encode() in (cmdline := proc_file(pid, "cmdline")) and
                       b"until" in cmdline for pid in os.listdir("/proc") if pid.isdigit()):
             assert proc.poll() is None, "the run ended before it was held"
             assert time.monotonic() < deadline, "the armed run never reached the host"
@@ -135,10 +136,3 @@ def test_a_pause_mid_cycle_stops_every_apply_not_started_and_resume_lets_the_nex
     assert ran["paused"] is None and r.returncode == 0
     assert "edited by hand" not in host_pool.run("alpha", MOTD).stdout
 
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""

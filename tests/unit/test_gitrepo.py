@@ -3,7 +3,10 @@ the remote's or the mirror's own)."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,10 +56,55 @@ def test_a_remote_that_never_answers_says_so_and_names_the_timeout_key(tmp_path:
         with pytest.raises(FetchError) as e:
             mirror.fetch("main", "petkeeper/reports")
 
-    assert str(e.value) == (f"git fetch {url} failed: no answer within 1s; check the remote, "
-                            "or raise repo.timeout in the config")
+    assert re.fullmatch(rf"git fetch {re.escape(url)} failed: no answer within 1s, stopped "
+                        r"git \(\d+\); check the remote, or raise repo.timeout in the config",
+                        str(e.value)), str(e.value)
     assert mirror.remote_reports("petkeeper/reports") is None and not list(
         (tmp_path / "mirror.git" / "objects" / "pack").iterdir())
+
+
+def test_a_cancel_stops_a_fetch_waiting_on_its_remote_with_the_helper_git_started(
+        tmp_path: Path):
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.92.2", 0)) as silent:  # accepts, never answers
+        threading.Thread(target=lambda: accepted.append(silent.accept()[0]),
+                         daemon=True).start()
+        url = f"http://127.0.92.2:{silent.getsockname()[1]}/pets.git"
+        mirror = Mirror(tmp_path / "mirror.git", url, 300, cancel=lambda: bool(accepted))
+
+        with pytest.raises(FetchError) as e:
+            mirror.fetch("main", "petkeeper/reports")
+        for conn in accepted:
+            conn.close()
+
+    assert re.fullmatch(rf"git fetch {re.escape(url)} failed: the agent is stopping, stopped "
+                        r"git \(\d+\)(, git \(\d+\))*, git-remote-http \(\d+\)", str(e.value)), \
+        str(e.value)
+    assert mirror.resolve("main") is None and not list(
+        (tmp_path / "mirror.git" / "objects" / "pack").iterdir())
+
+
+def test_every_git_gitpython_starts_has_a_session_of_its_own(tmp_path: Path):
+    mirror = Mirror(tmp_path / "mirror.git", "file:///nowhere.git", 10)
+    blob = mirror._hash_blob(b"pets\n")
+    assert mirror.repo.odb.stream(bytes.fromhex(blob)).read() == b"pets\n"  # via cat-file
+
+    readers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and
+               _parent(int(pid)) == os.getpid() and
+               b"cat-file" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert readers and all(os.getsid(pid) == pid for pid in readers)
+
+    mirror.close()
+
+    assert not [pid for pid in readers if _parent(pid) == os.getpid()]  # closed and reaped
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # What git 2.39 prints when it cannot write objects: a push to a full remote, a local write.
