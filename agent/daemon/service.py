@@ -276,13 +276,16 @@ class Daemon:
         return tuple(sorted(f"{p.name}@{p.stat().st_mtime_ns}" for p in folder.iterdir()))
 
     def _stall(self, config: Config, sha: str | None, e: StalledError) -> None:
-        if self.stalled_on != (config, sha):
-            log.error("stalled, a person must fix this: %s; the daemon tries again when the "
-                      "config or the source commit changes, or on SIGHUP", e)
-            notify(f"STATUS=stalled: {e}", self.env)
-            if sha is None and config.notify.targets:  # the cheap fetch stalled, not a cycle
-                self._tell_stall(config, e)  # (a cycle tells its own stall)
+        if self.stalled_on == (config, sha):
+            return
+        # Marked before telling: a SIGHUP while the stall is told (in a child: a fraction of a
+        # second) resets the mark, and the next tick retries, as a reload promises.
         self.stalled_on = (config, sha)
+        log.error("stalled, a person must fix this: %s; the daemon tries again when the "
+                  "config or the source commit changes, or on SIGHUP", e)
+        notify(f"STATUS=stalled: {e}", self.env)
+        if sha is None and config.notify.targets:  # the cheap fetch stalled, not a cycle
+            self._tell_stall(config, e)  # (a cycle tells its own stall)
 
     def _tell_stall(self, config: Config, e: StalledError) -> None:
         try:

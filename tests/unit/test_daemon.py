@@ -97,3 +97,37 @@ def test_daemon_config_errors_name_the_key_and_the_fix(section, problem):
     with pytest.raises(ConfigError) as e:
         daemon_config(section)
     assert any(p.startswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_a_reload_while_a_stall_is_told_makes_the_next_tick_retry(tmp_path, monkeypatch):
+    """SIGHUP retries a stall at once, even when it lands while the stall is being told."""
+    from pathlib import Path
+
+    import yaml
+
+    from agent.config import load_config
+    from agent.daemon.service import Daemon
+    from agent.errors import StalledError
+
+    path = Path(tmp_path / "agent.yml")
+    path.write_text(yaml.safe_dump({
+        "repo": {"url": "file:///srv/git/pets.git"}, "state_dir": str(tmp_path / "state"),
+        "notify": {"targets": [{"url": "http://127.0.0.1:9/hook", "format": "cloudevents"}]}}))
+    config = load_config(path)
+    daemon = Daemon(path, config, env={})
+    told: list[str] = []
+
+    def tell_while_reloaded(config: Config, e: StalledError) -> None:
+        told.append(str(e))
+        if len(told) == 1:
+            daemon.reload()  # SIGHUP, handled by the main thread meanwhile
+
+    monkeypatch.setattr(daemon, "_tell_stall", tell_while_reloaded)
+
+    daemon._stall(config, None, StalledError("branch 'main' not found"))
+    assert daemon.stalled_on is None  # the reload's reset stands: the next tick fetches again
+    daemon._stall(config, None, StalledError("branch 'main' not found"))
+
+    assert daemon.stalled_on == (config, None) and len(told) == 2
+    daemon._stall(config, None, StalledError("branch 'main' not found"))
+    assert len(told) == 2  # the same stall again: told once
