@@ -30,7 +30,7 @@ cron file (drift that waits for an approval: exit 2, a drifted commit), then its
 hand (a clean commit).
 
 After each cycle it samples the daemon process alone (VmRSS and its heap and file parts,
-VmHWM, threads, open fds, own CPU and that of the processes it forks for cycles, from their log
+VmHWM, threads, open fds, own CPU and that of the processes it starts for cycles, from their log
 lines), its child processes, the processes inside the test hosts
 (SSH sessions left open), the state directory by part (mirror.git, trees, runner =
 ansible-runner's artifacts, other) and the bare remote. At the end: SIGTERM, exit 0 expected;
@@ -311,7 +311,7 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def own_cpu(pid: int, log: Path) -> float:
-    """CPU seconds of the daemon and of the processes it forked for its cycles, each logging
+    """CPU seconds of the daemon and of the processes it started for its cycles, each logging
     its own (agent.daemon.isolate), Ansible's processes left out."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cycles = sum(float(m.group(1)) for m in CYCLE_CPU.finditer(log.read_text(errors="replace")))

@@ -15,9 +15,9 @@ the containers (dicts, lists, sets, lru_caches) that grew, named where a module 
 RssAnon growing while the traced bytes, objects and containers stay flat is the heap keeping
 freed memory (the C allocator), not a leak of Python objects.
 
-The daemon now runs each cycle in a forked child (agent.daemon.isolate), so ``--cycles`` shows the
-daemon process around its cycles (flat by construction); to trace a cycle itself, call
-agent.cycle.steps.run_cycle in process the same way.
+The daemon now runs each cycle in a child process of its own (agent.daemon.isolate), so
+``--cycles`` shows the daemon process around its cycles (flat by construction); to trace a cycle
+itself, call agent.cycle.steps.run_cycle in process the same way.
 """
 
 from __future__ import annotations

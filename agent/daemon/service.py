@@ -3,9 +3,9 @@
 Every fetch interval a cheap fetch (Git only, under the cycle lock) decides whether a cycle is
 due: a new source commit (Git approvals come with it), a new host-side approval, a pause or
 resume, a reloaded config, or check_interval elapsed. Cycles never overlap, with each other or
-with a cycle run by hand. Each cycle runs in a forked child (agent.daemon.isolate), so the daemon's
-memory stays flat over months. SIGTERM stops the current Ansible run and exits 0, SIGHUP reloads
-the config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
+with a cycle run by hand. Each cycle runs in a child process of its own (agent.daemon.isolate),
+so the daemon's memory stays flat over months. SIGTERM stops the current Ansible run and exits 0,
+SIGHUP reloads the config, SIGUSR1 (`petkeeper run --now`) asks for a cycle now.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from agent.adapters.state import StateDir, cycle_lock, read_pause
 from agent.config import Config, load_config
 from agent.cycle.source import open_mirror
 from agent.cycle.steps import RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
-from agent.daemon.isolate import ChildFailed, run_forked
+from agent.daemon.isolate import ChildFailed, run_isolated
 from agent.daemon.sd_notify import notify, watchdog_interval
 from agent.daemon.ticker import Ticker
 from agent.errors import (
@@ -241,14 +241,7 @@ class Daemon:
         if pause:  # the cycle reads it again under its lock and decides; this is the log
             self._log_pause(pause, "checks go on, nothing is applied")
         log.info("cycle due: %s", why)
-
-        def work(cancelled: Callable[[], bool]) -> dict[str, Any]:  # in a child process
-            cycle = run_cycle(config, until_cancelled(RUN_STEPS, cancelled), "daemon run",
-                              cancel=cancelled, finish=tell_after)
-            return {"status": describe(cycle),
-                    "fetch_error": cycle.source.fetch_error if cycle.source else None}
-
-        result = run_forked(work, self.cancelled)
+        result = run_isolated(daemon_cycle, (config,), self.cancelled)
         self.last, self.last_cycle_at, self.stalled_on = now, time.monotonic(), None
         notify(f"STATUS={result['status']}", self.env)
         if result["fetch_error"]:
@@ -289,7 +282,7 @@ class Daemon:
 
     def _tell_stall(self, config: Config, e: StalledError) -> None:
         try:
-            run_forked(lambda cancelled: stall_notice(cancelled, config, e), self.cancelled)
+            run_isolated(stall_notice, (config, str(e)), self.cancelled)
         except (AgentError, ChildFailed) as why:
             log.warning("the stall was not told: %s", why)
 
@@ -310,13 +303,22 @@ class Daemon:
         self.paused_logged = key
 
 
+def daemon_cycle(cancelled: Callable[[], bool], config: Config) -> dict[str, Any]:
+    """One daemon cycle, in its own process (agent.daemon.isolate): return its status line
+    and fetch error."""
+    cycle = run_cycle(config, until_cancelled(RUN_STEPS, cancelled), "daemon run",
+                      cancel=cancelled, finish=tell_after)
+    return {"status": describe(cycle),
+            "fetch_error": cycle.source.fetch_error if cycle.source else None}
+
+
 def check_notify(config: Config, stop: Callable[[], bool]) -> None:
     """ConfigError when Apprise cannot read a target's URL. Asked in a child process: Apprise
     and its plugins (about 26 MiB) never load into the daemon itself."""
     if not any(t.format == "apprise" for t in config.notify.targets):
         return
     try:
-        run_forked(lambda cancelled: notify_checked(cancelled, config), stop)
+        run_isolated(notify_checked, (config,), stop)
     except StalledError as e:  # what crosses back is the message: its lines are the problems
         raise ConfigError(str(e).splitlines()) from None
 
@@ -326,11 +328,10 @@ def notify_checked(cancelled: Callable[[], bool], config: Config) -> dict[str, A
     return {}
 
 
-def stall_notice(cancelled: Callable[[], bool], config: Config,
-                 error: StalledError) -> dict[str, Any]:
+def stall_notice(cancelled: Callable[[], bool], config: Config, error: str) -> dict[str, Any]:
     """Tell a stall met outside a cycle (in a child process, like a cycle: Apprise and its
-    threads never live in the daemon itself)."""
-    tell_stall(config, error)
+    threads never live in the daemon itself); ERROR is its message."""
+    tell_stall(config, StalledError(error))
     return {}
 
 

@@ -1,6 +1,6 @@
 """Prometheus metrics, rendered from the state directory by prometheus-client (only here).
 
-Cycles run in forked children, in separate CLI runs and in daemons that restart, so nothing
+Cycles run in child processes, in separate CLI runs and in daemons that restart, so nothing
 is counted in a process's memory: each cycle adds itself to STATE_DIR/metrics.json (under the
 cycle lock, written atomically), and every exposition, node-exporter's textfile and the
 daemon's /metrics alike, is rendered from that file (and pause.json) when it is asked for.

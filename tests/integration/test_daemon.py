@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.hosts
 
 MOTD = "cat /etc/motd"
+PY_WARNING = re.compile(r"\b\w+Warning: ")  # how Python prints a warning (file:line: Kind: text)
 # check_interval is long on purpose: every cycle these tests see was caused by what they did.
 FAST = {"fetch_interval": "1s", "check_interval": "1h", "splay": 0}
 # The pid makes this run's sleep tell apart from any other (GNU sleep takes fractions).
@@ -44,7 +46,11 @@ SLOW_TASK = f"""\
 
 
 class Daemon:
-    """`python -m agent daemon` in a child process, with a notify socket bound by the test."""
+    """`python -m agent daemon` in a child process, with a notify socket bound by the test.
+
+    Python's warnings are errors in it, except DeprecationWarnings, which are printed: Python
+    3.12+ warns on fork() in a threaded process and cannot make that warning an error (CPython
+    clears it). The fixture fails a test whose daemon printed any."""
 
     def __init__(self, config: Path, tmp: Path, **env: str) -> None:
         self.config, self.log = config, tmp / "daemon.log"
@@ -56,7 +62,8 @@ class Daemon:
                **env}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--config", str(config), "daemon"],
+                [sys.executable, "-W", "error", "-W", "always::DeprecationWarning", "-m",
+                 "agent", "--config", str(config), "daemon"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")})
 
@@ -87,6 +94,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.close()
+    for daemon in started:
+        warned = [line for line in daemon.text().splitlines() if PY_WARNING.search(line)]
+        assert not warned, "the daemon printed Python warnings:\n" + "\n".join(warned)
 
 
 def wait_for(what: str, predicate: Callable[[], Any], daemon: Daemon, timeout: float = 240):
