@@ -7,16 +7,20 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import pwd
 import sys
+import textwrap
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from agent import __version__
 from agent.adapters.gitrepo import Author
-from agent.adapters.runner import warn_untested_ansible
+from agent.adapters.runner import Watcher, warn_untested_ansible
 from agent.adapters.state import (
     StateDir,
     clear_pause,
@@ -35,118 +39,237 @@ from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.cycle.trust import acknowledge
 from agent.errors import AgentError, ConfigError
 from agent.operate import output
+from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
+from agent.operate.output import COLOR_CHOICES, color_wanted
+from agent.operate.progress import ProgressLine
 from agent.operate.tell import prepare_tell
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse, where a usage error names the subcommand's usage and exits 1 (2 means drift
+    here), and the subcommands' parsers can be found by name."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help=f"agent configuration (default {DEFAULT_PATH})")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"agent configuration (default $PETKEEPER_CONFIG, or "
+                             f"{DEFAULT_PATH})")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="log what each step does (-vv: debug)")
-    parser = argparse.ArgumentParser(
-        prog="petkeeper", parents=[common],
-        description="Keep pet servers true to Git: check drift with Ansible, report it to Git.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    pull = argparse.ArgumentParser(add_help=False)
-    pull.add_argument("-l", "--limit", help="host pattern to check (default: this host)")
-    pull.add_argument("-t", "--tags", action="append", default=[], help="only these tags")
-    pull.add_argument("--skip-tags", action="append", default=[], help="skip these tags")
-    pull.add_argument("-e", "--extra-vars", action="append", default=[],
-                      help="key=value, JSON, or @file (repeatable)")
-    pull.add_argument("--vault-password-file", help="file holding the vault password")
-    pull.add_argument("--json", action="store_true", help="print the result as JSON")
-    pull.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="wait this long for a running cycle to finish (default: don't)")
-
-    playbooks = argparse.ArgumentParser(add_help=False)
-    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
-                           help="playbooks to run, relative to the repository (ansible-pull)")
-
-    sub.add_parser("check", parents=[common, playbooks, pull],
-                           help="run one detect-only cycle; exit 0 clean, 2 drift, 1 error",
-                           description="Fetch, check every host in check + diff mode, commit "
-                                       "the reports. Exit 0: all clean; 2: drift; 1: an error, "
-                                       "or a host failed, unreachable or unknown.")
-    sub.add_parser("plan", parents=[common, playbooks, pull],
-                   help="check, then show each host's drift with its plan id and decision",
-                   description="A check that shows, per host, the plan id to approve, which "
-                               "policy rule decided, the maintenance window, and the diffs.")
-    run = sub.add_parser("run", parents=[common, playbooks, pull],
-                         help="one full cycle: fetch, check, decide, apply what may be, report",
-                         description="What the daemon runs: applies only what policy (auto) "
-                                     "or a valid approval allows, re-checking before and after.")
-    run.add_argument("--now", action="store_true",
-                     help="ask the running daemon for a cycle now instead (exit 1 if none runs)")
-    apply = sub.add_parser("apply", parents=[common, pull],
-                           help="like run; with PLAN_ID, apply that approved plan alone")
-    apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
-                       help="apply only this plan (it must be approved or auto)")
-    approve = sub.add_parser("approve", parents=[common],
-                             help="approve one plan of the last check (root only)")
-    approve.add_argument("plan_id", metavar="PLAN_ID")
-    approve.add_argument("--expires", default=None, metavar="DURATION",
-                         help="how long the approval counts (default approvals.expires, 4h)")
-    approve.add_argument("--comment", default="", help="why; recorded with the approval")
-    ack = sub.add_parser("ack", parents=[common],
-                         help="accept a rewound source head (force-push, reset) for applies "
-                              "again (root only)",
-                         description="After a head that does not descend from the last "
-                                     "applied commit, applies stop until a person has checked "
-                                     "the history and acknowledges that commit here.")
-    ack.add_argument("commit", metavar="COMMIT", help="the rewound head petkeeper status names")
-    ack.add_argument("--comment", default="", help="why; recorded with the acknowledgement")
-    history = sub.add_parser("history", parents=[common],
-                             help="what the reports branch says: drift, approvals, applies")
-    history.add_argument("host", nargs="?", help="only this host")
-    history.add_argument("--json", action="store_true", help="print the history as JSON")
-
-    status = sub.add_parser("status", parents=[common], help="show the last cycle per host")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-
-    sub.add_parser("daemon", parents=[common],
-                   help="run cycles on the configured schedule until stopped (systemd service)",
-                   description="Fetch every daemon.fetch_interval; run a cycle on a new commit "
-                               "or approval, or every daemon.check_interval. SIGHUP reloads "
-                               "the config, SIGTERM stops the current step and exits.")
-    pause = sub.add_parser("pause", parents=[common],
-                           help="stop applying (the daemon and petkeeper run only check)")
-    pause.add_argument("--reason", required=True, help="why; shown by status and in reports")
-    pause.add_argument("--checks", action="store_true",
-                       help="pause the daemon's checks too (whole cycles)")
-    sub.add_parser("resume", parents=[common], help="undo petkeeper pause")
-    notify = sub.add_parser("notify", parents=[common],
-                            help="show the notification targets and their outbox; --test "
-                                 "sends each a test event",
-                            description="Without --test: each target of notify.targets (by "
-                                        "its key, never its URL), the events it gets and how "
-                                        "many wait for it. With --test: send one test event to "
-                                        "every target and say what each answered; exit 1 if "
-                                        "one did not take it.")
-    notify.add_argument("--test", action="store_true",
-                        help="send one test event to every target")
-
-    demo = sub.add_parser("demo", parents=[common],
-                          help="start demo pets, serve this project's playbooks from a local "
-                               "bare repo, and run a check against them")
-    demo.add_argument("--workdir", type=Path, default=Path("/tmp/petkeeper-demo"),
-                      help="where the demo keeps its repo, hosts and state")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the demo hosts up until Ctrl-C, to try plan, approve and run")
+                        help="log what each step does, with times (-vv: debug)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress line on the terminal")
+    common.add_argument("--color", choices=COLOR_CHOICES, default=argparse.SUPPRESS,
+                        metavar="WHEN",
+                        help="auto (on a terminal, unless NO_COLOR is set), always or never"
+                             " (default auto)")
+    parser = Parser(
+        prog="petkeeper", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap("Keep pet servers true to Git: check drift with Ansible, decide by "
+                          "policy and approvals, apply, and report every step to Git."),
+        epilog="exit codes: 0 ok or clean, 1 error (or a host failed, unreachable or unknown), "
+               "2 drift\n\npetkeeper COMMAND --help shows a command's options and examples.")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="show the versions of Petkeeper, ansible-core, ansible-runner "
+                             "and Python")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_cycle_commands(sub, common)
+    _add_approval_commands(sub, common)
+    _add_reading_commands(sub, common)
+    _add_service_commands(sub, common)
+    parser.commands = dict(sub.choices)
     return parser
 
 
+def _command(sub: Any, name: str, parents: list[argparse.ArgumentParser], summary: str,
+             description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    """A subcommand with its one-line SUMMARY (in petkeeper --help), its DESCRIPTION and
+    EXAMPLES (in petkeeper NAME --help)."""
+    return sub.add_parser(
+        name, parents=parents, help=summary, description=_wrap(description),
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _pull_options() -> argparse.ArgumentParser:
+    pull = argparse.ArgumentParser(add_help=False)
+    pull.add_argument("-l", "--limit", metavar="PATTERN",
+                      help="hosts to check, an Ansible pattern (default: limit in the config, "
+                           "else this host)")
+    pull.add_argument("-t", "--tags", action="append", default=[], help="only these tags")
+    pull.add_argument("--skip-tags", action="append", default=[], help="skip these tags")
+    pull.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                      help="key=value, JSON, or @file (repeatable)")
+    pull.add_argument("--vault-password-file", metavar="FILE",
+                      help="file holding the vault password")
+    pull.add_argument("--json", action="store_true", help="print the result as JSON")
+    pull.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="wait this long for a running cycle to finish (default: don't)")
+    return pull
+
+
+def _add_cycle_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    pull = _pull_options()
+    playbooks = argparse.ArgumentParser(add_help=False)
+    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
+                           help="playbooks to run instead of the configured ones, relative to "
+                                "the repository (like ansible-pull)")
+    _command(sub, "check", [common, playbooks, pull],
+             "one detect-only cycle; exit 0 clean, 2 drift, 1 error",
+             "Fetch the repo, check every host in check + diff mode, and commit the reports. "
+             "Exit 0: all clean; 2: drift; 1: an error, or a host failed, unreachable or "
+             "unknown.",
+             ["petkeeper check", "petkeeper check --limit web1 --tags sshd site.yml",
+              "petkeeper check --json | jq '.hosts[].status'"])
+    _command(sub, "plan", [common, playbooks, pull],
+             "a check showing each host's plan id, decision and diffs",
+             "A check that shows, per host, the plan id to approve, which policy rule decided, "
+             "the maintenance window, and the diffs. Exits like check.",
+             ["petkeeper plan", "petkeeper plan --limit web2"])
+    run = _command(sub, "run", [common, playbooks, pull],
+                   "one full cycle: check, then apply what may be applied",
+                   "What the daemon runs: a check, then applies what policy (auto) or a valid "
+                   "approval allows, re-checking each host before and after. Exits like "
+                   "check, and 1 when an apply failed or did not converge.",
+                   ["petkeeper run", "petkeeper run --now    # ask the running daemon instead"])
+    run.add_argument("--now", action="store_true",
+                     help="ask the running daemon for a cycle now instead (exit 1 if none runs)")
+    apply = _command(sub, "apply", [common, pull],
+                     "like run; with PLAN_ID, apply that plan alone",
+                     "Like run. With PLAN_ID, apply only that plan: it must be a plan of the "
+                     "last check, approved (or auto by policy), and the re-check must find the "
+                     "very drift it was made for.",
+                     ["petkeeper apply 30c4aa367513c4ee", "petkeeper apply"])
+    apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
+                       help="the plan to apply, as plan or status shows it")
+
+
+def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    approve = _command(sub, "approve", [common],
+                       "approve plans of the last check (root only)",
+                       "Approve plans of the last check (petkeeper plan shows their ids): one "
+                       "approval record each, bound to the host, the source commit and the exact "
+                       "drift, committed to the reports branch. Root only; your login name is "
+                       "recorded. The next run (or the daemon) applies them.",
+                       ["sudo petkeeper approve 30c4aa367513c4ee --expires 2h --comment "
+                        "\"bob's note goes\"",
+                        "sudo petkeeper approve 30c4aa367513c4ee 8381b01fc31e59fe"])
+    approve.add_argument("plan_ids", nargs="+", metavar="PLAN_ID",
+                         help="the plans to approve, as plan or status shows them")
+    approve.add_argument("--expires", default=None, metavar="DURATION",
+                         help="how long the approvals count (default approvals.expires, 4h)")
+    approve.add_argument("--comment", default="", help="why; recorded with each approval")
+    ack = _command(sub, "ack", [common],
+                   "let applies resume after a rewound branch (root only)",
+                   "After a source head that does not descend from the last applied commit "
+                   "(a force-push, a reset), applies stop until a person has checked the "
+                   "history and acknowledges that commit here.",
+                   ["sudo petkeeper ack 2a215dff1786 --comment \"rollback on purpose\""])
+    ack.add_argument("commit", metavar="COMMIT", help="the rewound head petkeeper status names")
+    ack.add_argument("--comment", default="", help="why; recorded with the acknowledgement")
+
+
+def _add_reading_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    history = _command(sub, "history", [common],
+                       "what the reports branch says happened, per host",
+                       "What the reports branch says happened, newest first, one fact per "
+                       "line: checks whose result changed, approvals, applies.",
+                       ["petkeeper history pet2", "petkeeper history --since 7d -n 20",
+                        "petkeeper history --since 2026-11-01 --json"])
+    history.add_argument("host", nargs="?", metavar="HOST", help="only this host")
+    history.add_argument("--since", metavar="WHEN",
+                         help="only what happened since WHEN: a duration such as 7d or 12h, or "
+                              "an ISO 8601 date such as 2026-11-01")
+    history.add_argument("-n", "--max-count", type=int, metavar="N", dest="count",
+                         help="only the newest N entries")
+    history.add_argument("--json", action="store_true", help="print the history as JSON")
+    status = _command(sub, "status", [common],
+                      "the last check and apply per host",
+                      "The last cycle and, per host, its last check and last apply, read from "
+                      "the state directory (no Git, no Ansible). Exits with the last cycle's "
+                      "code, or 1 when none has run.",
+                      ["petkeeper status", "petkeeper status --json"])
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+def _add_service_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    _command(sub, "daemon", [common],
+             "run cycles on a schedule (the systemd service)",
+             "Fetch every daemon.fetch_interval; run a cycle on a new commit, approval or "
+             "pause, and at least every daemon.check_interval. SIGHUP reloads the config, "
+             "SIGTERM stops the current step and exits.",
+             ["systemctl start petkeeper", "petkeeper daemon -v    # in the foreground"])
+    pause = _command(sub, "pause", [common],
+                     "stop applies (and checks, with --checks) until resume",
+                     "Stop applies: the daemon and petkeeper run only check. With --checks, "
+                     "the daemon skips whole cycles. Survives restarts; shows in status, every "
+                     "--json and the host reports. A new pause replaces the one in force.",
+                     ["petkeeper pause --reason \"disk swap on web2, back at 5pm\"",
+                      "petkeeper pause --checks --reason \"network maintenance\""])
+    pause.add_argument("--reason", required=True, help="why; shown by status and in reports")
+    pause.add_argument("--checks", action="store_true",
+                       help="pause the daemon's checks too (whole cycles)")
+    _command(sub, "resume", [common], "undo petkeeper pause",
+             "Let applies (and checks) run again after petkeeper pause.",
+             ["petkeeper resume"])
+    notify = _command(sub, "notify", [common],
+                      "show the notification targets; --test sends each a test event",
+                      "Without --test: each target of notify.targets (by its key, never its "
+                      "URL), the events it gets and how many wait for it. With --test: send "
+                      "one test event to every target and say what each answered; exit 1 if "
+                      "one did not take it.",
+                      ["petkeeper notify", "petkeeper notify --test"])
+    notify.add_argument("--test", action="store_true",
+                        help="send one test event to every target")
+    demo = _command(sub, "demo", [common],
+                    "two demo pets, a Git repo of the playbooks, one check",
+                    "Start two SSH test hosts (pet1, pet2), serve this project's playbooks from "
+                    "a new bare repo, converge both hosts, edit /etc/motd on pet2 by hand, and "
+                    "run petkeeper check against them. Needs root; about two minutes.",
+                    ["petkeeper demo", "petkeeper demo --keep    # then try plan, approve, run"])
+    demo.add_argument("--workdir", type=Path, default=Path("/tmp/petkeeper-demo"),
+                      help="where the demo keeps its repo, hosts and state (recreated)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo hosts up until Ctrl-C, to try plan, approve and run")
+
+
+def version_line() -> str:
+    """Petkeeper's version and those of what it runs on."""
+    def of(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return (f"petkeeper {__version__} (ansible-core {of('ansible-core')}, ansible-runner "
+            f"{of('ansible-runner')}, Python {platform.python_version()})")
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 78)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error(f"choose a command: {', '.join(parser.commands)}")
+    if extra:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    verbosity = getattr(args, "verbose", 0)
+    args.log = setup_logging(verbosity, timestamps=args.command == "daemon" or verbosity > 0)
     if args.command in RUNS_ANSIBLE:
         warn_untested_ansible()
     try:
-        return COMMANDS[args.command](args)
+        return int(COMMANDS[args.command](args))
     except ConfigError as e:
         for problem in e.problems:
             print(f"petkeeper: error: {problem}", file=sys.stderr)
@@ -178,15 +301,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         return cmd_run_now(args)
     config = load_config(_config_path(args), overrides)
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
-    cycle = run_cycle(config, steps, args.command, wait=args.wait,
-                      only_plan=getattr(args, "plan_id", None), finish=prepare_tell(config))
+    with progress_line(args) as watch:
+        cycle = run_cycle(config, steps, args.command, wait=args.wait,
+                          only_plan=getattr(args, "plan_id", None), finish=prepare_tell(config),
+                          watch=watch)
     data = cycle.as_json()
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.command == "check":
-        print(output.render_check(data, color=sys.stdout.isatty()))
+        print(output.render_check(data, color=use_color(args)))
     else:
-        print(output.render_plan(data, color=sys.stdout.isatty()))
+        print(output.render_plan(data, color=use_color(args)))
     return cycle.exit_code
 
 
@@ -322,7 +447,28 @@ def cmd_notify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo  # the demo needs root and sshd; nothing else does
 
-    return run_demo(args.workdir, keep=args.keep)
+    return run_demo(args.workdir, keep=args.keep, color=use_color(args),
+                    progress=lambda: progress_line(args))
+
+
+@contextlib.contextmanager
+def progress_line(args: argparse.Namespace) -> Iterator[Watcher | None]:
+    """Within: one updating line on stderr showing what Ansible does, when stderr is a
+    terminal, and neither --json nor -q asked for quiet; log lines step around it."""
+    if getattr(args, "quiet", False) or getattr(args, "json", False) or \
+            not sys.stderr.isatty():
+        yield None
+        return
+    with ProgressLine(sys.stderr) as line:
+        args.log.interlude = line.interlude
+        try:
+            yield line
+        finally:
+            args.log.interlude = None
+
+
+def use_color(args: argparse.Namespace) -> bool:
+    return color_wanted(getattr(args, "color", "auto"), sys.stdout.isatty(), os.environ)
 
 
 RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo"})
@@ -349,16 +495,6 @@ def _absolute(path: str | None) -> str | None:
 def _absolute_var_file(value: str) -> str:
     """-e @file on the command line is relative to where the user stands, not the repo."""
     return f"@{Path(value[1:]).absolute()}" if value.startswith("@") else value
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("petkeeper: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("agent").setLevel(level)
 
 
 if __name__ == "__main__":

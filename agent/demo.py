@@ -7,16 +7,19 @@ file on pet2 by hand (the drift), then runs ``petkeeper check`` and shows the re
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import yaml
 
-from agent.adapters.runner import PlaybookRun, run_playbook
+from agent.adapters.runner import PlaybookRun, Watcher, run_playbook
 from agent.config import Config, load_config
 from agent.cycle.detect import Targets
 from agent.cycle.steps import EXIT_DRIFT, run_check
@@ -31,25 +34,38 @@ PLAYBOOK = "playbooks/site.yml"
 INVENTORY = "inventories/demo/hosts.yml"
 
 
-def run_demo(workdir: Path, keep: bool = False) -> int:
+Progress = Callable[[], AbstractContextManager[Watcher | None]]
+
+
+def run_demo(workdir: Path, keep: bool = False, color: bool = False,
+             progress: Progress = lambda: contextlib.nullcontext()) -> int:
     """Run the whole demo in WORKDIR (recreated); return 0 when it showed the drift. With KEEP,
-    the hosts stay up until Ctrl-C, for trying plan, approve and run by hand."""
+    the hosts stay up until Ctrl-C, for trying plan, approve and run by hand. PROGRESS gives
+    what watches the long Ansible runs (a progress line), COLOR paints the check's output."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, mode=0o700)
+    _say(f"committing this project's playbooks/ and inventories/ to {workdir / 'pets.git'}")
     remote = seed_repo(workdir / "pets.git", workdir / "seed")
     with TestHostPool(workdir / "hosts") as pool:
+        _say("starting the demo pets: " + ", ".join(f"{n} ({a}:{DEMO_PORT})" for n, a in
+                                                    DEMO_HOSTS.items()) +
+             ", each an sshd with its own /etc")
         for name, address in DEMO_HOSTS.items():
             pool.start(name, address, DEMO_PORT)
         config_path = write_config(workdir, remote, pool)
         config = load_config(config_path)
-        _say(f"converging {', '.join(DEMO_HOSTS)} with {PLAYBOOK} (setup, not Petkeeper)")
-        converge(config, workdir)
+        _say(f"converging {', '.join(DEMO_HOSTS)} with {PLAYBOOK}, as their admin did before "
+             "Petkeeper (about a minute)")
+        with progress() as watch:
+            converge(config, workdir, watch)
         _say("pet2: someone edits /etc/motd by hand")
         pool.run("pet2", "echo 'Back at 5pm -- bob' >> /etc/motd")
-        _say(f"petkeeper --config {config_path} check")
-        cycle = run_check(config)
-        print(render_check(cycle.as_json(), color=sys.stdout.isatty()))
+        _say(f"petkeeper --config {config_path} check    (check + diff mode: changes nothing; "
+             "about 30 seconds)")
+        with progress() as watch:
+            cycle = run_check(config, watch=watch)
+        print(render_check(cycle.as_json(), color=color))
         if keep:
             _say(f"the demo hosts stay up until Ctrl-C. In another shell, try:\n"
                  f"   petkeeper --config {config_path} plan\n"
@@ -99,7 +115,7 @@ def write_config(workdir: Path, remote: Path, pool: TestHostPool) -> Path:
     return path
 
 
-def converge(config: Config, workdir: Path) -> None:
+def converge(config: Config, workdir: Path, watch: Watcher | None = None) -> None:
     """Apply the playbook to the demo hosts directly, as their admin did before Petkeeper."""
     tree = workdir / "converge-tree"
     shutil.copytree(PROJECT / "playbooks", tree / "playbooks")
@@ -109,7 +125,7 @@ def converge(config: Config, workdir: Path) -> None:
                       limit=targets.limit, check=False, ident="demo-converge",
                       private_key_file=config.ansible.private_key_file,
                       known_hosts_file=config.ansible.known_hosts_file, timeout=600)
-    result = run_playbook(run, workdir / "converge-runner")
+    result = run_playbook(run, workdir / "converge-runner", watch=watch)
     if result.status != "successful":
         raise AgentError(f"demo: converging the demo hosts failed ({result.status}, rc "
                          f"{result.rc}): {result.error}")

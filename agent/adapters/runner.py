@@ -59,6 +59,10 @@ class PlaybookRun:
     env: Mapping[str, str] = field(default_factory=dict)  # e.g. agent.adapters.galaxy's paths
 
 
+# Sees each event of a run as it happens (a progress line on a terminal, say).
+Watcher = Callable[[PlaybookRun, Mapping[str, Any]], None]
+
+
 @dataclass
 class RunResult:
     rc: int
@@ -94,8 +98,10 @@ def warn_untested_ansible() -> None:
 
 
 def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
-                 cancel: Callable[[], bool] | None = None) -> RunResult:
-    """Run RUN through ansible-runner in WORK_DIR; return its rc, status and events.
+                 cancel: Callable[[], bool] | None = None,
+                 watch: Watcher | None = None) -> RunResult:
+    """Run RUN through ansible-runner in WORK_DIR; return its rc, status and events (WATCH, if
+    given, sees each one as it comes).
 
     At RUN.timeout, or when CANCEL returns True, every process of the run is stopped: Ansible's
     workers leave the run's process group (setsid), so the whole process tree is signalled,
@@ -109,6 +115,8 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
 
     def keep(event: dict[str, Any]) -> bool:
         events.append(event)
+        if watch is not None:
+            watch(run, event)
         return False  # kept in memory only: artifacts stay small and hold no diffs
 
     def should_stop() -> bool:

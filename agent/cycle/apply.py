@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from agent.adapters.runner import run_playbook
+from agent.adapters.runner import Watcher, run_playbook
 from agent.adapters.state import (
     StateDir,
     note_applying,
@@ -71,7 +71,8 @@ class ApplyResult:
 
 def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
                run_id: str, now: Callable[[], datetime],
-               cancel: Callable[[], bool] | None = None) -> tuple[ApplyResult, HostReport]:
+               cancel: Callable[[], bool] | None = None,
+               watch: Watcher | None = None) -> tuple[ApplyResult, HostReport]:
     """Re-check PLAN's host, apply if its drift is still the planned one, re-check again;
     return the result and the host's report after it. Paused when a pause is in force
     before the re-check or where the apply starts: then nothing is run or recorded."""
@@ -83,7 +84,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         approved_by=approved_by, run_id=run_id, started=started,
         approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status)
     unless_paused(state)  # a pause: not even the re-check runs
-    before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel)
+    before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel,
+                         watch)
     report = before[plan.host]
     if report.fingerprint != plan.fingerprint:
         log.warning("%s: drift changed since it was planned; not applied", plan.host)
@@ -99,7 +101,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         write_json(state.journal / f"{plan.plan_id}.json", {**common, "state": "applying"})
         if plan.approval is not None:
             mark_used(state, plan.approval)
-        failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel)
+        failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel,
+                            watch)
     finally:
         note_applying(state, None)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
@@ -110,7 +113,7 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
                     "without a new approval")), replace(report, status="unknown",
                                                          message="apply interrupted")
     after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
-                        cancel)[plan.host]
+                        cancel, watch)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
     converged = after.status == CLEAN and not failed
     tests = _post_apply_tests(config, source, one, plan.host, cancel)
@@ -229,11 +232,11 @@ def _post_apply_tests(config: Config, source: Source, targets: Targets, host: st
 
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,
-               cancel: Callable[[], bool] | None) -> str:
+               cancel: Callable[[], bool] | None, watch: Watcher | None = None) -> str:
     """Apply every playbook to the one host; return why it failed ('' when it did not)."""
     for i, playbook in enumerate(targets.playbooks):
         run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
-        result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
+        result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
         if result.status != "successful":
             return f"{playbook}: ansible-playbook {result.status} (rc {result.rc})"
     return ""

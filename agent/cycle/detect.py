@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from agent.adapters.inventory import list_hosts
-from agent.adapters.runner import PlaybookRun, run_playbook
+from agent.adapters.runner import PlaybookRun, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
 from agent.config import Config
 from agent.core.drift import HostReport, build_host_reports, mask_reports
@@ -96,13 +96,14 @@ def write_local_inventory(state: StateDir, name: str) -> Path:
 
 
 def check_drift(config: Config, source: Source, targets: Targets, state: StateDir, run_id: str,
-                cancel: Callable[[], bool] | None = None) -> dict[str, HostReport]:
+                cancel: Callable[[], bool] | None = None,
+                watch: Watcher | None = None) -> dict[str, HostReport]:
     """Run every playbook in check + diff mode; return the drift report per targeted host."""
     events, facts = [], []
     for i, playbook in enumerate(targets.playbooks):
         result = run_playbook(playbook_run(config, source, targets, playbook,
                                             f"{run_id}-check-{i}"),
-                              state.runner, config.ansible.artifacts_keep, cancel)
+                              state.runner, config.ansible.artifacts_keep, cancel, watch)
         log.info("check of %s finished: %s (rc %s)", playbook, result.status, result.rc)
         if result.status == "timeout":
             log.warning("check of %s timed out after %ss: hosts without results are unknown",

@@ -20,6 +20,7 @@ from typing import Any
 from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Author, Mirror
 from agent.adapters.process import stop_strays
+from agent.adapters.runner import Watcher
 from agent.adapters.state import (
     StateDir,
     clear_cycle_note,
@@ -92,6 +93,7 @@ class Cycle:
     only_plan: str | None = None  # `petkeeper apply PLAN_ID`: apply that plan alone
     pause: dict[str, Any] | None = None  # `petkeeper pause`, as last read by decide or apply
     cancel: Callable[[], bool] | None = None
+    watch: Watcher | None = None  # sees each Ansible event: a progress line, say
     clock: Callable[[], datetime] = field(default=lambda: _now())
     command: str = ""  # what ran it: check, plan, run, apply, "daemon run", ...
     began: float = field(default_factory=time.monotonic)
@@ -161,7 +163,7 @@ def recover_step(c: Cycle) -> None:
 
 def check_step(c: Cycle) -> None:
     assert c.source is not None and c.targets is not None
-    c.hosts = check_drift(c.config, c.source, c.targets, c.state, c.run_id, c.cancel)
+    c.hosts = check_drift(c.config, c.source, c.targets, c.state, c.run_id, c.cancel, c.watch)
     c.advance(Stage.CHECKED)
 
 
@@ -195,7 +197,7 @@ def apply_step(c: Cycle) -> None:
             break
         try:
             result, after = apply_plan(c.config, c.source, c.targets, c.state, plan,
-                                       c.run_id, c.clock, c.cancel)
+                                       c.run_id, c.clock, c.cancel, c.watch)
         except Paused as p:
             log.warning("%s: not applied, %s", host, pause_reason(p.pause))
             c.pause, c.plans = p.pause, hold_paused(c.plans, p.pause)
@@ -237,9 +239,10 @@ RUN_STEPS: tuple[Step, ...] = (fetch_step, target_step, recover_step, check_step
 
 
 def run_check(config: Config, *, wait: float = 0.0, now: datetime | None = None,
-              cancel: Callable[[], bool] | None = None) -> Cycle:
+              cancel: Callable[[], bool] | None = None, watch: Watcher | None = None) -> Cycle:
     """Run one detect-only cycle under the state directory's lock; return its record."""
-    return run_cycle(config, CHECK_STEPS, "check", wait=wait, now=now, cancel=cancel)
+    return run_cycle(config, CHECK_STEPS, "check", wait=wait, now=now, cancel=cancel,
+                     watch=watch)
 
 
 Finish = Callable[[Cycle, BaseException | None], None]
@@ -247,11 +250,12 @@ Finish = Callable[[Cycle, BaseException | None], None]
 
 def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: float = 0.0,
               now: datetime | None = None, only_plan: str | None = None,
-              cancel: Callable[[], bool] | None = None, finish: Finish | None = None) -> Cycle:
+              cancel: Callable[[], bool] | None = None, finish: Finish | None = None,
+              watch: Watcher | None = None) -> Cycle:
     """Run STEPS under the state directory's lock; return the cycle's record. With NOW, the
-    clock is frozen there (tests control time). FINISH runs last, under the lock, also after
-    a step failed (with the error), and must not raise: notifications and metrics
-    (agent.operate.tell)."""
+    clock is frozen there (tests control time); WATCH sees each Ansible event. FINISH runs
+    last, under the lock, also after a step failed (with the error), and must not raise:
+    notifications and metrics (agent.operate.tell)."""
     state = StateDir(config.state_dir)
     state.ensure()
     if only_plan and (pause := read_pause(state)):
@@ -259,7 +263,8 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
                            "until petkeeper resume")
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
-                  cancel=cancel, clock=(lambda: now) if now else _now, command=command)
+                  cancel=cancel, watch=watch, clock=(lambda: now) if now else _now,
+                  command=command)
     with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
         note_cycle(state, cycle.run_id, f"petkeeper {command}")
         error: BaseException | None = None

@@ -1,17 +1,50 @@
-"""What people read on a terminal: pure renderers over the report and status data."""
+"""What people read on a terminal: pure renderers over the report and status data.
+
+Text from hosts and repos (diffs, messages, task and host names) may hold terminal control
+sequences: every renderer shows them as escapes (``\x1b``), never sends them to the terminal.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 COLORS = {"clean": "32", "drifted": "33", "failed": "31", "unreachable": "31", "unknown": "35",
           "+": "32", "-": "31", "@": "36"}
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (less tab, newline), DEL, C1
+COLOR_CHOICES = ("auto", "always", "never")
+
+
+def terminal_safe(text: str, newlines: bool = False) -> str:
+    """TEXT with every control character shown as an escape (\\x1b); tabs stay, and newlines
+    too when NEWLINES (multi-line text such as a diff), else they are escaped as well."""
+    text = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if newlines else text.replace("\n", "\\n")
+
+
+def color_wanted(choice: str, tty: bool, env: Mapping[str, str]) -> bool:
+    """--color CHOICE: always, never, or auto: on a terminal (TTY) unless NO_COLOR is set to
+    anything (no-color.org) or TERM is dumb. --color always outranks NO_COLOR."""
+    if choice in ("always", "never"):
+        return choice == "always"
+    return tty and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+
+
+def _safe(value: Any, key: str = "") -> Any:
+    """VALUE (report data) with its strings terminal_safe; diffs keep their lines."""
+    if isinstance(value, str):
+        return terminal_safe(value, newlines=key == "diff")
+    if isinstance(value, Mapping):
+        return {_safe(k): _safe(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v, key) for v in value]
+    return value
 
 
 def render_check(report: Mapping[str, Any], color: bool = False) -> str:
     """Given check --json data, return a terraform-plan-like summary with diffs."""
-    paint = _painter(color)
+    report, paint = _safe(report), _painter(color)
     lines = []
     for name, host in report["hosts"].items():
         changes = host["changes"]
@@ -36,7 +69,7 @@ def render_check(report: Mapping[str, Any], color: bool = False) -> str:
 
 def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
     """Given plan/run --json data, return each host's plan, decision and diffs, then applies."""
-    paint = _painter(color)
+    report, paint = _safe(report), _painter(color)
     lines = []
     for name, host in report["hosts"].items():
         plan = (report.get("plans") or {}).get(name) or {}
