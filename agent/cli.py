@@ -13,32 +13,22 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
 from agent import __version__
-from agent.adapters.gitrepo import Author
 from agent.adapters.runner import Watcher, warn_untested_ansible
 from agent.adapters.state import (
     StateDir,
     clear_pause,
-    cycle_lock,
     pause_applies,
-    read_pause,
-    read_status,
 )
 from agent.config import DEFAULT_PATH, Overrides, load_config
-from agent.core.approval import expiry
-from agent.cycle.apply import approval_record
-from agent.cycle.decide import approve_plan
-from agent.cycle.record import publish, report_history
-from agent.cycle.source import open_mirror
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
-from agent.cycle.trust import acknowledge
 from agent.errors import AgentError, ConfigError
-from agent.operate import output
+from agent.operate import commands, output
 from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
 from agent.operate.output import COLOR_CHOICES, color_wanted
@@ -218,6 +208,14 @@ def _add_service_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pause.add_argument("--reason", required=True, help="why; shown by status and in reports")
     pause.add_argument("--checks", action="store_true",
                        help="pause the daemon's checks too (whole cycles)")
+    _command(sub, "adopt", [common],
+             "move the state to a new repo.url (the Git server moved; root only)",
+             "The state directory belongs to the repository it was first used with. When the "
+             "Git server moved, set the new repo.url in the config, then run adopt: it fetches "
+             "from the new URL and records it; the reports' history, the approvals and the "
+             "no-rollback mark stay (a head that does not descend from the last applied commit "
+             "still holds applies until petkeeper ack).",
+             ["sudo petkeeper adopt", "sudo petkeeper --config /etc/petkeeper/agent.yml adopt"])
     _command(sub, "resume", [common], "undo petkeeper pause",
              "Let applies (and checks) run again after petkeeper pause.",
              ["petkeeper resume"])
@@ -316,59 +314,45 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise AgentError("approve: only root may approve a change to a pet; run it with sudo "
-                         "(your login name is recorded)")
     config = load_config(_config_path(args))
-    state = StateDir(config.state_dir)
-    now = datetime.now(UTC).replace(microsecond=0)
-    try:
-        expires = expiry(now, args.expires) if args.expires else \
-            now + timedelta(seconds=config.approvals.expires)
-    except ValueError as e:
-        raise AgentError(f"approve: --expires: {e}; write e.g. --expires 4h") from None
-    with cycle_lock(state, f"petkeeper approve {args.plan_id}"):
-        mirror = open_mirror(config, state)
-        approval = approve_plan(config, state, mirror, args.plan_id, approver_name(), now,
-                                expires, args.comment)
-        r = config.reports
-        result = publish(mirror, lambda base: [approval_record(approval)],
-                         url=config.reports_url, branch=r.branch,
-                         author=Author(r.author_name, r.author_email), push=r.push)
-    print(f"approved plan {approval.plan_id} for {approval.host} as {approval.approver}, "
-          f"until {approval.expires_at}; the next `petkeeper run` applies it")
-    if result.error:
-        print(f"warning: {result.error}", file=sys.stderr)
+    done = commands.approve(config, args.plan_ids, approver_name(), args.expires, args.comment)
+    for a in done.approvals:
+        print(f"approved plan {a.plan_id} for {a.host} as {a.approver}, until {a.expires_at}")
+    print("the next `petkeeper run` (or the daemon's next cycle) applies "
+          f"{'them' if len(done.approvals) > 1 else 'it'}")
+    if done.push_error:
+        print(f"warning: {done.push_error}", file=sys.stderr)
     return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise AgentError("ack: only root may let applies resume on a pet; run it with sudo "
-                         "(your login name is recorded)")
     config = load_config(_config_path(args))
-    state = StateDir(config.state_dir)
-    now = datetime.now(UTC).replace(microsecond=0).isoformat()
-    with cycle_lock(state, f"petkeeper ack {args.commit}"):
-        ack = acknowledge(state, open_mirror(config, state), args.commit, approver_name(), now,
-                          args.comment)
+    ack = commands.acknowledge_head(config, args.commit, approver_name(), args.comment)
     before = str(ack["applied_before"] or "none")[:12]
     print(f"acknowledged {ack['commit'][:12]} as {ack['by']} (last applied commit {before}); "
           "the next run may apply corrections from it and its descendants")
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    moved = commands.adopt(config, approver_name())
+    print(f"{config.state_dir} now belongs to {moved['url']}"
+          + (f" (was {moved['before']})" if moved["before"] else "")
+          + f"; {config.repo.branch} is at {moved['head'][:12]}")
+    if moved["hold"]:
+        print(f"warning: {moved['hold']}", file=sys.stderr)
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    state = StateDir(config.state_dir)
-    mirror = open_mirror(config, state)
-    with contextlib.suppress(AgentError):  # offline: show what the mirror has
-        mirror.fetch_reports(config.reports_url, config.reports.branch)
-    entries = report_history(mirror, config.reports.branch, args.host)
+    entries = commands.read_history(config, args.host, args.since, args.count)
     if args.json:
         print(json.dumps(entries, indent=2))
     else:
-        print(output.render_history(entries))
+        print(output.render_history(entries, f"nothing since {args.since}" if args.since
+                                    else "no reports yet"))
     return 0
 
 
@@ -382,8 +366,7 @@ def approver_name() -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    state = StateDir(config.state_dir)
-    status, pause = read_status(state), read_pause(state)
+    status, pause = commands.read_state_status(config)
     if args.json:
         print(json.dumps({**(status or {}), "paused": pause}, indent=2))
     if pause and not args.json:
@@ -476,7 +459,7 @@ COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_ch
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
-                            "notify": cmd_notify}
+                            "notify": cmd_notify, "adopt": cmd_adopt}
 
 
 def _config_path(args: argparse.Namespace) -> Path:

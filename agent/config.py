@@ -37,6 +37,7 @@ EVENTS = ("drift.detected", "drift.resolved", "approval.pending", "apply.succeed
 DEFAULT_EVENTS = tuple(e for e in EVENTS if e != "drift.resolved")
 TARGET_FORMATS = ("apprise", "cloudevents")  # a digest for people; one JSON event per POST
 URL_SYNTAX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
+COMMAND_LINE = "command line"  # where a value given as an option or argument came from
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    given: frozenset[str] = frozenset()  # the keys set on the command line, not in the file
 
     @property
     def reports_url(self) -> str:
@@ -227,13 +229,15 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         post_apply_tests=tests, requirements=requirements, daemon=daemon, notify=notify,
         metrics=metrics,
     )
+    for i, value in enumerate(config.extra_vars):
+        _check_extra_var(p, f"extra_vars[{i}]", value)
+    cli = Problems(COMMAND_LINE)  # what the command line got wrong is blamed on it
     for i, name in enumerate(overrides.playbooks):
-        _check_repo_path(p, f"playbooks[{i}] (command line)", name)
-    for key, values in (("extra_vars", config.extra_vars),
-                        ("extra_vars (command line -e)", overrides.extra_vars)):
-        for i, value in enumerate(values):
-            _check_extra_var(p, f"{key}[{i}]", value)
-    p.raise_if_any()
+        _check_repo_path(cli, f"PLAYBOOK #{i + 1}", name)
+    for i, value in enumerate(overrides.extra_vars):
+        _check_extra_var(cli, f"-e #{i + 1}", value)
+    if p.items or cli.items:
+        raise ConfigError(p.items + cli.items)
     return apply_overrides(config, overrides)
 
 
@@ -398,11 +402,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def origin(config: Config, key: str, option: str) -> str:
+    """Where KEY's value came from, for an error: the command line's OPTION, or the file."""
+    return f"{COMMAND_LINE}: {option}" if key in config.given else f"{config.path}: {key}"
+
+
 def apply_overrides(config: Config, o: Overrides) -> Config:
     """Return CONFIG with what the command line set in place of the file's values."""
     return replace(
         config,
         playbooks=o.playbooks or config.playbooks,
+        given=config.given | {key for key in ("playbooks", "limit", "tags", "skip_tags",
+                                               "extra_vars", "vault_password_file")
+                              if getattr(o, key) not in ((), None)},
         limit=o.limit if o.limit is not None else config.limit,
         tags=o.tags or config.tags,
         skip_tags=o.skip_tags or config.skip_tags,

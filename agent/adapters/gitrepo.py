@@ -65,12 +65,26 @@ class Author:
     email: str
 
 
+class MissingBranch(RepoError):
+    """The remote has no such branch; AVAILABLE lists the ones it has (when it said)."""
+
+    def __init__(self, branch: str, url: str, available: list[str]) -> None:
+        self.branch, self.available = branch, available
+        has = f" (it has: {', '.join(available[:10])}" + (", ..." if len(available) > 10
+                                                          else "") + ")" if available else ""
+        super().__init__(f"branch {branch!r} not found in {url}{has}")
+
+
 class Mirror:
     """The agent's private bare copy of the GitOps repository."""
 
     def __init__(self, path: Path, url: str, timeout: float,
-                 ssh_options: tuple[str, ...] = (), cancel: Cancel = None) -> None:
+                 ssh_options: tuple[str, ...] = (), keys: Mapping[str, str] | None = None,
+                 cancel: Cancel = None) -> None:
+        """KEYS names, per URL, the setting to check when it fails ("repo.url in FILE");
+        CANCEL stops the git that reaches a remote."""
         self.path, self.url, self.timeout, self.cancel = path, url, timeout, cancel
+        self.keys = dict(keys or {})
         if not (path / "HEAD").exists():
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
             _Repo.init(path, bare=True).close()
@@ -101,12 +115,21 @@ class Mirror:
             specs.append(f"+refs/heads/{reports_branch}*:refs/remotes/origin/{reports_branch}*")
         try:
             self._git("fetch", "--no-tags", "--prune", "--no-write-fetch-head", self.url,
-                      *specs, missing_ref=f"branch {branch!r} not found in {self.safe_url}")
+                      *specs, missing_ref=branch)
         except AgentError:
             # A transfer cut short leaves its partial pack, and gc never runs here: drop it.
             for partial in (self.path / "objects" / "pack").glob("tmp_*"):
                 partial.unlink(missing_ok=True)
             raise
+
+    def remote_branches(self) -> list[str]:
+        """The branches the remote has, by name ([] when it does not say)."""
+        try:
+            out = self._git("ls-remote", "--heads", self.url)
+        except AgentError:
+            return []
+        return sorted(line.partition("\trefs/heads/")[2] for line in out.splitlines()
+                      if "\trefs/heads/" in line)
 
     def resolve(self, branch: str) -> str | None:
         """Return the commit the mirror last fetched for BRANCH, or None."""
@@ -371,7 +394,7 @@ class Mirror:
             return text[:-1] if text.endswith("\n") else text
         stderr = redact_text(err.decode(errors="replace").strip())
         if missing_ref and "couldn't find remote ref" in stderr:
-            raise RepoError(missing_ref)
+            raise MissingBranch(missing_ref, self.safe_url, self.remote_branches())
         if "No space left on device" in stderr:
             raise _disk_full(self.path, args[0], stderr)
         if rejected and ("rejected" in stderr or b"[rejected]" in out):
@@ -381,7 +404,10 @@ class Mirror:
         if refusal and args[0] in NETWORK:
             raise HostKeyError(f"git {args[0]} {where}: {refusal}")
         if args[0] in NETWORK:
-            raise FetchError(f"git {args[0]} {where} failed: {_last_line(stderr) or 'no output'}")
+            answer = _answer(stderr) or "no output"
+            key = self.keys.get(remote or self.url)
+            fix = f"; check {key}" if key else ""
+            raise FetchError(f"git {args[0]} {where} failed: {answer}{fix}")
         raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}")
 
     def _run(self, args: tuple[str, ...], env: Mapping[str, str] | None = None,
@@ -420,6 +446,24 @@ def _disk_full(mirror: Path, command: str, stderr: str) -> AgentError:
                           f"({remote[0].removeprefix('remote:').strip()}); free space on the "
                           "Git server")
     return disk_full_error(mirror, f"(git {command})")
+
+
+# What git and ssh add around the cause of a failed transfer: said already, or no help.
+NOISE = ("debug1:", "Could not read from remote repository", "Please make sure you have",
+         "and the repository exists", "error: failed to push some refs")
+
+
+def _answer(stderr: str) -> str:
+    """The remote's answer, in one clean line: the first line that says why (git's fatal:,
+    ssh's connect error), without the generic lines around it, the prefix and the end dot."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and
+             not any(ln.strip().startswith(n) or n in ln for n in NOISE)]
+    if not lines:
+        return _last_line(stderr).removeprefix("fatal:").strip().rstrip(".")
+    cause = next((ln for ln in lines if ln.startswith(("fatal:", "error:", "ssh:"))), lines[0])
+    for prefix in ("fatal:", "error:", "ssh:", "remote:"):
+        cause = cause.removeprefix(prefix).strip()
+    return cause.rstrip(".")
 
 
 def _last_line(text: str) -> str:

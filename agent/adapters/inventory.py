@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from agent.core.schema import printable_key
 from agent.errors import RepoError
 
 INVENTORY_TIMEOUT = 120.0
+# Ansible's words when a pattern of the limit matches nothing (an error under
+# ANSIBLE_HOST_PATTERN_MISMATCH=error, though it still says "ignoring").
+NO_MATCH = re.compile(r"Could not match supplied host pattern, ignoring: (.+)")
+
+
+class NoHostMatches(RepoError):
+    """A pattern of the limit matches no host or group of the inventory."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        super().__init__(f"{pattern!r} matches no host or group of the inventory")
 
 
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
@@ -37,6 +49,8 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
                        timeout=INVENTORY_TIMEOUT, cancel=cancel, cwd=tree, env=env,
                        fix="check the inventory's dynamic sources (scripts, plugins)")
     if proc.returncode != 0:
+        if limit and (m := NO_MATCH.search(proc.stderr)):
+            raise NoHostMatches(m.group(1).strip().rstrip("."))
         raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
                         "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
     source = f"{_relative(inventory, tree)} (ansible-inventory --list)"

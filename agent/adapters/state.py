@@ -18,6 +18,7 @@ Layout (mode 0700)::
     trust.json      last verified source commit, last applied one, an acknowledged rewind
     metrics.json    counters and gauges behind every metrics exposition (agent.operate.metrics)
     notify.json     what was told per host, and the outbox of undelivered events
+    repo.json       the repository (repo.url, credentials left out) this directory belongs to
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.redact import redact_text
 from agent.errors import LockedError, StalledError, TransientError
 
 STATUS_SCHEMA = 1
 PAUSE_SCHEMA = 1
 CYCLE_SCHEMA = 1
+REPO_SCHEMA = 1
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a quota: free space and retry
 
 
@@ -100,6 +103,10 @@ class StateDir:
     @property
     def trust_file(self) -> Path:
         return self.root / "trust.json"
+
+    @property
+    def repo_file(self) -> Path:
+        return self.root / "repo.json"
 
     def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""
@@ -190,6 +197,50 @@ def read_status(state: StateDir) -> dict[str, Any] | None:
 def write_status(state: StateDir, status: dict[str, Any]) -> None:
     body = {"schema": STATUS_SCHEMA, **status}
     write_atomic(state.status_file, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+
+
+def claim_repo(state: StateDir, url: str, config_path: str, write: bool = True) -> None:
+    """The state directory belongs to one repository: the first config to use it records its
+    URL (credentials left out, so a rotated password is the same repository); a config with
+    another repo.url is refused (StalledError), until `petkeeper adopt` moves the state."""
+    safe = redact_text(url)
+    owner = read_repo(state)
+    if owner is None:
+        if write and state.root.is_dir():
+            write_json(state.repo_file, {"schema": REPO_SCHEMA, "url": safe, "since": _now_iso(),
+                                         "config": config_path})
+        return
+    if owner["url"] != safe:
+        raise StalledError(
+            f"{config_path}: repo.url: {safe} is not the repository state_dir {state.root} "
+            f"belongs to ({owner['url']}, recorded by {owner.get('config')} since "
+            f"{owner.get('since')}); give this config its own state_dir, or, if the Git "
+            "server moved, run petkeeper adopt to move this state to the new URL")
+
+
+def read_repo(state: StateDir) -> dict[str, Any] | None:
+    """What repo.json records (url, since, config), or None before any cycle."""
+    data = read_json(state.repo_file, None)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("schema") != REPO_SCHEMA or \
+            not isinstance(data.get("url"), str):
+        raise StalledError(f"{state.repo_file}: not a repository record of schema "
+                           f"{REPO_SCHEMA}; run petkeeper adopt to record the repository again")
+    return data
+
+
+def adopt_repo(state: StateDir, url: str, config_path: str, by: str) -> dict[str, Any] | None:
+    """Record URL as the repository the state belongs to (a moved Git server); return what
+    was recorded before (None: nothing)."""
+    try:
+        before = read_repo(state)
+    except StalledError:
+        before = None
+    write_json(state.repo_file, {"schema": REPO_SCHEMA, "url": redact_text(url),
+                                 "since": _now_iso(), "config": config_path, "adopted_by": by,
+                                 "before": before["url"] if before else None})
+    return before
 
 
 def read_pause(state: StateDir) -> dict[str, Any] | None:

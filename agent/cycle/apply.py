@@ -29,7 +29,7 @@ from agent.adapters.state import (
 from agent.adapters.verify import run_host_tests
 from agent.config import Config
 from agent.core.approval import Approval
-from agent.core.drift import CLEAN, HostReport
+from agent.core.drift import CLEAN, HostReport, build_host_reports
 from agent.core.ledger import record_apply
 from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
@@ -238,6 +238,10 @@ def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir
         run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
         result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
         if result.status != "successful":
-            return f"{playbook}: ansible-playbook {result.status} (rc {result.rc})"
+            reports = build_host_reports(result.events, targets.hosts, str(source.tree),
+                                         result.facts)
+            why = [r.message for r in reports.values() if r.status != CLEAN and r.message]
+            return f"{playbook}: " + ("; ".join(why) if why else
+                                      f"ansible-playbook {result.status} (rc {result.rc})")
     return ""
 

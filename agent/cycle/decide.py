@@ -236,18 +236,53 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def require_known_plan(state: StateDir, pid: str) -> None:
+    """`petkeeper apply PID`: RepoError at once, before a check is run, when the last check
+    made no plan PID (so it cannot be current); the error lists the plans waiting."""
+    plans = read_json(state.plans_file, None)
+    if plans is None:
+        raise RepoError(f"apply {printable_key(pid)}: no check has run on {state.root} yet; run "
+                        "petkeeper plan, approve a plan it shows, then apply it")
+    if not isinstance(plans, dict) or any(isinstance(p, dict) and p.get("plan_id") == pid
+                                          for p in plans.values()):
+        return  # known (or unreadable: the cycle's own reading says so)
+    waiting = [f"{printable_key(host)} {p.get('plan_id')} ({p.get('action')})"
+               for host, p in sorted(plans.items())
+               if isinstance(p, dict) and p.get("action") in (APPLY, WAIT)]
+    raise RepoError(f"apply {printable_key(pid)}: not a plan of the last check; "
+                    + (f"plans waiting: {', '.join(waiting)}" if waiting else "no plan waits")
+                    + "; run petkeeper plan to see the current ones")
+
+
 def approve_plan(config: Config, state: StateDir, mirror: Mirror, pid: str, approver: str,
                  now: datetime, expires: datetime, comment: str) -> Approval:
     """Record APPROVER's yes to plan PID of the last check; return the approval.
 
     The approval binds the plan's host, source commit and fingerprint; RepoError when PID is
     not a plan of the last check that waits for an approval."""
+    return approve_plans(config, state, mirror, [pid], approver, now, expires, comment)[0]
+
+
+def approve_plans(config: Config, state: StateDir, mirror: Mirror, pids: Sequence[str],
+                  approver: str, now: datetime, expires: datetime,
+                  comment: str) -> list[Approval]:
+    """Record APPROVER's yes to each plan of PIDS (one approval each); all or none: the
+    first that cannot be approved is a RepoError, and nothing is written."""
     plans = read_json(state.plans_file, {})
     if not isinstance(plans, dict) or not all(
             isinstance(p, dict) and all(isinstance(p.get(k), str) for k in PLAN_KEYS)
             for p in plans.values()):
         raise StalledError(f"{state.plans_file}: not the plans of a check; run petkeeper plan "
                            "again, then approve")
+    approvals = [_approval(plans, pid, approver, now, expires, comment)
+                 for pid in dict.fromkeys(pids)]
+    for approval in approvals:
+        write_json(state.approvals / f"{approval.plan_id}.json", approval.as_dict())
+    return approvals
+
+
+def _approval(plans: Mapping[str, Any], pid: str, approver: str, now: datetime,
+              expires: datetime, comment: str) -> Approval:
     match = [(host, p) for host, p in plans.items() if p.get("plan_id") == pid]
     if not match:
         raise RepoError(f"plan {printable_key(pid)}: not a plan of the last check; run "
@@ -259,9 +294,7 @@ def approve_plan(config: Config, state: StateDir, mirror: Mirror, pid: str, appr
                         "an approval would never be applied: change the policy in Git instead")
     if plan.get("action") not in (APPLY, WAIT):
         raise RepoError(f"plan {pid} ({host}): nothing to approve ({plan.get('reason')})")
-    approval = Approval(host=host, plan_id=pid, source_sha=plan["source_sha"],
-                        fingerprint=plan["fingerprint"], approver=approver, how="host",
-                        approved_at=now.isoformat(timespec="seconds"),
-                        expires_at=expires.isoformat(timespec="seconds"), comment=comment)
-    write_json(state.approvals / f"{pid}.json", approval.as_dict())
-    return approval
+    return Approval(host=host, plan_id=pid, source_sha=plan["source_sha"],
+                    fingerprint=plan["fingerprint"], approver=approver, how="host",
+                    approved_at=now.isoformat(timespec="seconds"),
+                    expires_at=expires.isoformat(timespec="seconds"), comment=comment)

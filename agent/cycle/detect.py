@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from agent.adapters.inventory import list_hosts
+from agent.adapters.inventory import NoHostMatches, list_hosts
 from agent.adapters.runner import PlaybookRun, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
-from agent.config import Config
+from agent.config import COMMAND_LINE, Config, origin
 from agent.core.drift import HostReport, build_host_reports, mask_reports
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
@@ -41,6 +41,15 @@ def this_host_names() -> list[str]:
 
 def select_playbooks(config: Config, tree: Path, names: list[str]) -> tuple[str, ...]:
     """The configured playbooks, or ansible-pull's choice: <fqdn>.yml, <hostname>.yml, local.yml."""
+    if "playbooks" in config.given:
+        for i, name in enumerate(config.playbooks):
+            if not (tree / name).is_file():
+                found = sorted(p.name for p in tree.glob("*.y*ml") if p.is_file())[:8]
+                raise RepoError(f"{COMMAND_LINE}: PLAYBOOK #{i + 1}: {name!r} not found in the "
+                                f"repository at this commit (playbooks at its top: "
+                                f"{', '.join(found) or 'none'}); name one of them")
+            resolve_in_tree(tree, name, f"{COMMAND_LINE}: PLAYBOOK #{i + 1}")
+        return config.playbooks
     if config.playbooks:
         for i, name in enumerate(config.playbooks):
             resolve_in_tree(tree, name, f"{config.path}: playbooks[{i}]")
@@ -76,12 +85,35 @@ def select_targets(config: Config, source: Source, state: StateDir,
         limit = mine[0]
         hosts = {limit: everyone[limit]}  # the listing has it: no second ansible-inventory
     else:
-        hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file, source.env,
-                           cancel=cancel)
+        try:
+            hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file,
+                               source.env, cancel=cancel)
+        except NoHostMatches as e:
+            raise _limit_error(config, source, inventory, e.pattern) from None
     if not hosts:
-        raise RepoError(f"{config.path}: limit: {limit!r} selects no host of the inventory; "
-                        "fix the limit")
+        raise _limit_error(config, source, inventory, limit)
     return Targets(playbooks, inventory, tuple(hosts), limit, hosts)
+
+
+def _limit_error(config: Config, source: Source, inventory: Path, pattern: str) -> RepoError:
+    """The limit's PATTERN matches nothing: say what the inventory has (its first hosts)."""
+    everyone = list_hosts(source.tree, inventory, None, config.vault_password_file, source.env)
+    groups = sorted({g for gs in everyone.values() for g in gs})
+    has = f"{len(everyone)} host(s): {_first(list(everyone))}" if everyone else "no hosts"
+    if groups:
+        has += f"; groups: {_first(groups)}"
+    return RepoError(f"{origin(config, 'limit', '--limit')}: {pattern!r} matches no host or "
+                     f"group of {_relative(inventory, source.tree)}, which has {has}; fix the "
+                     "limit")
+
+
+def _first(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)"
+                                       if len(names) > shown else "")
+
+
+def _relative(path: Path, tree: Path) -> str:
+    return str(path.relative_to(tree)) if path.is_relative_to(tree) else str(path)
 
 
 def write_local_inventory(state: StateDir, name: str) -> Path:
@@ -104,7 +136,8 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
         result = run_playbook(playbook_run(config, source, targets, playbook,
                                             f"{run_id}-check-{i}"),
                               state.runner, config.ansible.artifacts_keep, cancel, watch)
-        log.info("check of %s finished: %s (rc %s)", playbook, result.status, result.rc)
+        log.debug("check of %s finished: ansible-runner says %s (rc %s)", playbook,
+                  result.status, result.rc)  # what it means per host: the cycle's result line
         if result.status == "timeout":
             log.warning("check of %s timed out after %ss: hosts without results are unknown",
                         playbook, config.ansible.timeout)

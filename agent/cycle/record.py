@@ -37,15 +37,28 @@ class RunInfo:
     paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
 
 
+PUSHED, NOTHING_TO_PUSH, PUSH_OFF, PUSH_FAILED, PUSH_REJECTED = (
+    "pushed", "nothing to push", "off", "failed", "rejected")
+
+
 @dataclass(frozen=True)
 class PublishResult:
-    committed: tuple[str, ...]  # hosts whose report was committed this cycle
+    committed: tuple[tuple[str, str], ...]  # (host, file) of each commit made this cycle
     queued: int  # report commits the remote does not have yet
     pushed: bool
     error: str | None = None
     # (host, commit) of each host report committed: a later rebase onto a moved remote
     # (sync_queue) makes a new commit of the same report
     report_commits: tuple[tuple[str, str], ...] = ()
+    push: str = NOTHING_TO_PUSH  # PUSHED, NOTHING_TO_PUSH, PUSH_OFF (reports.push: false),
+    # PUSH_FAILED (the remote could not be reached) or PUSH_REJECTED (it moved meanwhile)
+
+    def committed_by_host(self) -> dict[str, list[str]]:
+        """Each host once, with the files committed for it."""
+        found: dict[str, list[str]] = {}
+        for host, path in self.committed:
+            found.setdefault(host, []).append(path)
+        return found
 
 
 def report_path(host: str) -> str:
@@ -172,7 +185,7 @@ def publish(mirror: Mirror, make_records: Callable[[str | None], list[Record]], 
                                   author, record.when)
         mirror.set_queue(new, base)
         base = new
-        committed.append(record.host)
+        committed.append((record.host, record.path))
         if record.path == report_path(record.host):
             reports.append((record.host, new))
         log.info("%s", record.message.splitlines()[0])
@@ -189,22 +202,23 @@ def publish_reports(mirror: Mirror, reports: Mapping[str, HostReport], run: RunI
 
 
 def push_queue(mirror: Mirror, url: str, branch: str, remote: str | None,
-               committed: tuple[str, ...], push: bool) -> PublishResult:
+               committed: tuple[tuple[str, str], ...], push: bool) -> PublishResult:
     queued = len(mirror.queued_commits(remote))
     if not queued or not push:
-        return PublishResult(committed, queued, pushed=False)
+        return PublishResult(committed, queued, pushed=False,
+                             push=PUSH_OFF if queued else NOTHING_TO_PUSH)
     try:
         pushed = mirror.push_reports(url, branch)
     except FetchError as e:
         log.warning("%s; %d report commit(s) stay queued for the next cycle", e, queued)
-        return PublishResult(committed, queued, pushed=False, error=str(e))
+        return PublishResult(committed, queued, pushed=False, error=str(e), push=PUSH_FAILED)
     if not pushed:
         msg = f"push to {branch} rejected (the remote moved); {queued} report commit(s) " \
               "stay queued and will be rebased and pushed next cycle"
         log.warning("%s", msg)
-        return PublishResult(committed, queued, pushed=False, error=msg)
+        return PublishResult(committed, queued, pushed=False, error=msg, push=PUSH_REJECTED)
     log.info("pushed %d report commit(s) to %s", queued, branch)
-    return PublishResult(committed, 0, pushed=True)
+    return PublishResult(committed, 0, pushed=True, push=PUSHED)
 
 
 def sync_queue(mirror: Mirror, branch: str, author: Author) -> str | None:

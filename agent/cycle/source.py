@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.adapters.gitrepo import Mirror
-from agent.adapters.state import StateDir, write_atomic
+from agent.adapters.gitrepo import Mirror, MissingBranch
+from agent.adapters.state import StateDir, claim_repo, write_atomic
 from agent.adapters.vault import vault_values
 from agent.config import Config, parse_extra_var
 from agent.core.ansible_cfg import check_ansible_cfg
@@ -40,14 +40,31 @@ class Source:
     mask: Callable[[str], str] = field(default=lambda text: text)  # hides secrets in reports
 
 
-def open_mirror(config: Config, state: StateDir,
+def open_mirror(config: Config, state: StateDir, claim: bool = True,
                 cancel: Callable[[], bool] | None = None) -> Mirror:
-    """The state directory's mirror of the repo; CANCEL stops the git it runs."""
+    """The mirror of CONFIG's repository; CANCEL stops the git it runs. With CLAIM,
+    StalledError when STATE belongs to another repository (claim_repo)."""
+    if claim:
+        claim_repo(state, config.repo.url, config.path)
     repo = config.repo
     ssh = (("-o", f"IdentityFile={repo.ssh_key}", "-o", "IdentitiesOnly=yes") if repo.ssh_key
            else ()) + (("-o", f"UserKnownHostsFile={repo.known_hosts}") if repo.known_hosts
                        else ())
-    return Mirror(state.mirror, repo.url, repo.timeout, ssh, cancel)
+    keys = {repo.url: f"repo.url in {config.path}"}
+    if config.reports.url:
+        keys[config.reports.url] = f"reports.url in {config.path}"
+    return Mirror(state.mirror, repo.url, repo.timeout, ssh, keys, cancel)
+
+
+def fetch_source(config: Config, mirror: Mirror, reports_branch: str | None) -> None:
+    """Fetch the source branch (and REPORTS_BRANCH); a missing branch is repo.branch's fault,
+    named with the branches the remote has."""
+    try:
+        mirror.fetch(config.repo.branch, reports_branch)
+    except MissingBranch as e:
+        fix = "set repo.branch to one of them" if e.available else \
+            "set repo.branch to an existing branch, or push it"
+        raise RepoError(f"{config.path}: repo.branch: {e}; {fix}") from None
 
 
 def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
@@ -55,7 +72,7 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
     fetch_error = None
     reports = config.reports.branch if config.reports_url == config.repo.url else None
     try:
-        mirror.fetch(config.repo.branch, reports)
+        fetch_source(config, mirror, reports)
     except FetchError as e:
         if mirror.resolve(config.repo.branch) is None:
             raise

@@ -28,6 +28,7 @@ from agent.adapters.state import (
     note_cycle,
     read_json,
     read_pause,
+    read_status,
     write_status,
 )
 from agent.config import Config
@@ -46,11 +47,13 @@ from agent.cycle.apply import (
 )
 from agent.cycle.decide import (
     APPLY,
+    WAIT,
     Plan,
     classify_report,
     decide_plans,
     hold_paused,
     pause_reason,
+    require_known_plan,
 )
 from agent.cycle.detect import Targets, check_drift, select_targets
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
@@ -94,6 +97,7 @@ class Cycle:
     pause: dict[str, Any] | None = None  # `petkeeper pause`, as last read by decide or apply
     cancel: Callable[[], bool] | None = None
     watch: Watcher | None = None  # sees each Ansible event: a progress line, say
+    checked: dict[str, str] = field(default_factory=dict)  # host -> when its last check ended
     clock: Callable[[], datetime] = field(default=lambda: _now())
     command: str = ""  # what ran it: check, plan, run, apply, "daemon run", ...
     began: float = field(default_factory=time.monotonic)
@@ -130,14 +134,15 @@ class Cycle:
             "applies": [a.as_dict() for a in self.applies],
             "paused": self.pause,
             "reports": None if self.publish is None else {
-                "committed": list(self.publish.committed), "queued": self.publish.queued,
-                "pushed": self.publish.pushed, "error": self.publish.error},
+                "committed": self.publish.committed_by_host(), "queued": self.publish.queued,
+                "pushed": self.publish.pushed, "push": self.publish.push,
+                "error": self.publish.error},
         }
 
 
 def fetch_step(c: Cycle) -> None:
     """Pull: fetch, pin the commit, materialise it, install its Galaxy requirements."""
-    c.mirror = open_mirror(c.config, c.state, c.cancel)
+    c.mirror = open_mirror(c.config, c.state, cancel=c.cancel)
     source = sync_source(c.config, c.state, c.mirror)
     env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
                                c.config.ansible.timeout, c.cancel)
@@ -164,6 +169,8 @@ def recover_step(c: Cycle) -> None:
 def check_step(c: Cycle) -> None:
     assert c.source is not None and c.targets is not None
     c.hosts = check_drift(c.config, c.source, c.targets, c.state, c.run_id, c.cancel, c.watch)
+    ended = c.clock().isoformat(timespec="seconds")
+    c.checked = {host: ended for host in c.hosts}
     c.advance(Stage.CHECKED)
 
 
@@ -204,6 +211,7 @@ def apply_step(c: Cycle) -> None:
             break
         ledger = read_json(c.state.ledger_file, ledger)
         c.hosts[host] = classify_report(after, ledger.get(host), plan.source_sha)
+        c.checked[host] = result.finished or c.clock().isoformat(timespec="seconds")
         c.applies.append(result)
         c.pending.append(apply_record(result))
     c.advance(Stage.APPLIED)
@@ -216,19 +224,48 @@ def record_applies_step(c: Cycle) -> None:
 
 
 def save_step(c: Cycle) -> None:
+    """status.json: the last run, and per host its last check and last apply. Hosts this cycle
+    did not check (another limit) keep what an earlier cycle saved about them."""
     assert c.source is not None
+    earlier = _saved_hosts(c.state)
+    last_run = {k: v for k, v in c.as_json().items() if k not in ("hosts", "plans")}
     write_status(c.state, {
-        "last_run": {**c.as_json(), "hosts": None, "plans": None, "finished": _now().isoformat(
-            timespec="seconds"), "exit_code": c.exit_code},
-        "hosts": {name: {"status": r.status, "fingerprint": r.fingerprint,
-                         "changes": len(r.changes), "message": r.message,
-                         "source_sha": c.source.sha, "source_rejected": c.source.rejected,
-                         "checked_at": c.started.isoformat(
-                             timespec="seconds"), "run_id": c.run_id,
-                         "plan": c.plans[name].as_dict() if name in c.plans else None}
-                  for name, r in c.hosts.items()},
+        "last_run": {**last_run, "finished": _now().isoformat(timespec="seconds"),
+                     "exit_code": c.exit_code},
+        "hosts": {**earlier, **{name: _host_status(c, name, r, earlier.get(name) or {})
+                                for name, r in c.hosts.items()}},
     })
     c.advance(Stage.SAVED)
+
+
+def _host_status(c: Cycle, name: str, r: HostReport, earlier: dict[str, Any]) -> dict[str, Any]:
+    assert c.source is not None
+    entry = {"status": r.status, "fingerprint": r.fingerprint, "changes": len(r.changes),
+             "message": r.message, "source_sha": c.source.sha,
+             "source_rejected": c.source.rejected,
+             "checked_at": c.checked.get(name, c.started.isoformat(timespec="seconds")),
+             "run_id": c.run_id}
+    if name in c.plans:
+        entry["plan"] = c.plans[name].as_dict()
+    applies = [a for a in c.applies if a.host == name]
+    last_apply = {"at": applies[-1].finished, "result": applies[-1].result,
+                  "plan_id": applies[-1].plan_id, "approved_by": applies[-1].approved_by,
+                  "run_id": applies[-1].run_id} if applies else earlier.get("last_apply")
+    if last_apply:
+        entry["last_apply"] = last_apply
+    return entry
+
+
+def _saved_hosts(state: StateDir) -> dict[str, Any]:
+    """The hosts the last status.json holds; {} when it is missing or unreadable (this cycle
+    writes a sound one)."""
+    try:
+        status = read_status(state)
+    except AgentError:
+        return {}
+    hosts = (status or {}).get("hosts")
+    return {k: v for k, v in hosts.items() if isinstance(v, dict)} \
+        if isinstance(hosts, dict) else {}
 
 
 Step = Callable[[Cycle], None]
@@ -261,6 +298,8 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
     if only_plan and (pause := read_pause(state)):
         raise StalledError(f"apply {only_plan}: {pause_reason(pause)}; nothing is applied "
                            "until petkeeper resume")
+    if only_plan:
+        require_known_plan(state, only_plan)  # at once: not after a check of many seconds
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
                   cancel=cancel, watch=watch, clock=(lambda: now) if now else _now,
@@ -273,6 +312,8 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
                      redact_text(config.repo.url))
             for step in steps:
                 step(cycle)
+            log.log(logging.WARNING if cycle.exit_code == EXIT_ERROR else logging.INFO, "%s",
+                    result_line(cycle, command))
         except BaseException as e:
             error = e
             raise
@@ -283,6 +324,26 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
             if cycle.mirror is not None:
                 cycle.mirror.close()
     return cycle
+
+
+def result_line(c: Cycle, command: str) -> str:
+    """The cycle's outcome in one log line: hosts per status, the source commit, what was
+    committed, what waits for approval, what was applied."""
+    counts: dict[str, int] = {}
+    for report in c.hosts.values():
+        counts[report.status] = counts.get(report.status, 0) + 1
+    parts = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no hosts",
+             f"source {c.source.sha[:12] if c.source else 'none'}"]
+    if c.publish is not None:
+        done = c.publish.committed_by_host()
+        parts.append(f"committed {', '.join(f'{h} ({len(f)})' for h, f in done.items())}"
+                     if done else "nothing committed")
+        parts[-1] += f", {c.publish.push}"
+    waiting = [f"{h} plan {p.plan_id}" for h, p in c.plans.items() if p.action == WAIT]
+    parts.append(f"waiting: {', '.join(waiting)}" if waiting else "nothing waits")
+    parts.append("applied: " + (", ".join(f"{a.host} plan {a.plan_id} {a.result}"
+                                          for a in c.applies) or "nothing"))
+    return f"cycle {c.run_id} ({command}) exit {c.exit_code}: {'; '.join(parts)}"
 
 
 def new_run_id(when: datetime) -> str:
@@ -304,8 +365,8 @@ def _publish(c: Cycle) -> None:
     clear_journal(c.state, c.applies)  # their records are committed: queued, if not pushed
     earlier = c.publish.committed if c.publish else ()
     commits = c.publish.report_commits if c.publish else ()
-    c.publish = PublishResult(earlier + result.committed, result.queued, result.pushed,
-                              result.error, commits + result.report_commits)
+    c.publish = replace(result, committed=earlier + result.committed,
+                        report_commits=commits + result.report_commits)
 
 
 def _tidy(mirror: Mirror) -> None:

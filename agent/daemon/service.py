@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.adapters.state import StateDir, cycle_lock, read_pause
 from agent.config import Config, load_config
-from agent.cycle.source import open_mirror
+from agent.cycle.source import fetch_source, open_mirror
 from agent.cycle.steps import RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
 from agent.daemon.isolate import ChildFailed, run_isolated
 from agent.daemon.sd_notify import notify, watchdog_interval
@@ -38,7 +38,6 @@ from agent.errors import (
     ConfigError,
     FetchError,
     LockedError,
-    RepoError,
     StalledError,
 )
 from agent.operate.metrics import serve_metrics
@@ -252,13 +251,10 @@ class Daemon:
     def _peek(self, config: Config) -> str | None:
         """The cheap fetch: the source branch's head, without a cycle."""
         with cycle_lock(self.state, "petkeeper daemon: fetch"):
-            mirror = open_mirror(config, self.state, self.cancelled)
+            mirror = open_mirror(config, self.state, cancel=self.cancelled)
             try:
-                mirror.fetch(config.repo.branch, None)
+                fetch_source(config, mirror, None)
                 return mirror.resolve(config.repo.branch)
-            except RepoError as e:
-                raise RepoError(f"{config.path}: repo.branch: {e}; set repo.branch to an "
-                                "existing branch, or push it") from e
             finally:
                 mirror.close()
 

@@ -94,31 +94,39 @@ def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_history(entries: Sequence[Mapping[str, Any]]) -> str:
-    """Given report_history() entries, return one line per commit, newest first."""
+def render_history(entries: Sequence[Mapping[str, Any]], empty: str = "no reports yet") -> str:
+    """Given report_history() entries, return one line per commit, newest first: when, which
+    host, what happened (who approved it, once), on which source commit."""
     if not entries:
-        return "no reports yet"
+        return empty
+    entries = _safe(list(entries))
+    hosts = [str(e["trailers"].get("Petkeeper-Host", "")) for e in entries]
+    width = max(len(h) for h in hosts)
     lines = []
-    for e in entries:
+    for e, host in zip(entries, hosts, strict=True):
         t = e["trailers"]
+        what = str(e["subject"]).removeprefix(f"{host}: ")
+        approver = t.get("Petkeeper-Approved-By")
+        if approver and approver not in what:
+            what += f", approved by {approver}"
         source = str(t.get("Petkeeper-Source", ""))[:12]
-        by = f", approved by {t['Petkeeper-Approved-By']}" if "Petkeeper-Approved-By" in t \
-            else ""
-        lines.append(f"{e['date']}  {e['subject']}  (source {source}{by})")
+        lines.append(f"{e['date']}  {host:<{width}}  {what}" +
+                     (f"  (source {source})" if source else ""))
     return "\n".join(lines)
 
 
 def render_status(status: Mapping[str, Any]) -> str:
-    """Given status.json data, return one line per host and the last run."""
+    """Given status.json data, return the last run, then per host its last check, what waits
+    and its last apply."""
+    status = _safe(status)
     last = status.get("last_run") or {}
-    reports = last.get("reports") or {}
     lines = [f"last run {last.get('run_id')} at {last.get('started')}, source "
              f"{str(last.get('source_sha'))[:12]}, exit {last.get('exit_code')}"]
     if last.get("fetch_error"):
         lines.append(f"  fetch failed: {last['fetch_error']}")
     if last.get("applies_held"):
         lines.append(f"  applies held: {last['applies_held']}")
-    queued = reports.get("queued", 0)
+    queued = (last.get("reports") or {}).get("queued", 0)
     lines.append(f"  reports: {queued} commit(s) queued, not yet pushed" if queued
                  else "  reports: all pushed")
     for name, host in sorted((status.get("hosts") or {}).items()):
@@ -126,6 +134,12 @@ def render_status(status: Mapping[str, Any]) -> str:
                      f"{host['checked_at']} at {str(host['source_sha'])[:12]}")
         if host.get("source_rejected"):
             lines.append(f"  source head rejected: {host['source_rejected']}")
+        plan = host.get("plan") or {}
+        if plan.get("action") in ("wait", "apply"):
+            lines.append(f"  plan {plan['plan_id']}: {plan.get('reason')}")
+        if applied := host.get("last_apply"):
+            lines.append(f"  last apply {applied['at']}: {applied['result']} (plan "
+                         f"{applied['plan_id']}, approved by {applied['approved_by']})")
     return "\n".join(lines)
 
 
@@ -154,14 +168,24 @@ def _footer(report: Mapping[str, Any]) -> str:
     if pause := report.get("paused"):
         line += (f"\npaused by {pause['by']} since {pause['at']}: {pause['reason']}; nothing "
                  "is applied until petkeeper resume")
-    rep = report.get("reports")
-    if rep:
-        line += f"\nreports: {len(rep['committed'])} committed"
-        line += ", pushed" if rep["pushed"] else (f", {rep['queued']} queued" if rep["queued"]
-                                                 else ", nothing to push")
+    if rep := report.get("reports"):
+        line += f"\n{_reports_line(rep)}"
         if rep.get("error"):
             line += f"\nwarning: {rep['error']}"
     return line
+
+
+def _reports_line(rep: Mapping[str, Any]) -> str:
+    """What the cycle committed to the reports branch, and whether it reached the remote."""
+    committed = rep.get("committed") or {}
+    files = sum(len(v) for v in committed.values())
+    line = f"reports: {files} commit(s) for {', '.join(committed)}" if files else \
+        "reports: nothing new to commit"
+    queued = rep.get("queued", 0)
+    return line + {"pushed": ", pushed", "off": f"; {queued} queued (reports.push is off)",
+                   "failed": f"; push failed, {queued} commit(s) queued for the next cycle",
+                   "rejected": f"; push rejected, {queued} commit(s) queued for the next cycle",
+                   }.get(str(rep.get("push")), "; nothing to push")
 
 
 def _painter(color: bool) -> Callable[[str, str], str]:

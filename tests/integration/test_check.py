@@ -85,7 +85,7 @@ def test_unchanged_drift_keeps_its_fingerprint_and_makes_no_new_commit(fleet, re
     assert second["run_id"] != first["run_id"]
     for host in ("alpha", "beta"):
         assert second["hosts"][host]["fingerprint"] == first["hosts"][host]["fingerprint"]
-    assert second["reports"]["committed"] == []
+    assert second["reports"]["committed"] == {}
     assert remote.log() == commits
 
 
@@ -95,7 +95,7 @@ def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remot
     _, second = check_json(fleet, "--limit", "beta")
 
     assert second["hosts"]["beta"]["fingerprint"] != first["hosts"]["beta"]["fingerprint"]
-    assert second["reports"]["committed"] == ["beta"]
+    assert second["reports"]["committed"] == {"beta": ["hosts/beta.yml"]}
     assert len(remote.log()) == 2
 
 
@@ -107,7 +107,8 @@ def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, rem
     beat = run_check(config, now=t0 + timedelta(hours=24, seconds=1))
 
     assert quiet.publish is not None and quiet.publish.committed == ()
-    assert beat.publish is not None and set(beat.publish.committed) == {"alpha", "beta", "ghost"}
+    assert beat.publish is not None and set(beat.publish.committed_by_host()) == {
+        "alpha", "beta", "ghost"}
     assert len(remote.log()) == 6
     assert "(heartbeat)" in remote.log(fmt="%b")[0]
 

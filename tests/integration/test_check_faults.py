@@ -69,7 +69,8 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
 
     code, rejected = check_json(pets)
     assert code == 2
-    assert rejected["reports"]["committed"] == ["beta"]
+    assert rejected["reports"]["committed"] == {"beta": ["hosts/beta.yml"]}
+    assert rejected["reports"]["push"] == "rejected"
     assert rejected["reports"]["queued"] == 1 and not rejected["reports"]["pushed"]
     assert "rejected" in rejected["reports"]["error"]
     assert remote.rev("petkeeper/reports") == first_tip
@@ -81,7 +82,7 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
     other = push_as_other_writer(remote, tmp_path, "hosts/other.yml", "status: clean\n")
     _, later = check_json(pets)
 
-    assert later["reports"]["committed"] == [] and later["reports"]["pushed"]
+    assert later["reports"]["committed"] == {} and later["reports"]["pushed"]
     tip = remote.rev("petkeeper/reports")
     git("--git-dir", str(remote.bare), "merge-base", "--is-ancestor", other, tip)  # no force
     assert remote.log()[:3] == ["beta: drifted (1 change, 1 check-blind)", "other: report",
@@ -100,10 +101,12 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
     elsewhere.bare.rename(moved)
     code, down = check_json(cfg)
     assert code == 0 and down["reports"]["queued"] == 2 and not down["reports"]["pushed"]
+    assert down["reports"]["push"] == "failed" and down["reports"]["error"]
 
     moved.rename(elsewhere.bare)
     _, up = check_json(cfg)
     assert up["reports"]["pushed"] and up["reports"]["queued"] == 0
+    assert (up["reports"]["push"], up["reports"]["committed"]) == ("pushed", {})
     assert sorted(elsewhere.log()) == ["alpha: clean (0 changes, 1 check-blind)",
                                        "beta: clean (0 changes, 1 check-blind)"]
     assert not remote.has("petkeeper/reports")  # reports went only where configured
@@ -142,7 +145,11 @@ BAD_INPUT = [
     ("playbook outside the repo", {"playbooks": ["../site.yml"]}, [],
      "playbooks[0]: '../site.yml' leaves the repository"),
     ("host not in the inventory", {}, ["--limit", "nothere"],
-     "Could not match supplied host pattern"),
+     "command line: --limit: 'nothere' matches no host or group of inventory/hosts.yml, which "
+     "has 2 host(s): alpha, beta; groups: pets; fix the limit"),
+    ("playbook on the command line missing", {}, ["nope.yml"],
+     "command line: PLAYBOOK #1: 'nope.yml' not found in the repository at this commit "
+     "(playbooks at its top: site.yml); name one of them"),
 ]
 
 

@@ -246,21 +246,29 @@ def entry(message: str, date: str, sha: str = "1" * 40) -> dict[str, Any]:
             "trailers": git_trailers(message)}
 
 
-def test_history_shows_one_line_per_commit_with_the_approver_when_there_is_one():
+def test_history_shows_one_fact_per_line_with_the_approver_once():
     check = ("db1: drifted (1 change)\n\nCheck of 8f14e45fceea by pet1 (status changed).\n\n"
              f"Petkeeper-Source: {SRC}\nPetkeeper-Run: r1\nPetkeeper-Host: db1\n"
              "Petkeeper-Status: drifted\n")
+    other = check.replace("db1", "web12").replace("drifted (1 change)", "clean (0 changes)")
     entries = [entry(apply_record(RESULT).message, "2026-11-25T21:02:10+00:00"),
                entry(approval_record(APPROVAL).message, "2026-11-25T20:00:00+00:00"),
+               entry(other, "2026-11-25T19:30:00+00:00"),
                entry(check, "2026-11-25T19:00:00+00:00")]
 
     assert render_history(entries).splitlines() == [
-        f"2026-11-25T21:02:10+00:00  db1: apply of plan {PID}: not converged  "
-        f"(source {SRC[:12]}, approved by alice)",
-        f"2026-11-25T20:00:00+00:00  db1: plan {PID} approved by alice  "
-        f"(source {SRC[:12]}, approved by alice)",
-        f"2026-11-25T19:00:00+00:00  db1: drifted (1 change)  (source {SRC[:12]})",
+        f"2026-11-25T21:02:10+00:00  db1    apply of plan {PID}: not converged, approved by "
+        f"alice  (source {SRC[:12]})",
+        f"2026-11-25T20:00:00+00:00  db1    plan {PID} approved by alice  (source {SRC[:12]})",
+        f"2026-11-25T19:30:00+00:00  web12  clean (0 changes)  (source {SRC[:12]})",
+        f"2026-11-25T19:00:00+00:00  db1    drifted (1 change)  (source {SRC[:12]})",
     ]
+
+
+def test_history_shows_text_from_commits_with_control_characters_escaped():
+    hostile = ("db1: drifted \x1b[2J(1 change)\n\nx\n\nPetkeeper-Host: db1\n")
+    [line] = render_history([entry(hostile, "2026-11-25T19:00:00+00:00")]).splitlines()
+    assert "\x1b" not in line and "drifted \\x1b[2J(1 change)" in line
 
 
 def test_history_without_commits_says_there_are_no_reports_yet():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from agent.adapters.state import StateDir
+from agent.adapters.state import StateDir, read_status
 from agent.config import Config, RepoConfig
 from agent.core.drift import (
     CLEAN,
@@ -19,8 +20,19 @@ from agent.core.drift import (
     Change,
     HostReport,
 )
+from agent.cycle.apply import ApplyResult
+from agent.cycle.decide import Plan
+from agent.cycle.record import PublishResult
 from agent.cycle.source import Source
-from agent.cycle.steps import EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR, Cycle, Stage
+from agent.cycle.steps import (
+    EXIT_CLEAN,
+    EXIT_DRIFT,
+    EXIT_ERROR,
+    Cycle,
+    Stage,
+    result_line,
+    save_step,
+)
 
 PROBE = Change("Baseline", None, "Run a command", "ansible.builtin.command", "", True)
 
@@ -113,3 +125,59 @@ def test_stage_cannot_go_backwards_and_stays_where_it_was():
         c.advance(Stage.FETCHED)
 
     assert c.stage is Stage.RECORDED
+
+
+# --- what a cycle leaves in status.json and its one result line -------------------------------
+
+def planned(host: str, action: str, pid: str) -> Plan:
+    return Plan(host, pid, "8f14e45fceea", "f" * 64, DRIFTED, action, "awaiting approval")
+
+
+def applied(host: str, pid: str, result: str = "converged") -> ApplyResult:
+    return ApplyResult(host, pid, "8f14e45fceea", result, "alice", None, DRIFTED, CLEAN,
+                       started="2026-11-25T20:37:00+00:00", finished="2026-11-25T20:38:05+00:00",
+                       run_id="20261125T203622Z-a1b2c3")
+
+
+def test_status_keeps_each_hosts_own_check_time_and_last_apply_across_cycles(tmp_path: Path):
+    first = cycle_with({"web1": DRIFTED, "db1": CLEAN}, tmp=tmp_path)
+    first.state.ensure()
+    first.checked = {"web1": "2026-11-25T20:38:05+00:00", "db1": "2026-11-25T20:36:50+00:00"}
+    first.plans = {"web1": planned("web1", "apply", "30c4aa367513c4ee")}
+    first.applies = [applied("web1", "30c4aa367513c4ee")]
+    first.publish = PublishResult((("web1", "hosts/web1.yml"), ("web1", "applies/web1.yml"),
+                                   ("db1", "hosts/db1.yml")), 0, True, push="pushed")
+    save_step(first)
+    later = cycle_with({"db1": DRIFTED}, tmp=tmp_path)  # --limit db1: web1 not checked
+    later.checked = {"db1": "2026-11-25T21:00:40+00:00"}
+    later.advance(Stage.DECIDED)
+    save_step(later)
+
+    status = read_status(later.state)
+    assert status is not None
+    assert "hosts" not in status["last_run"] and "plans" not in status["last_run"]
+    assert status["hosts"]["db1"]["checked_at"] == "2026-11-25T21:00:40+00:00"
+    assert "last_apply" not in status["hosts"]["db1"] and "plan" not in status["hosts"]["db1"]
+    web1 = status["hosts"]["web1"]  # as the first cycle left it
+    assert web1["checked_at"] == "2026-11-25T20:38:05+00:00"
+    assert web1["last_apply"] == {"at": "2026-11-25T20:38:05+00:00", "result": "converged",
+                                  "plan_id": "30c4aa367513c4ee", "approved_by": "alice",
+                                  "run_id": "20261125T203622Z-a1b2c3"}
+    assert json.loads(first.state.status_file.read_text())["last_run"]["run_id"] == later.run_id
+
+
+def test_the_result_line_tells_counts_source_commits_waits_and_applies():
+    c = cycle_with({"web1": CLEAN, "web2": DRIFTED, "db1": DRIFTED, "ghost": UNREACHABLE})
+    c.plans = {"web2": planned("web2", "wait", "30c4aa367513c4ee"),
+               "db1": planned("db1", "apply", "8381b01fc31e59fe")}
+    c.applies = [applied("db1", "8381b01fc31e59fe", "not converged")]
+    c.publish = PublishResult((("web2", "hosts/web2.yml"), ("db1", "hosts/db1.yml"),
+                               ("db1", "applies/db1.yml")), 3, False, "no route", push="failed")
+
+    assert result_line(c, "daemon run") == (
+        "cycle 20261125T203622Z-a1b2c3 (daemon run) exit 1: 1 clean, 2 drifted, 1 unreachable; "
+        "source 8f14e45fceea; committed web2 (1), db1 (2), failed; waiting: web2 plan "
+        "30c4aa367513c4ee; applied: db1 plan 8381b01fc31e59fe not converged")
+    c.plans, c.applies, c.publish = {}, [], PublishResult((), 0, False)
+    assert result_line(c, "check").endswith("source 8f14e45fceea; nothing committed, nothing to "
+                                            "push; nothing waits; applied: nothing")

@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from agent.adapters.gitrepo import HARDENING, Author, Mirror, _disk_full
-from agent.adapters.state import mount_point
-from agent.errors import FetchError, TransientError
+from agent.adapters.gitrepo import HARDENING, Author, Mirror, _answer, _disk_full
+from agent.adapters.state import StateDir, mount_point
+from agent.config import Config, RepoConfig
+from agent.cycle.source import fetch_source, open_mirror
+from agent.errors import FetchError, RepoError, TransientError
 
 
 def test_the_mirror_config_is_written_once_and_restored_when_someone_loosens_it(tmp_path: Path):
@@ -159,3 +162,70 @@ def test_tidy_packs_the_loose_objects_once_they_pile_up_and_loses_no_commit(tmp_
     assert [mirror.read_blob(tip, f"hosts/h{n}.yml") for n in range(3)] == [
         f"status: clean {n}\n".encode() for n in range(3)]  # exact bytes, final newline too
     assert mirror.commit_changes(tip) == {"hosts/h2.yml": b"status: clean 2\n"}  # for rebases
+
+
+# --- what a failed fetch says: the setting to check, and Git's answer in one clean line -------
+
+def bare_repo(path: Path, branches: tuple[str, ...] = ("main",)) -> str:
+    """A real bare repository with one commit on each of BRANCHES; return its file:// URL."""
+    work = path.with_suffix(".work")
+    for args in (("init", "-q", "--bare", "--initial-branch=main", str(path)),
+                 ("init", "-q", "--initial-branch=main", str(work)),
+                 ("-C", str(work), "-c", "user.name=a", "-c", "user.email=a@b.invalid",
+                  "commit", "-q", "--allow-empty", "-m", "first")):
+        subprocess.run(["git", *args], check=True, timeout=60)
+    for branch in branches:
+        subprocess.run(["git", "-C", str(work), "push", "-q", str(path), f"HEAD:{branch}"],
+                       check=True, timeout=60)
+    return f"file://{path}"
+
+
+def test_a_wrong_url_says_what_git_answered_and_names_repo_url_in_the_config(tmp_path: Path):
+    url = f"file://{tmp_path}/nope.git"
+    mirror = Mirror(tmp_path / "mirror.git", url, 10, keys={url: "repo.url in agent.yml"})
+
+    with pytest.raises(FetchError) as e:
+        mirror.fetch("main", None)
+
+    assert str(e.value) == (f"git fetch {url} failed: '{tmp_path}/nope.git' does not appear to "
+                            "be a git repository; check repo.url in agent.yml")
+
+
+def test_a_missing_branch_names_repo_branch_and_the_branches_the_remote_has(tmp_path: Path):
+    url = bare_repo(tmp_path / "pets.git", ("main", "dev"))
+    config = Config(repo=RepoConfig(url=url, branch="prod"), path="/etc/petkeeper/agent.yml",
+                    state_dir=tmp_path / "state")
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    mirror = open_mirror(config, state)
+
+    with pytest.raises(RepoError) as e:
+        fetch_source(config, mirror, None)
+
+    assert str(e.value) == (f"/etc/petkeeper/agent.yml: repo.branch: branch 'prod' not found in "
+                            f"{url} (it has: dev, main); set repo.branch to one of them")
+    assert mirror.resolve("prod") is None and mirror.resolve("main") is None  # nothing fetched
+
+
+# What git and ssh print when an ssh:// remote refuses the connection (LogLevel=DEBUG1 is on).
+SSH_REFUSED = """\
+debug1: Reading configuration data /etc/ssh/ssh_config
+debug1: Connecting to git.example.org [192.0.2.7] port 22.
+ssh: connect to host git.example.org port 22: Connection refused
+fatal: Could not read from remote repository.
+
+Please make sure you have the correct access rights
+and the repository exists."""
+
+
+@pytest.mark.parametrize(("stderr", "answer"), [
+    (SSH_REFUSED, "connect to host git.example.org port 22: Connection refused"),
+    ("fatal: unable to access 'https://git.example.org/pets.git/': Could not resolve host: "
+     "git.example.org", "unable to access 'https://git.example.org/pets.git/': Could not "
+                        "resolve host: git.example.org"),
+    ("fatal: repository 'https://git.example.org/x.git/' not found\n",
+     "repository 'https://git.example.org/x.git/' not found"),
+    ("fatal: Could not read from remote repository.\n", "Could not read from remote repository"),
+])
+def test_the_answer_is_the_cause_without_prefixes_or_the_generic_lines_around_it(stderr, answer):
+    assert _answer(stderr) == answer

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.operate.output import render_check, render_pause, render_status
+from agent.operate.output import render_check, render_pause, render_plan, render_status
 
 FP = "a547283f08a3a78e1f2887dd23ac2248b5ccdbed8f51b937fbfc8aa81f3fa1e4"
 SHA = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
@@ -79,14 +79,22 @@ def test_check_output_warns_when_the_fetch_failed():
 
 
 @pytest.mark.parametrize(("reports", "tail"), [
-    ({"committed": ["web1", "db1"], "queued": 0, "pushed": True, "error": None},
-     "\nreports: 2 committed, pushed"),
-    ({"committed": ["web1"], "queued": 3, "pushed": False, "error": None},
-     "\nreports: 1 committed, 3 queued"),
-    ({"committed": [], "queued": 0, "pushed": False, "error": None},
-     "\nreports: 0 committed, nothing to push"),
-    ({"committed": ["web1"], "queued": 1, "pushed": False, "error": "push to pk rejected"},
-     "\nreports: 1 committed, 1 queued\nwarning: push to pk rejected"),
+    ({"committed": {"web1": ["hosts/web1.yml", "applies/web1.yml"], "db1": ["hosts/db1.yml"]},
+      "queued": 0, "pushed": True, "push": "pushed", "error": None},
+     "\nreports: 3 commit(s) for web1, db1, pushed"),
+    ({"committed": {"web1": ["hosts/web1.yml"]}, "queued": 3, "pushed": False, "push": "off",
+      "error": None},
+     "\nreports: 1 commit(s) for web1; 3 queued (reports.push is off)"),
+    ({"committed": {}, "queued": 0, "pushed": False, "push": "nothing to push", "error": None},
+     "\nreports: nothing new to commit; nothing to push"),
+    ({"committed": {"web1": ["hosts/web1.yml"]}, "queued": 1, "pushed": False,
+      "push": "rejected", "error": "push to pk rejected"},
+     "\nreports: 1 commit(s) for web1; push rejected, 1 commit(s) queued for the next cycle"
+     "\nwarning: push to pk rejected"),
+    ({"committed": {}, "queued": 2, "pushed": False, "push": "failed", "error": "git push x "
+      "failed: unable to access"},
+     "\nreports: nothing new to commit; push failed, 2 commit(s) queued for the next cycle"
+     "\nwarning: git push x failed: unable to access"),
 ])
 def test_check_output_ends_with_what_happened_to_the_reports(reports: dict[str, Any],
                                                               tail: str):
@@ -99,7 +107,7 @@ def status_json(**last: Any) -> dict[str, Any]:
     return {"schema": 1,
             "last_run": {"run_id": "r2", "started": "2026-11-25T21:00:00+00:00",
                          "source_sha": SHA, "exit_code": 2, "fetch_error": None,
-                         "reports": {"committed": [], "queued": 0, "pushed": False}, **last},
+                         "reports": {"committed": {}, "queued": 0, "pushed": False}, **last},
             "hosts": {
                 "web1": {"status": "drifted", "changes": 2, "checked_at": "2026-11-25T21:00:00"
                          "+00:00", "source_sha": SHA},
@@ -146,3 +154,36 @@ def test_pause_output_during_a_cycle_says_what_it_will_and_will_not_apply(applyi
 
     assert lines[1] == ("a cycle is running (PID 4242, run 20261125T200000Z-abc123); it will "
                         "apply nothing that has not started" + tail)
+
+
+def test_status_shows_each_hosts_own_check_what_waits_and_its_last_apply():
+    status = status_json()
+    status["hosts"]["web1"].update(
+        checked_at="2026-11-25T21:03:10+00:00",
+        plan={"plan_id": "30c4aa367513c4ee", "action": "wait",
+              "reason": "awaiting approval: petkeeper approve 30c4aa367513c4ee"})
+    status["hosts"]["db1"].update(
+        plan={"plan_id": "8381b01fc31e59fe", "action": "nothing", "reason": "nothing"},
+        last_apply={"at": "2026-11-24T08:00:00+00:00", "result": "converged",
+                    "plan_id": "1111aa367513c4ee", "approved_by": "alice", "run_id": "r1"})
+
+    assert render_status(status).splitlines()[2:] == [
+        f"db1: clean, 0 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
+        "  last apply 2026-11-24T08:00:00+00:00: converged (plan 1111aa367513c4ee, approved by "
+        "alice)",
+        f"web1: drifted, 2 change(s), checked 2026-11-25T21:03:10+00:00 at {SHA[:12]}",
+        "  plan 30c4aa367513c4ee: awaiting approval: petkeeper approve 30c4aa367513c4ee",
+    ]
+
+
+def test_hostile_text_reaches_the_terminal_escaped_in_check_and_plan_output():
+    evil = {**MOTD, "task": "Write\x1b]0;owned\x07 motd", "diff": "-Hi\x1b[2J\r\n+Welcome\n"}
+    report = check_json(hosts={"web\x1b[1m1": {"status": "drifted", "fingerprint": FP,
+                                                "message": "boom\x1b[31m\nfake line",
+                                                "changes": [evil]}})
+    for text in (render_check(report, color=True), render_plan(report, color=True)):
+        plain = text.replace("\x1b[33m", "").replace("\x1b[31m", "").replace(
+            "\x1b[32m", "").replace("\x1b[0m", "")  # our own colors aside
+        assert "\x1b" not in plain and "\r" not in plain and "\x07" not in plain
+        assert "web\\x1b[1m1" in plain and "Write\\x1b]0;owned\\x07 motd" in plain
+        assert "-Hi\\x1b[2J\\x0d" in plain and "boom\\x1b[31m\\nfake line" in plain

@@ -87,11 +87,11 @@ yaml_text = (yaml_like.map(lambda d: yaml.safe_dump(d, allow_unicode=True))
              | st.text(max_size=60))
 
 
-def assert_problem_lines(error: AgentError, prefix: str) -> None:
-    """ERROR says what is wrong in lines that each start with PREFIX (the file; quoted when
-    its name has characters that would break the line)."""
+def assert_problem_lines(error: AgentError, *prefixes: str) -> None:
+    """ERROR says what is wrong in lines that each start with one of PREFIXES (the file,
+    quoted when its name has characters that would break the line, or the command line)."""
     lines = str(error).split("\n")
-    assert lines and all(line.lstrip("'\"").startswith(prefix) and line.strip() == line
+    assert lines and all(line.lstrip("'\"").startswith(prefixes) and line.strip() == line
                          for line in lines), lines
     assert all(line.isprintable() for line in lines), lines
 
@@ -344,7 +344,7 @@ def assert_config_or_problems(data: Any, overrides: Overrides) -> Config | None:
         config = parse_config(data, "agent.yml", overrides)
     except ConfigError as e:
         assert e.problems and str(e) == "\n".join(e.problems)
-        assert_problem_lines(e, "agent.yml: ")
+        assert_problem_lines(e, "agent.yml: ", "command line: ")
         return None
     assert isinstance(config, Config)
     return config

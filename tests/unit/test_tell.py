@@ -48,7 +48,8 @@ def drifted_cycle(config: Config, fingerprint: str = "fp1", message: str = "") -
     c.plans = {"web1": Plan("web1", f"plan-{fingerprint}", SRC, fingerprint, "drifted", "wait",
                             "awaiting approval", mode="approve"),
                "web2": Plan("web2", "plan-web2", SRC, "fp0", "clean", "nothing", "clean")}
-    c.publish = PublishResult(("web1",), 0, True, None, (("web1", "c0ffee" * 6 + "abcd"),))
+    c.publish = PublishResult((("web1", "hosts/web1.yml"),), 0, True, None,
+                              (("web1", "c0ffee" * 6 + "abcd"),), push="pushed")
     return c
 
 

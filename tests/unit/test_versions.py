@@ -68,5 +68,5 @@ def test_a_start_under_an_untested_ansible_core_logs_one_warning_naming_the_rang
 
     err = capsys.readouterr().err
     assert code == 1 and "missing.yml" in err  # then the command went on, to its own error
-    assert err.count("petkeeper: WARNING: ansible-core 2.22.1 is outside the range "
+    assert err.count("petkeeper: warning: ansible-core 2.22.1 is outside the range "
                      "Petkeeper is tested with, 2.19 to 2.21") == warnings, err

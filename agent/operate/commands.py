@@ -1,0 +1,152 @@
+"""What the commands between cycles do: approve, ack, history, status, adopt. One function each,
+which the command line calls and prints the result of; the work itself is the cycle's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent.adapters.gitrepo import Author
+from agent.adapters.state import (
+    StateDir,
+    adopt_repo,
+    claim_repo,
+    cycle_lock,
+    read_pause,
+    read_status,
+)
+from agent.config import Config
+from agent.core.approval import Approval, expiry
+from agent.core.redact import redact_text
+from agent.core.schema import parse_duration
+from agent.cycle.apply import approval_record
+from agent.cycle.decide import approve_plans
+from agent.cycle.record import publish, report_history
+from agent.cycle.source import fetch_source, open_mirror
+from agent.cycle.trust import acknowledge, rewind_hold
+from agent.errors import AgentError
+
+SHOWN_HOSTS = 10  # hosts named when a host is not found
+
+
+@dataclass(frozen=True)
+class Approved:
+    approvals: list[Approval]
+    push_error: str | None  # the approvals are recorded; their commit waits to be pushed
+
+
+def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str | None,
+            comment: str, now: datetime | None = None) -> Approved:
+    """APPROVER (root) approves each plan of PLAN_IDS: one approval and one record each, all
+    or none; EXPIRES is a duration (default approvals.expires)."""
+    if os.geteuid() != 0:
+        raise AgentError("approve: only root may approve a change to a pet; run it with sudo "
+                         "(your login name is recorded)")
+    state = StateDir(config.state_dir)
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    try:
+        until = expiry(now, expires) if expires else \
+            now + timedelta(seconds=config.approvals.expires)
+    except ValueError as e:
+        raise AgentError(f"approve: --expires: {e}; write e.g. --expires 4h") from None
+    with cycle_lock(state, f"petkeeper approve {' '.join(plan_ids)}"):
+        mirror = open_mirror(config, state)
+        approvals = approve_plans(config, state, mirror, plan_ids, approver, now, until,
+                                  comment)
+        r = config.reports
+        result = publish(mirror, lambda base: [approval_record(a) for a in approvals],
+                         url=config.reports_url, branch=r.branch,
+                         author=Author(r.author_name, r.author_email), push=r.push)
+    return Approved(approvals, result.error)
+
+
+def acknowledge_head(config: Config, commit: str, by: str, comment: str) -> dict[str, Any]:
+    """BY (root) lets applies resume from COMMIT, a rewound source head."""
+    if os.geteuid() != 0:
+        raise AgentError("ack: only root may let applies resume on a pet; run it with sudo "
+                         "(your login name is recorded)")
+    state = StateDir(config.state_dir)
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    with cycle_lock(state, f"petkeeper ack {commit}"):
+        return acknowledge(state, open_mirror(config, state), commit, by, now, comment)
+
+
+def read_history(config: Config, host: str | None = None, since: str | None = None,
+                 count: int | None = None, now: datetime | None = None
+                 ) -> list[dict[str, Any]]:
+    """What the reports branch says, newest first: HOST's entries (AgentError when the branch
+    never saw HOST), those since SINCE (a duration back from NOW, or an ISO 8601 date), the
+    newest COUNT. Offline, what the mirror has."""
+    oldest = parse_since(since, now or datetime.now(UTC)) if since else None
+    if count is not None and count < 1:
+        raise AgentError(f"history: -n: expected a number of entries >= 1, got {count}")
+    state = StateDir(config.state_dir)
+    mirror = open_mirror(config, state)
+    with contextlib.suppress(AgentError):  # offline: show what the mirror has
+        mirror.fetch_reports(config.reports_url, config.reports.branch)
+    entries = report_history(mirror, config.reports.branch, host)
+    if host and not entries:
+        known = sorted({str(e["trailers"].get("Petkeeper-Host")) for e in
+                        report_history(mirror, config.reports.branch)} - {"None"})
+        raise AgentError(
+            f"history: host {host!r} has no report on {config.reports.branch} of "
+            f"{redact_text(config.reports_url)}; "
+            + (f"hosts it has: {_first(known)}" if known else "it has no report yet"))
+    return select_history(entries, oldest, count)
+
+
+def select_history(entries: Sequence[Mapping[str, Any]], oldest: datetime | None,
+                   count: int | None) -> list[dict[str, Any]]:
+    """ENTRIES (newest first) from OLDEST on, the newest COUNT of them."""
+    kept = [dict(e) for e in entries
+            if oldest is None or datetime.fromisoformat(str(e["date"])) >= oldest]
+    return kept[:count] if count else kept
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """--since VALUE: a duration back from NOW ("7d", "12h"), or an ISO 8601 date or time
+    (UTC unless it has an offset, as the reports' times are)."""
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return now - timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise AgentError(f"history: --since: expected a duration like 7d or an ISO 8601 date "
+                         f"like 2026-11-01, got {value!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def read_state_status(config: Config) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The last cycle's status (None: none ran) and the pause in force (None: not paused)."""
+    state = StateDir(config.state_dir)
+    claim_repo(state, config.repo.url, config.path, write=False)
+    return read_status(state), read_pause(state)
+
+
+def adopt(config: Config, by: str) -> dict[str, Any]:
+    """BY (root) moves the state directory to CONFIG's repo.url (the Git server moved): the new
+    URL must answer with repo.branch; the history, approvals and the no-rollback mark stay.
+    Return what was and what is: url, before, head, and hold (why applies wait, or None)."""
+    if os.geteuid() != 0:
+        raise AgentError("adopt: only root may move a pet's state to another repository; run "
+                         "it with sudo (your login name is recorded)")
+    state = StateDir(config.state_dir)
+    with cycle_lock(state, "petkeeper adopt"):
+        mirror = open_mirror(config, state, claim=False)
+        fetch_source(config, mirror, None)  # it must answer, with the branch, before anything
+        head = mirror.resolve(config.repo.branch)
+        assert head is not None  # fetch_source raised otherwise
+        before = adopt_repo(state, config.repo.url, config.path, by)
+        hold = rewind_hold(state, mirror, head)
+    return {"url": redact_text(config.repo.url), "before": before["url"] if before else None,
+            "head": head, "hold": hold}
+
+
+def _first(names: list[str]) -> str:
+    more = len(names) - SHOWN_HOSTS
+    return ", ".join(names[:SHOWN_HOSTS]) + (f", ... ({more} more)" if more > 0 else "")
