@@ -275,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as e:
         print(f"petkeeper: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except PermissionError as e:  # not root: the state directory is root's alone (0700)
+        print(f"petkeeper: error: {e.filename or e}: permission denied; Petkeeper's state "
+              "directory and config are root's: run it with sudo", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError:  # e.g. `petkeeper check --json | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR

@@ -167,6 +167,8 @@ def read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
+    except PermissionError:
+        raise  # not root: moving the file aside would not help
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise StalledError(f"{path}: unreadable ({e}); move it aside and run again") from e
 
@@ -182,6 +184,8 @@ def read_status(state: StateDir) -> dict[str, Any] | None:
         data = json.loads(state.status_file.read_text())
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise  # not root: moving the file aside would not help
     except (OSError, ValueError) as e:
         raise StalledError(f"{state.status_file}: unreadable ({e}); move it aside and run "
                            "a new check") from e

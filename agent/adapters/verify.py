@@ -7,6 +7,7 @@ known hosts). Results are read from pytest's JUnit XML, never from its printed o
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -38,10 +39,24 @@ class TestRun:
         return {**asdict(self), "failed": list(self.failed)}
 
 
-def run_host_tests(run: PlaybookRun, folder: Path, host: str, cancel: Cancel = None) -> TestRun:
+def missing_tools() -> list[str]:
+    """The distributions the post-apply tests need that this Python lacks."""
+    return [dist for dist, module in (("pytest", "pytest"), ("pytest-testinfra", "testinfra"))
+            if importlib.util.find_spec(module) is None]
+
+
+def run_host_tests(run: PlaybookRun, folder: Path, host: str, cancel: Cancel = None,
+                   key: str = "post_apply_tests") -> TestRun:
     """Run the tests in FOLDER against HOST, reached like RUN's Ansible would reach it. At
     RUN.timeout, or when CANCEL() turns true, pytest and all it started are stopped, and the
-    tests count as failed, saying so."""
+    tests count as failed, saying so. KEY names the setting, for the error when
+    pytest-testinfra is not installed."""
+    if missing := missing_tools():
+        message = (f"{' and '.join(missing)} not installed, so the repo's tests in "
+                   f"{folder.name}/ did not run; pip install 'petkeeper[verify]', or set "
+                   f"{key} to false")
+        log.error("%s: post-apply tests: %s", host, message)
+        return TestRun(False, message=message)
     with tempfile.TemporaryDirectory(prefix="petkeeper-tests-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(folder), f"--hosts=ansible://{host}",

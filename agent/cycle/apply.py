@@ -228,7 +228,8 @@ def _post_apply_tests(config: Config, source: Source, targets: Targets, host: st
     folder = resolve_folder(source.tree, config.post_apply_tests,
                             f"{config.path}: post_apply_tests")
     run = playbook_run(config, source, targets, targets.playbooks[0], "tests", check=False)
-    return run_host_tests(run, folder, host, cancel).as_dict()
+    return run_host_tests(run, folder, host, cancel,
+                          f"post_apply_tests in {config.path}").as_dict()
 
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,

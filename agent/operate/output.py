@@ -135,7 +135,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         if host.get("source_rejected"):
             lines.append(f"  source head rejected: {host['source_rejected']}")
         plan = host.get("plan") or {}
-        if plan.get("action") in ("wait", "apply"):
+        if plan.get("action") == "wait":
             lines.append(f"  plan {plan['plan_id']}: {plan.get('reason')}")
         if applied := host.get("last_apply"):
             lines.append(f"  last apply {applied['at']}: {applied['result']} (plan "

@@ -197,7 +197,7 @@ def test_progress_shows_on_the_terminal_only_and_never_in_json_or_piped_output(p
                for p in drawn), drawn
     assert terminal.endswith("\r\x1b[K")  # erased before the report is printed
     final = drawn[-1].split(" | ")
-    assert final[-2].endswith("tasks done") and int(final[-2].split()[0]) >= 6  # 3 tasks x 2
+    assert final[-2].endswith("tasks done") and int(final[-2].split()[0]) >= 6, drawn[-8:]  # 3 x 2
     assert final[-1].count(":") == 1  # elapsed m:ss
 
     code, out, terminal = run_on_terminal("--config", str(pets.config), "check", "--json")

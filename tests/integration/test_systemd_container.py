@@ -265,7 +265,14 @@ def test_the_running_service_reloads_takes_run_now_and_follows_a_new_commit(
     start(box)
     first = box.wait_for_cycle().group(1)
 
+    # A broken config on reload: refused (an error in the journal), then fixed and reloaded.
+    box.run("sh", "-c", "cp /etc/petkeeper/agent.yml /root/agent.yml && "
+                        "echo 'repo: [' > /etc/petkeeper/agent.yml")
     box.run("systemctl", "reload", "petkeeper")  # ExecReload: SIGHUP
+    box.wait_for("the refused reload in the journal", lambda: "reload: keeping the running "
+                 "config" in box.journal(), 60)
+    box.run("cp", "/root/agent.yml", "/etc/petkeeper/agent.yml")
+    box.run("systemctl", "reload", "petkeeper")
     box.wait_for("reload in the journal", lambda: "reloaded /etc/petkeeper/agent.yml" in
                  box.journal(), 60)
     asked = box.run("petkeeper", "run", "--now")  # SIGUSR1, to the PID systemd runs
@@ -281,3 +288,25 @@ def test_the_running_service_reloads_takes_run_now_and_follows_a_new_commit(
     report = yaml.safe_load(remote.show("petkeeper/reports", f"hosts/{PET}.yml"))
     assert (report["status"], report["source_sha"]) == ("clean", newer)
     stop_cleanly(box)
+    assert_journal_priorities(box)
+
+
+def assert_journal_priorities(box: Box) -> None:
+    """Under systemd each line carries its priority (sd-daemon(3) <N> prefixes) and no time of
+    its own: journalctl -p warning shows exactly the warnings and errors, here the one refused
+    reload; every cycle wrote one result line at info."""
+    warnings = box.run("journalctl", "--unit", "petkeeper", "--priority", "warning",
+                       "--no-pager", "--output", "cat").stdout.splitlines()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("error: reload: keeping the running config: "
+                                  "/etc/petkeeper/agent.yml: "), warnings
+    out = box.run("journalctl", "--unit", "petkeeper", "--no-pager", "--output", "json",
+                  "--output-fields", "PRIORITY,MESSAGE,SYSLOG_IDENTIFIER").stdout
+    ours = [json.loads(line) for line in out.splitlines() if '"petkeeper"' in line]
+    ours = [r for r in ours if r.get("SYSLOG_IDENTIFIER") == "petkeeper"]
+    assert ours and all(not re.match(r"<\d>|\d{4}-\d\d-\d\dT", str(r["MESSAGE"]))
+                        for r in ours), ours  # the prefix was read, and no time of our own
+    results = [r for r in ours if re.match(r"cycle \S+ \(daemon run\) exit 0: 1 clean; ",
+                                           str(r["MESSAGE"]))]
+    assert len(results) == 3 and {r["PRIORITY"] for r in results} == {"6"}, ours
+    assert "applied: pet-in-a-box plan " in results[-1]["MESSAGE"], results

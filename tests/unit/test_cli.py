@@ -162,3 +162,19 @@ def test_every_command_runs_through_the_parser():
     from agent.cli import COMMANDS as TABLE
     assert sorted(TABLE) == COMMANDS
     assert isinstance(build_parser().commands["check"], argparse.ArgumentParser)
+
+
+def test_a_command_without_the_rights_says_to_use_sudo_not_that_it_is_a_bug(
+        cli: Run, monkeypatch: pytest.MonkeyPatch, tmp_path):
+    # The tests run as root, for whom permissions do not apply: the refusal is pretended.
+    def refused(config: object) -> None:
+        raise PermissionError(13, "Permission denied", "/var/lib/petkeeper/status.json")
+    monkeypatch.setattr("agent.operate.commands.read_state_status", refused)
+    config = tmp_path / "agent.yml"
+    config.write_text("repo: {url: file:///srv/git/pets.git}\n")
+
+    code, out, err = cli("--config", str(config), "status")
+
+    assert (code, out) == (1, "")
+    assert err == ("petkeeper: error: /var/lib/petkeeper/status.json: permission denied; "
+                   "Petkeeper's state directory and config are root's: run it with sudo\n")
