@@ -51,12 +51,14 @@ class Progress:
 
 def render_progress(p: Progress, elapsed: float, width: int = 80) -> str:
     """Given a run's progress and the seconds since the work began, return one line that fits
-    in WIDTH columns (control characters from the repo shown, never sent to the terminal)."""
+    in WIDTH columns: what runs (shortened first), then the count and the time, which always
+    show. Control characters from the repo are shown as escapes, never sent."""
     minutes, seconds = divmod(int(elapsed), 60)
-    parts = [f"{p.mode} {p.playbook}".strip(), p.host, p.play, p.task,
-             f"{p.done} task{'s' if p.done != 1 else ''} done", f"{minutes}:{seconds:02d}"]
-    line = terminal_safe(" | ".join(part for part in parts if part))
-    return line if len(line) < width else line[:max(width - 4, 0)] + "..."
+    tail = f" | {p.done} task{'s' if p.done != 1 else ''} done | {minutes}:{seconds:02d}"
+    head = terminal_safe(" | ".join(part for part in (f"{p.mode} {p.playbook}".strip(), p.host,
+                                                      p.play, p.task) if part))
+    room = max(width - 1 - len(tail), 4)
+    return (head if len(head) <= room else head[:room - 3] + "...") + tail
 
 
 class ProgressLine:

@@ -34,10 +34,16 @@ def test_the_line_says_mode_playbook_host_play_task_results_and_elapsed_time():
         "check site.yml | 1 task done | 0:03"
 
 
-def test_the_line_fits_the_terminal_and_shows_control_characters_as_escapes():
-    p = Progress("check", "site.yml", "web1", "Baseline", "Evil \x1b[2J\rtask" + "x" * 200, 1)
-    line = render_progress(p, 5, width=60)
-    assert len(line) < 60 and line.endswith("...")
+def test_the_line_fits_the_terminal_shortening_the_task_but_never_the_count_and_time():
+    p = Progress("check", "site.yml", "web1", "Baseline", "Write the message of the day" * 9, 12)
+    line = render_progress(p, 5, width=80)
+    assert len(line) == 79 and line.endswith("... | 12 tasks done | 0:05")
+    assert line.startswith("check site.yml | web1 | Baseline | Write the")
+
+
+def test_the_line_shows_control_characters_from_the_repo_as_escapes():
+    p = Progress("check", "site.yml", "web1", "Baseline", "Evil \x1b[2J\rtask", 1)
+    line = render_progress(p, 5, width=200)
     assert "\x1b" not in line and "\r" not in line and "Evil \\x1b[2J\\x0dtask" in line
 
 
