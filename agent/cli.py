@@ -13,18 +13,13 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
 from agent import __version__
 from agent.adapters.runner import Watcher, warn_untested_ansible
-from agent.adapters.state import (
-    StateDir,
-    clear_pause,
-    pause_applies,
-)
+from agent.adapters.state import StateDir
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.errors import AgentError, ConfigError
@@ -404,16 +399,14 @@ def cmd_run_now(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    now = datetime.now(UTC).replace(microsecond=0).isoformat()
-    pause, running = pause_applies(StateDir(config.state_dir), approver_name(), now,
-                                   args.reason, args.checks)
-    print(output.render_pause(pause, running))
+    done = commands.pause(config, approver_name(), args.reason, args.checks)
+    print(output.render_pause(done.pause, done.running, done.previous))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    pause = clear_pause(StateDir(config.state_dir))
+    pause = commands.resume(config)
     if pause is None:
         print("not paused")
     else:

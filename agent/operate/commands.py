@@ -1,5 +1,6 @@
-"""What the commands between cycles do: approve, ack, history, status, adopt. One function each,
-which the command line calls and prints the result of; the work itself is the cycle's."""
+"""What the commands between cycles do: approve, ack, history, status, pause, resume, adopt. One
+function each, which the command line calls and prints the result of; the work itself is the
+cycle's."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from agent.adapters.state import (
     StateDir,
     adopt_repo,
     claim_repo,
+    clear_pause,
     cycle_lock,
+    pause_applies,
     read_pause,
     read_status,
 )
@@ -126,6 +129,31 @@ def read_state_status(config: Config) -> tuple[dict[str, Any] | None, dict[str, 
     state = StateDir(config.state_dir)
     claim_repo(state, config.repo.url, config.path, write=False)
     return read_status(state), read_pause(state)
+
+
+@dataclass(frozen=True)
+class Paused:
+    pause: dict[str, Any]  # the pause now in force
+    previous: dict[str, Any] | None  # the pause it replaces (by, at, reason, checks)
+    running: dict[str, Any] | None  # the cycle running meanwhile (see pause_applies)
+
+
+def pause(config: Config, by: str, reason: str, checks: bool) -> Paused:
+    """BY pauses applies (and the daemon's checks, with CHECKS) for REASON; a pause in force
+    is replaced, and said so."""
+    state = StateDir(config.state_dir)
+    claim_repo(state, config.repo.url, config.path, write=False)
+    previous = read_pause(state)
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    new, running = pause_applies(state, by, now, reason, checks)
+    return Paused(new, previous, running)
+
+
+def resume(config: Config) -> dict[str, Any] | None:
+    """Lift the pause; return what it was (None: there was none)."""
+    state = StateDir(config.state_dir)
+    claim_repo(state, config.repo.url, config.path, write=False)
+    return clear_pause(state)
 
 
 def adopt(config: Config, by: str) -> dict[str, Any]:

@@ -143,10 +143,15 @@ def render_status(status: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_pause(pause: Mapping[str, Any], running: Mapping[str, Any] | None) -> str:
-    """Given the pause just written and the cycle running (or None), say what stops when."""
+def render_pause(pause: Mapping[str, Any], running: Mapping[str, Any] | None,
+                 previous: Mapping[str, Any] | None = None) -> str:
+    """Given the pause just written, the cycle running (or None) and the pause it replaced (or
+    None), say what stops when, and whose pause is gone."""
     what = "checks and applies" if pause["checks"] else "applies (checks go on)"
     text = f"paused {what} as {pause['by']}: {pause['reason']}; petkeeper resume to undo"
+    if previous:
+        text += (f"\nthis replaces the pause by {previous['by']} since {previous['at']}"
+                 f"{' (checks too)' if previous.get('checks') else ''}: {previous['reason']}")
     if running:
         text += (f"\na cycle is running (PID {running['pid']}, run {running['run_id']}); it "
                  "will apply nothing that has not started")

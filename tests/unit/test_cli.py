@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -178,3 +179,23 @@ def test_a_command_without_the_rights_says_to_use_sudo_not_that_it_is_a_bug(
     assert (code, out) == (1, "")
     assert err == ("petkeeper: error: /var/lib/petkeeper/status.json: permission denied; "
                    "Petkeeper's state directory and config are root's: run it with sudo\n")
+
+
+def test_a_pause_over_a_pause_says_whose_pause_it_replaces(cli: Run, tmp_path, monkeypatch):
+    monkeypatch.setattr("agent.cli.approver_name", lambda: "alice")
+    config = tmp_path / "agent.yml"
+    config.write_text(f"repo: {{url: file:///srv/git/pets.git}}\nstate_dir: {tmp_path}/state\n")
+    (tmp_path / "state").mkdir(mode=0o700)
+
+    code, first, _ = cli("--config", str(config), "pause", "--checks", "--reason", "disk swap")
+    assert code == 0 and "replaces" not in first
+    since = json.loads((tmp_path / "state" / "pause.json").read_text())["at"]
+    monkeypatch.setattr("agent.cli.approver_name", lambda: "bob")
+    code, second, _ = cli("--config", str(config), "pause", "--reason", "kernel update")
+
+    assert code == 0
+    assert second.splitlines()[:2] == [
+        "paused applies (checks go on) as bob: kernel update; petkeeper resume to undo",
+        f"this replaces the pause by alice since {since} (checks too): disk swap"]
+    code, resumed, _ = cli("--config", str(config), "resume")
+    assert resumed.startswith("resumed (paused by bob since ")
