@@ -7,247 +7,27 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import pwd
 import sys
-import textwrap
 import traceback
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from agent import __version__
 from agent.adapters.runner import Watcher, warn_untested_ansible
 from agent.adapters.state import StateDir
+from agent.arguments import build_parser
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.errors import AgentError, ConfigError
 from agent.operate import commands, output
 from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
-from agent.operate.output import COLOR_CHOICES, color_wanted
+from agent.operate.output import color_wanted
 from agent.operate.progress import ProgressLine
 from agent.operate.tell import prepare_tell
 
 log = logging.getLogger(__name__)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, where a usage error names the subcommand's usage and exits 1 (2 means drift
-    here), and the subcommands' parsers can be found by name."""
-
-    commands: dict[str, argparse.ArgumentParser]
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
-def build_parser() -> Parser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                        help=f"agent configuration (default $PETKEEPER_CONFIG, or "
-                             f"{DEFAULT_PATH})")
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="log what each step does, with times (-vv: debug)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress line on the terminal")
-    common.add_argument("--color", choices=COLOR_CHOICES, default=argparse.SUPPRESS,
-                        metavar="WHEN",
-                        help="auto (on a terminal, unless NO_COLOR is set), always or never"
-                             " (default auto)")
-    parser = Parser(
-        prog="petkeeper", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_wrap("Keep pet servers true to Git: check drift with Ansible, decide by "
-                          "policy and approvals, apply, and report every step to Git."),
-        epilog="exit codes: 0 ok or clean, 1 error (or a host failed, unreachable or unknown), "
-               "2 drift\n\npetkeeper COMMAND --help shows a command's options and examples.")
-    parser.add_argument("--version", action="version", version=version_line(),
-                        help="show the versions of Petkeeper, ansible-core, ansible-runner "
-                             "and Python")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_cycle_commands(sub, common)
-    _add_approval_commands(sub, common)
-    _add_reading_commands(sub, common)
-    _add_service_commands(sub, common)
-    parser.commands = dict(sub.choices)
-    return parser
-
-
-def _command(sub: Any, name: str, parents: list[argparse.ArgumentParser], summary: str,
-             description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
-    """A subcommand with its one-line SUMMARY (in petkeeper --help), its DESCRIPTION and
-    EXAMPLES (in petkeeper NAME --help)."""
-    return sub.add_parser(
-        name, parents=parents, help=summary, description=_wrap(description),
-        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def _pull_options() -> argparse.ArgumentParser:
-    pull = argparse.ArgumentParser(add_help=False)
-    pull.add_argument("-l", "--limit", metavar="PATTERN",
-                      help="hosts to check, an Ansible pattern (default: limit in the config, "
-                           "else this host)")
-    pull.add_argument("-t", "--tags", action="append", default=[], help="only these tags")
-    pull.add_argument("--skip-tags", action="append", default=[], help="skip these tags")
-    pull.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
-                      help="key=value, JSON, or @file (repeatable)")
-    pull.add_argument("--vault-password-file", metavar="FILE",
-                      help="file holding the vault password")
-    pull.add_argument("--json", action="store_true", help="print the result as JSON")
-    pull.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                      help="wait this long for a running cycle to finish (default: don't)")
-    return pull
-
-
-def _add_cycle_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    pull = _pull_options()
-    playbooks = argparse.ArgumentParser(add_help=False)
-    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
-                           help="playbooks to run instead of the configured ones, relative to "
-                                "the repository (like ansible-pull)")
-    _command(sub, "check", [common, playbooks, pull],
-             "one detect-only cycle; exit 0 clean, 2 drift, 1 error",
-             "Fetch the repo, check every host in check + diff mode, and commit the reports. "
-             "Exit 0: all clean; 2: drift; 1: an error, or a host failed, unreachable or "
-             "unknown.",
-             ["petkeeper check", "petkeeper check --limit web1 --tags sshd site.yml",
-              "petkeeper check --json | jq '.hosts[].status'"])
-    _command(sub, "plan", [common, playbooks, pull],
-             "a check showing each host's plan id, decision and diffs",
-             "A check that shows, per host, the plan id to approve, which policy rule decided, "
-             "the maintenance window, and the diffs. Exits like check.",
-             ["petkeeper plan", "petkeeper plan --limit web2"])
-    run = _command(sub, "run", [common, playbooks, pull],
-                   "one full cycle: check, then apply what may be applied",
-                   "What the daemon runs: a check, then applies what policy (auto) or a valid "
-                   "approval allows, re-checking each host before and after. Exits like "
-                   "check, and 1 when an apply failed or did not converge.",
-                   ["petkeeper run", "petkeeper run --now    # ask the running daemon instead"])
-    run.add_argument("--now", action="store_true",
-                     help="ask the running daemon for a cycle now instead (exit 1 if none runs)")
-    apply = _command(sub, "apply", [common, pull],
-                     "like run; with PLAN_ID, apply that plan alone",
-                     "Like run. With PLAN_ID, apply only that plan: it must be a plan of the "
-                     "last check, approved (or auto by policy), and the re-check must find the "
-                     "very drift it was made for.",
-                     ["petkeeper apply 30c4aa367513c4ee", "petkeeper apply"])
-    apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
-                       help="the plan to apply, as plan or status shows it")
-
-
-def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    approve = _command(sub, "approve", [common],
-                       "approve plans of the last check (root only)",
-                       "Approve plans of the last check (petkeeper plan shows their ids): one "
-                       "approval record each, bound to the host, the source commit and the exact "
-                       "drift, committed to the reports branch. Root only; your login name is "
-                       "recorded. The next run (or the daemon) applies them.",
-                       ["sudo petkeeper approve 30c4aa367513c4ee --expires 2h --comment "
-                        "\"bob's note goes\"",
-                        "sudo petkeeper approve 30c4aa367513c4ee 8381b01fc31e59fe"])
-    approve.add_argument("plan_ids", nargs="+", metavar="PLAN_ID",
-                         help="the plans to approve, as plan or status shows them")
-    approve.add_argument("--expires", default=None, metavar="DURATION",
-                         help="how long the approvals count (default approvals.expires, 4h)")
-    approve.add_argument("--comment", default="", help="why; recorded with each approval")
-    ack = _command(sub, "ack", [common],
-                   "let applies resume after a rewound branch (root only)",
-                   "After a source head that does not descend from the last applied commit "
-                   "(a force-push, a reset), applies stop until a person has checked the "
-                   "history and acknowledges that commit here.",
-                   ["sudo petkeeper ack 2a215dff1786 --comment \"rollback on purpose\""])
-    ack.add_argument("commit", metavar="COMMIT", help="the rewound head petkeeper status names")
-    ack.add_argument("--comment", default="", help="why; recorded with the acknowledgement")
-
-
-def _add_reading_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    history = _command(sub, "history", [common],
-                       "what the reports branch says happened, per host",
-                       "What the reports branch says happened, newest first, one fact per "
-                       "line: checks whose result changed, approvals, applies.",
-                       ["petkeeper history pet2", "petkeeper history --since 7d -n 20",
-                        "petkeeper history --since 2026-11-01 --json"])
-    history.add_argument("host", nargs="?", metavar="HOST", help="only this host")
-    history.add_argument("--since", metavar="WHEN",
-                         help="only what happened since WHEN: a duration such as 7d or 12h, or "
-                              "an ISO 8601 date such as 2026-11-01")
-    history.add_argument("-n", "--max-count", type=int, metavar="N", dest="count",
-                         help="only the newest N entries")
-    history.add_argument("--json", action="store_true", help="print the history as JSON")
-    status = _command(sub, "status", [common],
-                      "the last check and apply per host",
-                      "The last cycle and, per host, its last check and last apply, read from "
-                      "the state directory (no Git, no Ansible). Exits with the last cycle's "
-                      "code, or 1 when none has run.",
-                      ["petkeeper status", "petkeeper status --json"])
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-
-
-def _add_service_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    _command(sub, "daemon", [common],
-             "run cycles on a schedule (the systemd service)",
-             "Fetch every daemon.fetch_interval; run a cycle on a new commit, approval or "
-             "pause, and at least every daemon.check_interval. SIGHUP reloads the config, "
-             "SIGTERM stops the current step and exits.",
-             ["systemctl start petkeeper", "petkeeper daemon -v    # in the foreground"])
-    pause = _command(sub, "pause", [common],
-                     "stop applies (and checks, with --checks) until resume",
-                     "Stop applies: the daemon and petkeeper run only check. With --checks, "
-                     "the daemon skips whole cycles. Survives restarts; shows in status, every "
-                     "--json and the host reports. A new pause replaces the one in force.",
-                     ["petkeeper pause --reason \"disk swap on web2, back at 5pm\"",
-                      "petkeeper pause --checks --reason \"network maintenance\""])
-    pause.add_argument("--reason", required=True, help="why; shown by status and in reports")
-    pause.add_argument("--checks", action="store_true",
-                       help="pause the daemon's checks too (whole cycles)")
-    _command(sub, "adopt", [common],
-             "move the state to a new repo.url (the Git server moved; root only)",
-             "The state directory belongs to the repository it was first used with. When the "
-             "Git server moved, set the new repo.url in the config, then run adopt: it fetches "
-             "from the new URL and records it; the reports' history, the approvals and the "
-             "no-rollback mark stay (a head that does not descend from the last applied commit "
-             "still holds applies until petkeeper ack).",
-             ["sudo petkeeper adopt", "sudo petkeeper --config /etc/petkeeper/agent.yml adopt"])
-    _command(sub, "resume", [common], "undo petkeeper pause",
-             "Let applies (and checks) run again after petkeeper pause.",
-             ["petkeeper resume"])
-    notify = _command(sub, "notify", [common],
-                      "show the notification targets; --test sends each a test event",
-                      "Without --test: each target of notify.targets (by its key, never its "
-                      "URL), the events it gets and how many wait for it. With --test: send "
-                      "one test event to every target and say what each answered; exit 1 if "
-                      "one did not take it.",
-                      ["petkeeper notify", "petkeeper notify --test"])
-    notify.add_argument("--test", action="store_true",
-                        help="send one test event to every target")
-    demo = _command(sub, "demo", [common],
-                    "two demo pets, a Git repo of the playbooks, one check",
-                    "Start two SSH test hosts (pet1, pet2), serve this project's playbooks from "
-                    "a new bare repo, converge both hosts, edit /etc/motd on pet2 by hand, and "
-                    "run petkeeper check against them. Needs root; about two minutes.",
-                    ["petkeeper demo", "petkeeper demo --keep    # then try plan, approve, run"])
-    demo.add_argument("--workdir", type=Path, default=Path("/tmp/petkeeper-demo"),
-                      help="where the demo keeps its repo, hosts and state (recreated)")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the demo hosts up until Ctrl-C, to try plan, approve and run")
-
-
-def version_line() -> str:
-    """Petkeeper's version and those of what it runs on."""
-    def of(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-    return (f"petkeeper {__version__} (ansible-core {of('ansible-core')}, ansible-runner "
-            f"{of('ansible-runner')}, Python {platform.python_version()})")
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, 78)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

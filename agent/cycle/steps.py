@@ -47,7 +47,6 @@ from agent.cycle.apply import (
 )
 from agent.cycle.decide import (
     APPLY,
-    WAIT,
     Plan,
     classify_report,
     decide_plans,
@@ -56,6 +55,7 @@ from agent.cycle.decide import (
     require_known_plan,
 )
 from agent.cycle.detect import Targets, check_drift, select_targets
+from agent.cycle.outcome import build_status, result_line
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
 from agent.errors import AgentError, FetchError, RepoError, StalledError
@@ -224,36 +224,8 @@ def record_applies_step(c: Cycle) -> None:
 
 
 def save_step(c: Cycle) -> None:
-    """status.json: the last run, and per host its last check and last apply. Hosts this cycle
-    did not check (another limit) keep what an earlier cycle saved about them."""
-    assert c.source is not None
-    earlier = _saved_hosts(c.state)
-    last_run = {k: v for k, v in c.as_json().items() if k not in ("hosts", "plans")}
-    write_status(c.state, {
-        "last_run": {**last_run, "finished": _now().isoformat(timespec="seconds"),
-                     "exit_code": c.exit_code},
-        "hosts": {**earlier, **{name: _host_status(c, name, r, earlier.get(name) or {})
-                                for name, r in c.hosts.items()}},
-    })
+    write_status(c.state, build_status(c, _saved_hosts(c.state), _now()))
     c.advance(Stage.SAVED)
-
-
-def _host_status(c: Cycle, name: str, r: HostReport, earlier: dict[str, Any]) -> dict[str, Any]:
-    assert c.source is not None
-    entry = {"status": r.status, "fingerprint": r.fingerprint, "changes": len(r.changes),
-             "message": r.message, "source_sha": c.source.sha,
-             "source_rejected": c.source.rejected,
-             "checked_at": c.checked.get(name, c.started.isoformat(timespec="seconds")),
-             "run_id": c.run_id}
-    if name in c.plans:
-        entry["plan"] = c.plans[name].as_dict()
-    applies = [a for a in c.applies if a.host == name]
-    last_apply = {"at": applies[-1].finished, "result": applies[-1].result,
-                  "plan_id": applies[-1].plan_id, "approved_by": applies[-1].approved_by,
-                  "run_id": applies[-1].run_id} if applies else earlier.get("last_apply")
-    if last_apply:
-        entry["last_apply"] = last_apply
-    return entry
 
 
 def _saved_hosts(state: StateDir) -> dict[str, Any]:
@@ -324,26 +296,6 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
             if cycle.mirror is not None:
                 cycle.mirror.close()
     return cycle
-
-
-def result_line(c: Cycle, command: str) -> str:
-    """The cycle's outcome in one log line: hosts per status, the source commit, what was
-    committed, what waits for approval, what was applied."""
-    counts: dict[str, int] = {}
-    for report in c.hosts.values():
-        counts[report.status] = counts.get(report.status, 0) + 1
-    parts = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no hosts",
-             f"source {c.source.sha[:12] if c.source else 'none'}"]
-    if c.publish is not None:
-        done = c.publish.committed_by_host()
-        parts.append(f"committed {', '.join(f'{h} ({len(f)})' for h, f in done.items())}"
-                     if done else "nothing committed")
-        parts[-1] += f", {c.publish.push}"
-    waiting = [f"{h} plan {p.plan_id}" for h, p in c.plans.items() if p.action == WAIT]
-    parts.append(f"waiting: {', '.join(waiting)}" if waiting else "nothing waits")
-    parts.append("applied: " + (", ".join(f"{a.host} plan {a.plan_id} {a.result}"
-                                          for a in c.applies) or "nothing"))
-    return f"cycle {c.run_id} ({command}) exit {c.exit_code}: {'; '.join(parts)}"
 
 
 def new_run_id(when: datetime) -> str:

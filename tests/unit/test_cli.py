@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agent import __version__
-from agent.cli import build_parser, main, progress_line, use_color
+from agent.arguments import build_parser
+from agent.cli import main, progress_line, use_color
 from agent.operate.logs import Handler
 from agent.operate.output import color_wanted
 from agent.operate.progress import ProgressLine

@@ -22,17 +22,10 @@ from agent.core.drift import (
 )
 from agent.cycle.apply import ApplyResult
 from agent.cycle.decide import Plan
+from agent.cycle.outcome import result_line
 from agent.cycle.record import PublishResult
 from agent.cycle.source import Source
-from agent.cycle.steps import (
-    EXIT_CLEAN,
-    EXIT_DRIFT,
-    EXIT_ERROR,
-    Cycle,
-    Stage,
-    result_line,
-    save_step,
-)
+from agent.cycle.steps import EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR, Cycle, Stage, save_step
 
 PROBE = Change("Baseline", None, "Run a command", "ansible.builtin.command", "", True)
 
