@@ -26,7 +26,7 @@ def test_without_pytest_testinfra_the_tests_do_not_run_and_the_result_says_how_t
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "testinfra" else real(name, *a))
 
-    result = verify.run_host_tests(RUN, Path("/nonexistent/tree/tests"), "web1",
+    result = verify.run_host_tests(RUN, Path("/nonexistent/tree/tests"), "web1", key=
                                    "post_apply_tests in /etc/petkeeper/agent.yml")
 
     assert not result.passed and result.tests == 0
