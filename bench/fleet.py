@@ -432,10 +432,11 @@ def code_commit() -> str:
     root = Path(agent.__file__).resolve().parents[1]
     try:
         sha = git_out("rev-parse", "--short=12", "HEAD", cwd=root)
-        dirty = git_out("status", "--porcelain", "--untracked-files=no", cwd=root)
+        dirty = git_out("status", "--porcelain", "--untracked-files=no", "--", "agent",
+                        cwd=root)
     except (subprocess.CalledProcessError, OSError):
         return "unknown"
-    return sha + (" (with uncommitted changes)" if dirty else "")
+    return sha + (" (with uncommitted changes to agent/)" if dirty else "")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
