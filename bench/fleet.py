@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pkfleet-", dir="/tmp"))
-    workdir.mkdir(parents=True, exist_ok=keep)
+    workdir.mkdir(parents=True, exist_ok=not keep)  # --workdir: a new folder
     say(f"agent code at {code_commit()}; workdir {workdir}; {os.cpu_count()} CPUs; load "
         f"average {os.getloadavg()[0]:.1f}")
     say(f"{args.agents} agents on {args.workers} workers x {args.threads} threads; time scale "
