@@ -2,20 +2,27 @@
 
 Usage (as root, like the demo: needs unshare and /usr/sbin/sshd)::
 
-    PATH=/tmp/pkvenv/bin:$PATH python bench/bench_check.py --runs 5 --hosts 2
-    PATH=/tmp/pkvenv/bin:$PATH python bench/bench_check.py --scale 1,2,4 --runs 3
+    .venv/bin/python bench/bench_check.py --runs 5 --hosts 2
+    .venv/bin/python bench/bench_check.py --scale 1,2,4 --runs 3
+    .venv/bin/python bench/bench_check.py --scale 1,10,50,100,200 --runs 3 --playbook light \
+        --tools petkeeper,ansible-playbook --forks 20      # beside mode: one agent, many pets
 
 It sets up what the demo sets up, in a temp workdir: a bare repo of this project's playbooks/
-and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/bench/``, and
-test hosts bench1..N on 127.0.90.11.. (``TestHostPool``), converged once so that every check
-is a no-change check. Then, for each host count (most first), the same commit, hosts,
-inventory and limit are checked --runs times by each of, interleaved:
+and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/bench/`` and
+``soak/light.yml``, and test hosts bench1..N on 127.0.110.11.. (200 per /24, up to
+127.0.113.x; ``TestHostPool``), converged once so that every check is a no-change check. Then,
+for each host count (most first), the same commit, hosts, inventory, playbook (--playbook:
+playbooks/site.yml, or light: four tasks without facts) and limit are checked --runs times by
+each of (--tools), interleaved:
 
   petkeeper         petkeeper -v --config agent-N.yml check      (the real CLI; exit 0 asserted)
-  ansible-playbook  ansible-playbook --check --diff -i INV --limit L playbooks/site.yml
+  ansible-playbook  ansible-playbook --check --diff -i INV --limit L PLAYBOOK
                     in a clone, with the environment Petkeeper gives Ansible (runner.build_env)
   ansible-pull      ansible-pull -U file://REPO -C main -d DIR -i DIR/INV -l L --check --diff
-                    playbooks/site.yml, same environment
+                    PLAYBOOK, same environment
+
+All run with --forks parallel hosts (Petkeeper's ansible.forks, ANSIBLE_FORKS for the others;
+default 5, the default of both).
 
 ansible-pull passes ``-c local`` to ansible-playbook; the inventory's ``ansible_connection:
 ssh`` (group_vars/all.yml) takes precedence, so it checks the SSH hosts: the warm-up runs it
@@ -23,11 +30,13 @@ with -vvv and fails unless every host was reached over SSH. Its own git step nee
 in the inventory (``localhost``, left out by every limit) and a non-strict host pattern check.
 
 Not measured: the converge, and one warm-up (Petkeeper's first cycle: mirror clone, first
-report commits; ansible-pull's first clone). All three share one ControlPersist folder, so SSH
-connections are warm for all (a daemon every 15 min would find them closed: ``--cold`` turns
-ControlMaster off for all three). Petkeeper's run is split with the arrival times of its -v log
-lines; its fetch step and ansible-inventory call are also timed alone, in process. Hosts are
-stopped and the workdir removed on exit (``--keep`` keeps the workdir).
+report commits; ansible-pull's first clone). SSH connections are opened by each run and
+reused within it, as Petkeeper's runner does (a ControlPersist folder per run, its masters
+closed at the end): the bare tools get a fresh folder per run too, closed after their time is
+taken (``--cold`` turns ControlMaster off for all three). Petkeeper's run is split with the
+arrival times of its -v log lines; its fetch step and ansible-inventory call are also timed
+alone, in process. Hosts are stopped and the workdir removed on exit (``--keep`` keeps the
+workdir).
 """
 
 from __future__ import annotations
@@ -54,18 +63,65 @@ import yaml
 
 import agent
 from agent.adapters.inventory import list_hosts
-from agent.adapters.runner import PlaybookRun, build_env, run_playbook
+from agent.adapters.runner import PlaybookRun, build_env, close_control_masters, run_playbook
 from agent.adapters.state import StateDir
 from agent.config import Config, load_config
 from agent.cycle.source import open_mirror, sync_source
 from agent.demo import PLAYBOOK, seed_repo, write_config
 from agent.testhosts import TestHostPool
 
-ADDRESS = "127.0.90.{}"  # not 127.0.80.x (demo) nor 127.0.81.x (tests)
+HOSTS_PER_NET = 200
+NETS = range(110, 114)  # 127.0.110.x to 127.0.113.x: the beside-mode block, up to 800 hosts
+LIGHT = "soak/light.yml"
+# --playbook light (here and in bench/soak.py): four tasks, seven results per host, committed
+# to the bench remote beside the project's playbooks. The same kinds
+# of task as site.yml (files with diffs, a loop, a tagged task per policy rule), no fact
+# gathering, no package module: a cycle of seconds rather than of tens of seconds.
+LIGHT_PLAYBOOK = """\
+---
+- name: Soak pets, lightly
+  hosts: pets
+  gather_facts: false
+  tasks:
+    - name: Write the message of the day
+      ansible.builtin.copy:
+        dest: /etc/motd
+        content: "{{ inventory_hostname }}: {{ baseline_motd_purpose }}\\n"
+        mode: "0644"
+      tags: [baseline]
+    - name: Create the application folders
+      ansible.builtin.file:
+        path: "/srv/soak/{{ item }}"
+        state: directory
+        mode: "0755"
+      loop: [conf, data, logs, spool]
+      tags: [baseline]
+    - name: Write the application config
+      ansible.builtin.copy:
+        dest: /srv/soak/conf/app.conf
+        content: "workers = 4\\nfeatures = compression,static_files\\n"
+        mode: "0644"
+      tags: [baseline]
+    - name: Schedule the backup
+      ansible.builtin.copy:
+        dest: /etc/cron.d/petkeeper-backup
+        content: "17 3 * * * root /usr/local/sbin/petkeeper-backup\\n"
+        mode: "0644"
+      tags: [backup_job]
+"""
+
+
 INVENTORY = "inventories/bench/hosts.yml"
 BRANCH = "main"
 TIMEOUT = 600.0
 BIN = Path(sys.executable).parent
+
+
+def address(i: int) -> str:
+    """The loopback address of test host I (1-based): 127.0.110.11, ... 127.0.110.210,
+    127.0.111.11, ..."""
+    net, host = divmod(i - 1, HOSTS_PER_NET)
+    return f"127.0.{NETS[net]}.{11 + host}"
 
 
 @dataclass
@@ -88,6 +144,7 @@ class Point:
     """The figures for one host count."""
 
     hosts: int
+    tools: tuple[str, ...] = TOOLS
     runs: dict[str, list[Sample]] = field(default_factory=lambda: {t: [] for t in TOOLS})
     disk: list[tuple[int, int, int]] = field(default_factory=list)  # before run 1, after each
     parts: list[dict[str, int]] = field(default_factory=list)  # state dir by part: before, after
@@ -181,13 +238,14 @@ def git(*args: str, cwd: Path | None = None) -> None:
 
 def start_hosts(pool: TestHostPool, count: int) -> list[str]:
     names = [f"bench{i}" for i in range(1, count + 1)]
-    for i, name in enumerate(names, start=11):
-        pool.start(name, ADDRESS.format(i))
+    for i, name in enumerate(names, start=1):
+        pool.start(name, address(i))
     return names
 
 
 def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[str]) -> None:
-    """Commit inventories/bench/ (the hosts as started, the demo's group_vars) to REMOTE."""
+    """Commit inventories/bench/ (the hosts as started, the demo's group_vars) and the light
+    playbook to REMOTE."""
     clone = workdir / "inventory-clone"
     git("clone", "--quiet", "--branch", BRANCH, f"file://{remote}", str(clone))
     folder = clone / Path(INVENTORY).parent
@@ -201,6 +259,8 @@ def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[s
                            "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}
     (clone / INVENTORY).write_text(yaml.safe_dump({"all": {"hosts": local, "children": {
         "pets": {"hosts": hosts, "vars": {"baseline_motd_purpose": "benchmark pet"}}}}}))
+    (clone / LIGHT).parent.mkdir(parents=True, exist_ok=True)
+    (clone / LIGHT).write_text(LIGHT_PLAYBOOK)
     git("add", "--all", cwd=clone)
     git("-c", "user.name=Bench", "-c", "user.email=bench@bench.invalid", "commit", "--quiet",
         "-m", "Benchmark inventory", cwd=clone)
@@ -209,22 +269,26 @@ def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[s
 
 
 def bench_config(workdir: Path, remote: Path, pool: TestHostPool, names: list[str],
-                 state: str) -> Path:
-    """The demo's agent.yml (agent.demo.write_config), pointed at the bench inventory,
-    limited to NAMES, with state in WORKDIR/STATE."""
+                 state: str, playbook: str = PLAYBOOK, forks: int = 5) -> Path:
+    """The demo's agent.yml (agent.demo.write_config), pointed at the bench inventory and
+    PLAYBOOK, limited to NAMES, FORKS hosts at a time, with state in WORKDIR/STATE."""
     data = yaml.safe_load(write_config(workdir, remote, pool).read_text())
-    data.update(inventory=INVENTORY, limit=",".join(names), state_dir=str(workdir / state))
+    data.update(inventory=INVENTORY, limit=",".join(names), state_dir=str(workdir / state),
+                playbooks=[playbook])
+    data["ansible"]["forks"] = forks
     path = workdir / f"agent-{state}.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 def converge(config: Config, remote: Path, workdir: Path, names: list[str]) -> None:
-    """Apply the playbook once, as agent.demo.converge does (it is tied to the demo hosts)."""
+    """Apply the config's playbook once, as agent.demo.converge does (it is tied to the demo
+    hosts)."""
     tree = workdir / "converge-tree"
     git("clone", "--quiet", "--branch", BRANCH, f"file://{remote}", str(tree))
-    run = PlaybookRun(tree=tree, playbook=PLAYBOOK, inventory=tree / INVENTORY,
+    run = PlaybookRun(tree=tree, playbook=config.playbooks[0], inventory=tree / INVENTORY,
                       limit=",".join(names), check=False, ident="bench-converge",
+                      forks=config.ansible.forks,
                       private_key_file=config.ansible.private_key_file,
                       known_hosts_file=config.ansible.known_hosts_file, timeout=TIMEOUT)
     result = run_playbook(run, workdir / "converge-runner")
@@ -242,6 +306,9 @@ class Bench:
     pool: TestHostPool
     names: list[str]
     base_env: dict[str, str]  # petkeeper's: it builds its Ansible environment itself
+    playbook: str = PLAYBOOK
+    tools: tuple[str, ...] = TOOLS
+    forks: int = 5
 
     @property
     def tree(self) -> Path:
@@ -252,15 +319,16 @@ class Bench:
         return self.workdir / "pull"
 
     def config(self, names: list[str], state: str) -> Path:
-        return bench_config(self.workdir, self.remote, self.pool, names, state)
+        return bench_config(self.workdir, self.remote, self.pool, names, state,
+                            self.playbook, self.forks)
 
     def ansible_env(self, config: Config) -> dict[str, str]:
         """Petkeeper's Ansible environment (agent.adapters.runner.build_env) over the base one."""
-        run = PlaybookRun(tree=self.tree, playbook=PLAYBOOK, inventory=self.tree / INVENTORY,
-                          limit="", check=True, ident="bench",
+        run = PlaybookRun(tree=self.tree, playbook=self.playbook,
+                          inventory=self.tree / INVENTORY, limit="", check=True, ident="bench",
                           private_key_file=config.ansible.private_key_file,
                           known_hosts_file=config.ansible.known_hosts_file)
-        return {**self.base_env, **build_env(run)}
+        return {**self.base_env, **build_env(run), "ANSIBLE_FORKS": str(self.forks)}
 
     def commands(self, names: list[str], state: str
                  ) -> dict[str, tuple[list[str], dict[str, str], Path]]:
@@ -276,21 +344,26 @@ class Bench:
             "petkeeper": ([str(BIN / "petkeeper"), "-v", "--config", str(config_path),
                            "check"], self.base_env, self.workdir),
             "ansible-playbook": ([str(BIN / "ansible-playbook"), "--check", "--diff", "-i",
-                                  INVENTORY, "--limit", limit, PLAYBOOK], env, self.tree),
+                                  INVENTORY, "--limit", limit, self.playbook], env,
+                                 self.tree),
             "ansible-pull": ([str(BIN / "ansible-pull"), "-U", f"file://{self.remote}", "-C",
                               BRANCH, "-d", str(self.pull_dir), "-i",
                               str(self.pull_dir / INVENTORY), "-l", limit, "--check", "--diff",
-                              PLAYBOOK], pull_env, self.workdir),
+                              self.playbook], pull_env, self.workdir),
         }
 
     def warm_up(self) -> None:
         """Petkeeper's first cycle clones its mirror and commits the first reports;
         ansible-pull's first clones its checkout (here with -vvv and a tag that selects no
-        task: facts only, to see where it connects). Both warm the shared SSH sockets."""
+        task: facts only, to see where it connects)."""
         git("clone", "--quiet", "--branch", BRANCH, f"file://{self.remote}", str(self.tree))
         cmd = self.commands(self.names, "state")
         argv, env, cwd = cmd["petkeeper"]
         pk = expect(run_timed(argv, env, cwd), "petkeeper first check")
+        if "ansible-pull" not in self.tools:
+            say(f"warm-up on {len(self.names)} host(s), not measured: petkeeper first check "
+                f"{pk.wall:.2f}s")
+            return
         argv, env, cwd = cmd["ansible-pull"]
         pull = expect(run_timed([*argv, "-vvv", "--tags", "bench-selects-no-task"], env, cwd),
                       "ansible-pull first run")
@@ -303,7 +376,7 @@ class Bench:
 
 def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
     """Check NAMES RUNS times with each tool, interleaved."""
-    point = Point(len(names), load=(os.getloadavg()[0], 0.0))
+    point = Point(len(names), bench.tools, load=(os.getloadavg()[0], 0.0))
     # Each host count starts from a copy of the state the warm-up left (mirror, tree, reports
     # committed and pushed, one artifact folder), so that its disk figures are its own.
     cmd = bench.commands(names, f"state-{len(names)}")
@@ -315,9 +388,9 @@ def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
     point.parts.append(disk_by_part(state.root))
     pids = [bench.pool.hosts[n].pid for n in names]
     for i in range(runs):
-        for tool in TOOLS:
+        for tool in bench.tools:
             before = sum(map(tree_cpu, pids))
-            sample = expect(run_timed(*cmd[tool]), tool)
+            sample = expect(run_tool(tool, *cmd[tool]), tool)
             point.host_cpu[tool].append(sum(map(tree_cpu, pids)) - before)
             if tool == "petkeeper":
                 point.disk.append(disk_usage(state.root))
@@ -325,11 +398,24 @@ def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
                 expect_clean(sample, names)
             point.runs[tool].append(sample)
         say(f"{len(names)} host(s): run {i + 1}/{runs}: " + ", ".join(
-            f"{t} {point.runs[t][-1].wall:.2f}s" for t in TOOLS))
+            f"{t} {point.runs[t][-1].wall:.2f}s" for t in bench.tools))
     point.parts.append(disk_by_part(state.root))
     time_cycle_parts(point, config, state, runs)
     point.load = (point.load[0], os.getloadavg()[0])
     return point
+
+
+def run_tool(tool: str, argv: list[str], env: dict[str, str], cwd: Path) -> Sample:
+    """Run one check. A bare tool gets what Petkeeper's runner gives each of its runs: a new
+    SSH ControlPersist folder, its masters closed at the end (after the time is taken: left
+    alone they would linger for 60 s, costing the bare tool nothing)."""
+    if tool == "petkeeper":
+        return run_timed(argv, env, cwd)
+    with tempfile.TemporaryDirectory(prefix="pk-cp-") as folder:
+        try:
+            return run_timed(argv, {**env, "ANSIBLE_SSH_CONTROL_PATH_DIR": folder}, cwd)
+        finally:
+            close_control_masters(Path(folder))
 
 
 def time_cycle_parts(point: Point, config: Config, state: StateDir, runs: int) -> None:
@@ -427,12 +513,12 @@ def print_point(p: Point) -> None:
     print(f"\n== {p.hosts} host(s), {n} runs each, median (min-max); load average "
           f"{p.load[0]:.1f} -> {p.load[1]:.1f}")
     print(f"  {'':18} {'wall':>22}   {'CPU on this side':>22}   {'CPU on the hosts':>22}")
-    for tool in TOOLS:
+    for tool in p.tools:
         cpu = [s.cpu for s in p.runs[tool]]
         print(f"  {tool:18} {spread(p.wall(tool)):>22}   {spread(cpu):>22}   "
               f"{spread(p.host_cpu[tool]):>22}")
     pk = p.median("petkeeper")
-    for other in TOOLS[1:]:
+    for other in p.tools[1:]:
         paired = [a - b for a, b in zip(p.wall("petkeeper"), p.wall(other), strict=True)]
         print(f"  ratio petkeeper/{other:19} {pk / p.median(other):6.2f}   (paired difference "
               f"per round, median {statistics.median(paired):+.2f}s)")
@@ -482,21 +568,26 @@ def print_disk(p: Point) -> None:
 def print_table(points: list[Point]) -> None:
     print("\n== summary: medians of a no-change check; wall seconds, then CPU seconds on this "
           "side")
-    head = (f"{'hosts':>5} {'pk':>7} {'ap':>7} {'pull':>7} {'pk/ap':>6} {'pk/pull':>7} "
-            f"{'pk CPU':>7} {'ap CPU':>7} {'pull CPU':>8} {'state B/cycle':>13} "
-            f"{'pk RSS MiB':>10}")
+    tools = points[0].tools
+    short = {"petkeeper": "pk", "ansible-playbook": "ap", "ansible-pull": "pull"}
+    names = [short[t] for t in tools]
+    head = (f"{'hosts':>5} " + " ".join(f"{n:>7}" for n in names) + " " +
+            " ".join(f"{'pk/' + n:>7}" for n in names[1:]) + " " +
+            " ".join(f"{n + ' CPU':>8}" for n in names) +
+            f" {'state B/cycle':>13} {'pk RSS MiB':>10}")
     print(head)
     print("-" * len(head))
     for p in points:
-        pk, ap, pull = (p.median(t) for t in TOOLS)
-        cpu = [statistics.median(s.cpu for s in p.runs[t]) for t in TOOLS]
+        wall = [p.median(t) for t in tools]
+        cpu = [statistics.median(s.cpu for s in p.runs[t]) for t in tools]
         grow = (p.disk[-1][0] - p.disk[0][0]) / (len(p.disk) - 1)
         rss = max(s.own_rss_kb for s in p.runs["petkeeper"]) / 1024
-        print(f"{p.hosts:>5} {pk:>7.2f} {ap:>7.2f} {pull:>7.2f} {pk / ap:>6.2f} "
-              f"{pk / pull:>7.2f} {cpu[0]:>7.2f} {cpu[1]:>7.2f} {cpu[2]:>8.2f} {grow:>13,.0f} "
-              f"{rss:>10.1f}")
+        print(f"{p.hosts:>5} " + " ".join(f"{w:>7.2f}" for w in wall) + " " +
+              " ".join(f"{wall[0] / w:>7.3f}" for w in wall[1:]) + " " +
+              " ".join(f"{c:>8.2f}" for c in cpu) + f" {grow:>13,.0f} {rss:>10.1f}")
     print("pk: petkeeper check; ap: ansible-playbook --check --diff; pull: ansible-pull --check "
-          "--diff; state B/cycle: mean growth of the state directory (apparent bytes)")
+          "--diff; state B/cycle: mean growth of the state directory (apparent bytes); pk RSS: "
+          "peak of petkeeper's own process (VmHWM)")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -508,25 +599,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", help="host counts to measure, e.g. 1,2,4 (overrides --hosts)")
     parser.add_argument("--cold", action="store_true",
                         help="no SSH connection reuse (ControlMaster=no) for all three tools")
+    parser.add_argument("--playbook", choices=("site", "light"), default="site",
+                        help=f"what is checked: {PLAYBOOK} (default) or {LIGHT} (four tasks, "
+                        "no facts)")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help="what is measured: petkeeper,ansible-playbook[,ansible-pull] "
+                        "(default all three)")
+    parser.add_argument("--forks", type=int, default=5,
+                        help="hosts checked in parallel by each tool (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
-    if args.runs < 1 or min(args.counts) < 1 or max(args.counts) > 80:
-        parser.error("--runs and host counts must be >= 1, host counts <= 80")
+    most = HOSTS_PER_NET * len(NETS)
+    if args.runs < 1 or min(args.counts) < 1 or max(args.counts) > most:
+        parser.error(f"--runs and host counts must be >= 1, host counts <= {most}")
+    wanted = set(args.tools.split(","))
+    if not {"petkeeper", "ansible-playbook"} <= wanted <= set(TOOLS):
+        parser.error(f"--tools: petkeeper and ansible-playbook, and optionally ansible-pull; "
+                     f"got {args.tools!r}")
+    args.tools = tuple(t for t in TOOLS if t in wanted)
+    args.playbook = LIGHT if args.playbook == "light" else PLAYBOOK
+    if args.forks < 1:
+        parser.error("--forks must be >= 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="pkbench-", dir="/tmp"))
-    # One ControlPersist folder for this process (the converge) and all three tools.
-    os.environ["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(workdir / "cp")
     base_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     if args.cold:
         base_env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=no"
     began = time.monotonic()
-    say(f"agent from {Path(agent.__file__).parent}; workdir {workdir}; "
-        f"{'cold' if args.cold else 'warm'} SSH connections; ansible-core "
+    say(f"agent from {Path(agent.__file__).parent}; workdir {workdir}; {args.playbook}, "
+        f"forks {args.forks}; SSH connections "
+        f"{'never reused' if args.cold else 'reused within each run'}; ansible-core "
         f"{version('ansible-core')}; {os.cpu_count()} CPUs; load average "
         f"{os.getloadavg()[0]:.1f}")
     points = []
@@ -536,11 +643,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = start_hosts(pool, max(args.counts))
             add_inventory(remote, workdir, pool, names)
             t = time.monotonic()
-            converge(load_config(bench_config(workdir, remote, pool, names, "state")), remote,
-                     workdir, names)
-            say(f"{len(names)} host(s) on {ADDRESS.format('x')} converged in "
+            bench = Bench(workdir, remote, pool, names, base_env, args.playbook, args.tools,
+                          args.forks)
+            converge(load_config(bench.config(names, "state")), remote, workdir, names)
+            say(f"{len(names)} host(s) on {address(1)}.. converged in "
                 f"{time.monotonic() - t:.1f}s (setup, not measured)")
-            bench = Bench(workdir, remote, pool, names, base_env)
             bench.warm_up()
             # Most hosts first: each smaller set is a subset whose SSH sockets stay warm.
             for count in sorted(args.counts, reverse=True):

@@ -65,6 +65,8 @@ from bench_check import (
     BIN,
     BRANCH,
     INVENTORY,
+    LIGHT,
+    LIGHT_PLAYBOOK,
     TIMEOUT,
     add_inventory,
     bench_config,
@@ -85,42 +87,6 @@ POLICY = {"default": "approve",
 PARTS = ("mirror", "trees", "artifacts", "other")
 CYCLE_CPU = re.compile(r"cycle process \d+: ([0-9.]+)s of CPU of its own")
 FIT_FROM = 20  # the slope skips the warm-up cycles
-LIGHT = "soak/light.yml"
-# --playbook light: what the soak's remote gets besides the project's playbooks. The same kinds
-# of task as site.yml (files with diffs, a loop, a tagged task per policy rule), no fact
-# gathering, no package module: a cycle of seconds rather than of tens of seconds.
-LIGHT_PLAYBOOK = """\
----
-- name: Soak pets, lightly
-  hosts: pets
-  gather_facts: false
-  tasks:
-    - name: Write the message of the day
-      ansible.builtin.copy:
-        dest: /etc/motd
-        content: "{{ inventory_hostname }}: {{ baseline_motd_purpose }}\\n"
-        mode: "0644"
-      tags: [baseline]
-    - name: Create the application folders
-      ansible.builtin.file:
-        path: "/srv/soak/{{ item }}"
-        state: directory
-        mode: "0755"
-      loop: [conf, data, logs, spool]
-      tags: [baseline]
-    - name: Write the application config
-      ansible.builtin.copy:
-        dest: /srv/soak/conf/app.conf
-        content: "workers = 4\\nfeatures = compression,static_files\\n"
-        mode: "0644"
-      tags: [baseline]
-    - name: Schedule the backup
-      ansible.builtin.copy:
-        dest: /etc/cron.d/petkeeper-backup
-        content: "17 3 * * * root /usr/local/sbin/petkeeper-backup\\n"
-        mode: "0644"
-      tags: [backup_job]
-"""
 
 
 @dataclass
