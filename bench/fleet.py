@@ -497,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.splay:g}s, check_interval {args.check_interval:g}s, heartbeat "
         f"{args.heartbeat:g}s, drift {args.drift:g}/cycle, duration {args.duration:g}s"
         + (f"; fault {args.fault} at {args.fault_at:g}s" if args.fault else ""))
+    figures = None
     try:
         figures = simulate(args, workdir)
         figures.code = code_commit()
@@ -504,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
     finally:
-        if not keep:
+        if figures is None or not figures.ok:
+            say(f"kept {workdir} to look into: events-*.jsonl, errors-*.log, agents/")
+        elif not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0 if figures.ok else 1
 

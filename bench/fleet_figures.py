@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import time
 from collections import Counter
@@ -57,6 +58,8 @@ class Figures:
     fetches: int = 0  # upload-pack runs
     client_pushes: int = 0  # push attempts the agents made (landed, rejected, failed)
     client_push_failures: int = 0
+    push_errors: dict[str, int] = field(default_factory=dict)  # by kind, as the agents logged
+    fetch_errors: dict[str, int] = field(default_factory=dict)  # failed fetches of a cycle
     latency: tuple[float, float, float] = (0.0, 0.0, 0.0)  # commit to landed: p50 p99 max
     server_cpu: float = 0.0
     remote_growth: int = 0  # allocated bytes the run added to the remote, as pushed
@@ -188,6 +191,13 @@ def read_fleet(url: str, workdir: Path) -> tuple[float, dict[str, str], str]:
 
 # -- the figures -----------------------------------------------------------------------------
 
+def push_error_kind(message: str) -> str:
+    """A push error without what differs between agents (counts, hosts, URLs)."""
+    if "rejected (the remote moved)" in message:
+        return "rejected: the remote moved"
+    return re.sub(r"git://\S+|\d+", "N", message)[:100]
+
+
 def pct(values: Sequence[float], q: float) -> float:
     """The Q-th percentile by nearest rank (0 for no values)."""
     if not values:
@@ -216,6 +226,10 @@ def measure(args: argparse.Namespace, workdir: Path, remote: Path, names: list[s
     f.lag = spread([(e["start"] - e["due"]) / args.time_scale for e in cycles])
     f.client_pushes = sum(1 for e in cycles if e.get("pushed") or e.get("push_error"))
     f.client_push_failures = sum(1 for e in cycles if e.get("push_error"))
+    f.push_errors = dict(Counter(push_error_kind(e["push_error"]) for e in cycles
+                                 if e.get("push_error")))
+    f.fetch_errors = dict(Counter(push_error_kind(e["fetch_error"]) for e in cycles
+                                  if e.get("fetch_error")))
 
     started = {e["run"]: e["t"] for e in log if e["kind"] == "record"}
     committed = {(host, e["run"]) for e in cycles for host in e.get("committed", [])}
@@ -294,6 +308,8 @@ def print_figures(f: Figures) -> None:
     row("pushes per report", f"{f.pushes / per:.2f} ({f.pushes} receive-packs, "
         f"{f.landed_pushes} landed); by the agents: {f.client_pushes} attempts, "
         f"{f.client_push_failures} rejected or failed")
+    for kind, n in sorted(f.push_errors.items()):
+        print(f"      {n:5} x {kind}")
     row("retries per report", f"{(f.client_pushes - f.landed_pushes) / per:.2f}")
     row("commit to landed", "p50 {:.2f}s, p99 {:.2f}s, max {:.2f}s".format(*f.latency))
     row("git server CPU", f"{f.server_cpu:.1f}s (git daemon and its children), "
@@ -304,7 +320,10 @@ def print_figures(f: Figures) -> None:
         f"({f.fleet_read_how})")
     row("ref updates", f"{f.ref_updates}; forced {len(f.forced)}; deleted {f.deletions}"
         + (f"  e.g. {f.forced[0]}" if f.forced else ""))
-    row("cycles", f"{f.cycles}; errors {f.cycle_errors or 'none'}")
+    row("cycles", f"{f.cycles}; errors {f.cycle_errors or 'none'}; failed fetches "
+        f"{sum(f.fetch_errors.values())}")
+    for kind, n in sorted(f.fetch_errors.items()):
+        print(f"      {n:5} x {kind}")
     for err in f.error_sample:
         print(f"      {err[:160]}")
     row("cycle start after its tick", "p50 {:.2f}s, p99 {:.2f}s, max {:.2f}s (the sim's own "
