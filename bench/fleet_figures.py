@@ -52,6 +52,7 @@ class Figures:
     on_remote: int = 0
     lost: list[str] = field(default_factory=list)
     gave_up: int = 0
+    unlanded: list[str] = field(default_factory=list)  # still queued when the agents stopped
     stale: list[str] = field(default_factory=list)
     pushes: int = 0  # receive-pack runs (git daemon's log)
     landed_pushes: int = 0  # pushes that updated a ref (post-receive runs)
@@ -73,7 +74,21 @@ class Figures:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.forced or self.stale or self.gave_up or self.deletions)
+        return not (self.lost or self.unlanded or self.forced or self.stale or self.gave_up or
+                    self.deletions)
+
+    @property
+    def verdict(self) -> str:
+        if self.ok:
+            return "OK: every report landed, none lost, no push forced"
+        problems = [f"{len(self.lost)} report(s) lost" if self.lost else "",
+                    f"{len(self.unlanded)} report(s) of {self.gave_up} agent(s) still queued "
+                    "when the agents gave up" if self.unlanded or self.gave_up else "",
+                    f"{len(self.forced)} forced update(s)" if self.forced else "",
+                    f"{self.deletions} deleted ref(s)" if self.deletions else "",
+                    f"{len(self.stale)} host(s) whose newest report is not on the remote"
+                    if self.stale else ""]
+        return "FAILED: " + "; ".join(p for p in problems if p)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -100,11 +115,13 @@ def graph(remote: Path) -> dict[str, tuple[list[str], Report | None]]:
     return commits
 
 
-def own_reports(mirror: Path, host: str) -> set[Report]:
-    """The report commits of HOST that an agent's mirror holds (queued, or pushed)."""
+def own_reports(mirror: Path, host: str, queued: bool = False) -> set[Report]:
+    """The report commits of HOST that an agent's mirror holds (queued, or pushed); with
+    QUEUED, only those its queue refs (refs/petkeeper/...) hold."""
     if not mirror.is_dir():
         return set()
-    lines = git_lines(mirror, "log", "--all", f"--format={TRAILERS}")
+    refs = "--glob=refs/petkeeper" if queued else "--all"
+    lines = git_lines(mirror, "log", refs, f"--format={TRAILERS}")
     return {(h, r) for h, r in (line.split("\x1f") for line in lines) if h == host and r}
 
 
@@ -239,7 +256,11 @@ def measure(args: argparse.Namespace, workdir: Path, remote: Path, names: list[s
     commits = graph(remote)
     on_remote = {rep for _, rep in commits.values() if rep is not None and rep[1] in started}
     f.committed, f.on_remote = len(committed), len(on_remote)
-    f.lost = sorted(f"{h} run {r}" for h, r in committed - on_remote)
+    missing = committed - on_remote
+    queued = set().union(*(own_reports(workdir / "agents" / h / "mirror.git", h, queued=True)
+                           for h in {h for h, _ in missing}))
+    f.unlanded = sorted(f"{h} run {r}" for h, r in missing & queued)
+    f.lost = sorted(f"{h} run {r}" for h, r in missing - queued)
 
     rows = updates(workdir)
     f.ref_updates = len(rows)
@@ -301,7 +322,10 @@ def print_figures(f: Figures) -> None:
         row("fault", line)
     row("reports committed", f"{f.committed}")
     row("reports on the remote", f"{f.on_remote}")
-    row("lost", f"{len(f.lost)}" + (f"  e.g. {', '.join(f.lost[:3])}" if f.lost else ""))
+    row("still queued when agents gave up", f"{len(f.unlanded)}" +
+        (f"  e.g. {', '.join(f.unlanded[:2])}" if f.unlanded else ""))
+    row("lost (neither landed nor queued)", f"{len(f.lost)}" +
+        (f"  e.g. {', '.join(f.lost[:3])}" if f.lost else ""))
     row("newest report wrong on the remote", f"{len(f.stale)}"
         + (f"  e.g. {f.stale[0]}" if f.stale else ""))
     row("agents that gave up with a queue", f"{f.gave_up}")
@@ -328,4 +352,4 @@ def print_figures(f: Figures) -> None:
         print(f"      {err[:160]}")
     row("cycle start after its tick", "p50 {:.2f}s, p99 {:.2f}s, max {:.2f}s (the sim's own "
         "lag)".format(*f.lag))
-    print(f"  verdict: {'OK, nothing lost' if f.ok else 'FAILED'}")
+    print(f"  verdict: {f.verdict}")

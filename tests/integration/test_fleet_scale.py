@@ -52,7 +52,8 @@ def test_twenty_agents_lose_no_report_and_force_no_push(tmp_path):
     print(proc.stdout[-3000:], f"\n(fleet run: {time.monotonic() - start:.0f}s)")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = json.loads(figures_file.read_text())
-    assert figures["lost"] == [] and figures["forced"] == [] and figures["stale"] == []
+    assert figures["lost"] == [] and figures["unlanded"] == [] and figures["forced"] == []
+    assert figures["stale"] == [] and figures["ok"]
     # Every agent committed at least its report on the new source, and all of them landed.
     assert figures["committed"] >= AGENTS
     assert figures["on_remote"] == figures["committed"]
