@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import pstats
 import re
 import resource
 import shutil
@@ -418,6 +419,19 @@ def run_tool(tool: str, argv: list[str], env: dict[str, str], cwd: Path) -> Samp
             close_control_masters(Path(folder))
 
 
+def profile_check(bench: Bench, names: list[str], out: Path) -> None:
+    """One more no-change petkeeper check of NAMES, in a process run under cProfile: where
+    Petkeeper's own process spends its time (Ansible runs in children, not profiled)."""
+    argv, env, cwd = bench.commands(names, f"state-{len(names)}")["petkeeper"]
+    profiled = [sys.executable, "-m", "cProfile", "-o", str(out.resolve()), "-m", "agent",
+                *argv[1:]]
+    sample = expect(run_timed(profiled, env, cwd), "petkeeper check under cProfile")
+    stats = pstats.Stats(str(out.resolve()), stream=sys.stdout)
+    print(f"\n== profile of petkeeper's own process, {len(names)} host(s): {sample.wall:.2f}s "
+          f"wall, {sample.own_cpu:.2f}s CPU; top 25 by cumulative time ({out})")
+    stats.sort_stats("cumulative").print_stats(25)
+
+
 def time_cycle_parts(point: Point, config: Config, state: StateDir, runs: int) -> None:
     """Time the fetch step alone (open the mirror, fetch, resolve; the tree exists) and the
     one ansible-inventory call of the target step, in process, RUNS times each."""
@@ -607,6 +621,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(default all three)")
     parser.add_argument("--forks", type=int, default=5,
                         help="hosts checked in parallel by each tool (default 5)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="after the largest host count, one more petkeeper check under "
+                        "cProfile: its stats go to PROFILE, the top entries are printed")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
@@ -653,6 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for count in sorted(args.counts, reverse=True):
                 points.append(measure_point(bench, names[:count], args.runs))
                 print_point(points[-1])
+                if args.profile and count == max(args.counts):
+                    profile_check(bench, names[:count], args.profile)
         print_table(sorted(points, key=lambda p: p.hosts))
         say(f"total {time.monotonic() - began:.0f}s")
     finally:
