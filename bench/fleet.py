@@ -49,6 +49,7 @@ Faults (--fault, at --fault-at simulated seconds, for --fault-for):
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -86,7 +87,8 @@ PRE_RECEIVE = """#!/bin/sh
 # fleet.py --fault refuse: every push is refused while the flag file exists
 if [ -e {flag} ]; then echo "pushes refused for a while (fault injection)" >&2; exit 1; fi
 """
-RESTART_SEC = 30.0  # systemd/petkeeper.service: RestartSec=30s
+RESTART_SEC = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)  # systemd/petkeeper.service: RestartSec=30s
 
 
 # -- the Git server --------------------------------------------------------------------------
@@ -115,7 +117,7 @@ class Server:
                  "--max-connections=0", "--informative-errors", "--verbose",
                  "--log-destination=stderr", str(self.srv)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 10
         while not listening(self.address, self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -138,6 +140,12 @@ class Server:
         os.killpg(self.proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
+
+
+def die_with_parent() -> None:
+    """In a child about to exec: the kernel sends it SIGTERM when fleet.py ends, however it
+    ends (a session of its own would otherwise outlive a killed run)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def children(pid: int) -> list[int]:
@@ -250,7 +258,8 @@ class Workers:
         path.write_text(json.dumps(spec))
         return subprocess.Popen([sys.executable, str(HERE / "fleet_worker.py"), str(path)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                start_new_session=True, cwd=self.workdir)
+                                start_new_session=True, cwd=self.workdir,
+                                preexec_fn=die_with_parent)
 
     def start(self, specs: list[dict[str, Any]]) -> None:
         self.specs = specs
@@ -487,6 +496,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a timeout, a kill) ends the run through its finally blocks: workers and git
+    # daemon stopped, a failed run's workdir kept.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("fleet: terminated"))
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pkfleet-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=not keep)  # --workdir: a new folder

@@ -26,6 +26,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -222,7 +223,10 @@ class Worker:
         with self.lock:
             for agent in self.agents:
                 self.schedule(agent, -1e-9)
+            parent = os.getppid()
             while self.heap or any(a.busy for a in self.agents):
+                if os.getppid() != parent:
+                    raise SystemExit("fleet_worker: fleet.py is gone")
                 if not self.heap:
                     self.wake.wait(1.0)
                     continue
