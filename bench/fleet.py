@@ -502,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pkfleet-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=not keep)  # --workdir: a new folder
-    say(f"agent code at {code_commit()}; workdir {workdir}; {os.cpu_count()} CPUs; load "
+    code = code_commit()  # now: the run imported agent/ as it is now
+    say(f"agent code at {code}; workdir {workdir}; {os.cpu_count()} CPUs; load "
         f"average {os.getloadavg()[0]:.1f}")
     say(f"{args.agents} agents on {args.workers} workers x {args.threads} threads; time scale "
         f"{args.time_scale:g} (1 simulated second = {args.time_scale:g} real seconds); splay "
@@ -512,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = None
     try:
         figures = simulate(args, workdir)
-        figures.code = code_commit()
+        figures.code = code
         print_figures(figures)
         if args.json:
             args.json.write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
