@@ -45,7 +45,8 @@ def test_twenty_agents_lose_no_report_and_force_no_push(tmp_path):
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "fleet.py"), "--agents", str(AGENTS),
-         "--splay", "4", "--check-interval", "4", "--heartbeat", "12", "--time-scale", "1",
+         "--splay", "4", "--check-interval", "2", "--heartbeat", "6", "--duration", "8",
+         "--give-up", "60", "--time-scale", "1",
          "--workers", "2", "--threads", "4", "--address", ADDRESS, "--workdir", str(workdir),
          "--json", str(figures_file)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
