@@ -139,6 +139,9 @@ def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     approve.add_argument("--expires", default=None, metavar="DURATION",
                          help="how long the approvals count (default approvals.expires, 4h)")
     approve.add_argument("--comment", default="", help="why; recorded with each approval")
+    approve.add_argument("--partial", action="store_true",
+                         help="approve a partial plan, knowing that its check stopped at a task "
+                              "that failed in check mode (the tasks after it were not checked)")
     ack = _command(sub, "ack", [common],
                    "let applies resume after a rewound branch (root only)",
                    "After a source head that does not descend from the last applied commit "

@@ -94,7 +94,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args))
-    done = commands.approve(config, args.plan_ids, approver_name(), args.expires, args.comment)
+    done = commands.approve(config, args.plan_ids, approver_name(), args.expires, args.comment,
+                            partial=args.partial)
     for a in done.approvals:
         print(f"approved plan {a.plan_id} for {a.host} as {a.approver}, until {a.expires_at}")
     print("the next `petkeeper run` (or the daemon's next cycle) applies "

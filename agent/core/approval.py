@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from agent.core.schema import parse_duration, printable_key
+from agent.core.schema import kind_of, parse_duration, printable_key
 from agent.errors import RepoError, StalledError
 
 APPROVALS_DIR = "approvals"
@@ -37,13 +37,15 @@ class Approval:
     expires_at: str
     comment: str = ""
     origin: str = ""  # for Git approvals: "<path>@<commit>"
+    partial: bool = False  # the approver knew the check was partial (agent.core.drift)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Approval:
-        return cls(**{k: str(data.get(k) or "") for k in cls.__dataclass_fields__})
+        texts = {k: str(data.get(k) or "") for k in cls.__dataclass_fields__ if k != "partial"}
+        return cls(**texts, partial=data.get("partial") is True)
 
 
 def plan_id(host: str, source_sha: str, fingerprint: str) -> str:
@@ -53,8 +55,9 @@ def plan_id(host: str, source_sha: str, fingerprint: str) -> str:
 
 
 def void_reason(approval: Approval, host: str, source_sha: str, fingerprint: str,
-                now: datetime, used: bool = False) -> str | None:
-    """Why APPROVAL does not allow correcting HOST now (None: it does)."""
+                now: datetime, used: bool = False, partial: bool = False) -> str | None:
+    """Why APPROVAL does not allow correcting HOST now (None: it does). PARTIAL: the plan's
+    check was partial, which the approval must acknowledge."""
     if approval.host != host:
         return f"approval is for host {approval.host!r}, not {host!r}"
     if used:
@@ -68,6 +71,10 @@ def void_reason(approval: Approval, host: str, source_sha: str, fingerprint: str
     if approval.fingerprint != fingerprint:
         return (f"approved drift {approval.fingerprint[:12]} differs from the current "
                 f"{fingerprint[:12]}: drift changed since approval")
+    if partial and not approval.partial:
+        return (f"plan {approval.plan_id} is partial (its check stopped at a task that failed "
+                "in check mode) and the approval does not acknowledge it: approve it with "
+                "petkeeper approve --partial, or partial: true in the approval file")
     try:
         expires = datetime.fromisoformat(approval.expires_at)
         expired = expires <= now
@@ -93,7 +100,8 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
     file and key when it is invalid. PLANS maps known plan ids to (host, source, fingerprint).
 
     The file names the host, and either the plan id or the fingerprint and source commit,
-    and an expiry (an ISO 8601 time, or a duration counted from the commit)::
+    and an expiry (an ISO 8601 time, or a duration counted from the commit); ``partial: true``
+    acknowledges a partial plan::
 
         host: db1
         plan: 3f2a9c0d1e2b4a5f
@@ -105,10 +113,14 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
         raise RepoError(f"{where}: expected a mapping with host, plan and expires; see README: "
                         "Approving through Git")
     unknown = sorted(set(map(str, data)) - {"host", "plan", "fingerprint", "source", "expires",
-                                            "comment"})
+                                            "comment", "partial"})
     if unknown:
         raise RepoError(f"{where}: {printable_key(unknown[0])}: unknown key; use host, plan (or "
-                        "fingerprint and source), expires, comment")
+                        "fingerprint and source), expires, comment, partial")
+    if not isinstance(data.get("partial", False), bool):
+        raise RepoError(f"{where}: partial: expected true or false, got "
+                        f"{kind_of(data['partial'])}; write partial: true to approve a partial "
+                        "plan")
     host = str(data.get("host") or "")
     if not host:
         raise RepoError(f"{where}: host: missing; name the host this approval is for")
@@ -125,7 +137,8 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
     return Approval(host=host, plan_id=pid, source_sha=source, fingerprint=fp, approver=author,
                     how=GIT, approved_at=committed_at.isoformat(timespec="seconds"),
                     expires_at=_expires(data.get("expires"), committed_at, where),
-                    comment=str(data.get("comment") or ""), origin=f"{path}@{commit}")
+                    comment=str(data.get("comment") or ""), origin=f"{path}@{commit}",
+                    partial=data.get("partial", False))
 
 
 def parse_host_approval(data: Any, path: str) -> Approval:

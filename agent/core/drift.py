@@ -5,15 +5,15 @@ Reads only structured event data (``event_data["res"]``, stats), never printed o
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from agent.core.diffs import clean_text, render_diff
 from agent.core.hostkeys import parse_host_key_refusal
+from agent.core.wording import task_title
 
 CLEAN, DRIFTED, FAILED = "clean", "drifted", "failed"
 UNREACHABLE, UNKNOWN = "unreachable", "unknown"
@@ -23,7 +23,6 @@ STATUSES = (CLEAN, DRIFTED, FAILED, UNREACHABLE, UNKNOWN)
 COMMAND_MODULES = frozenset({"command", "shell", "raw", "script", "expect"})
 HIDDEN = "(hidden: no_log)"
 MAX_MESSAGE = 500
-GENERATED_PATH = re.compile(r"\S*/\.ansible/tmp/\S*")
 
 
 @dataclass(frozen=True)
@@ -37,9 +36,18 @@ class Change:
     diff: str
     check_blind: bool = False
     tags: tuple[str, ...] = ()  # the task's tags, for the policy; not part of the fingerprint
+    # A task that failed in check mode after an earlier change (agent.core.drift's partial
+    # checks): Ansible's error, and which earlier change it may wait for. Empty otherwise.
+    error: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {**asdict(self), "tags": list(self.tags)}
+        return {k: v for k, v in data.items() if v or k not in ONLY_WHEN_SET}
 
 
 FINGERPRINTED = ("play", "role", "task", "module", "diff", "check_blind")
+ONLY_WHEN_SET = ("error", "message")  # in reports only when not empty; never fingerprinted
 
 
 @dataclass(frozen=True)
@@ -48,15 +56,26 @@ class HostReport:
     status: str
     changes: tuple[Change, ...] = ()
     fingerprint: str = ""
-    message: str | None = None  # why a host failed, was unreachable or is unknown
+    message: str | None = None  # why a host failed, was unreachable, is unknown or partial
     classes: tuple[str, ...] = ()  # each change's drift class (agent.core.ledger), when known
+    partial: bool = False  # a task failed in check mode after a change: the rest was unchecked
 
     def as_dict(self) -> dict[str, Any]:
-        changes = [{**asdict(c), "tags": list(c.tags)} for c in self.changes]
+        changes = [c.as_dict() for c in self.changes]
         for change, cls in zip(changes, self.classes, strict=False):
             change["class"] = cls
         return {"status": self.status, "fingerprint": self.fingerprint, "message": self.message,
-                "changes": changes}
+                "partial": self.partial, "changes": changes}
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A task that failed, not ignored; AFTER is the last change the same run would have made
+    to the host before it (None: nothing changed before it, so the failure is real)."""
+
+    where: Mapping[str, Any]
+    error: str
+    after: Change | None
 
 
 @dataclass
@@ -64,11 +83,14 @@ class _HostTally:
     changes: list[Change] = field(default_factory=list)
     seen_changed: int = 0
     hidden: list[dict[str, Any]] = field(default_factory=list)  # no_log results, unknown change
-    failed: str | None = None
     unreachable: str | None = None
     processed: bool = False
     stats_changed: int = 0
-    stats_failures: int = 0
+    last_change: dict[str, Change] = field(default_factory=dict)  # per run
+    item_errors: dict[str, list[str]] = field(default_factory=dict)  # per task: failed items
+    # Per run, its last failure until the run's stats tell whether a rescue caught it.
+    pending: dict[str, _Failure] = field(default_factory=dict)
+    failures: list[_Failure] = field(default_factory=list)  # failures the stats count
 
 
 Facts = Mapping[tuple[str, str], Mapping[str, Any]]  # (task_uuid, host) -> the plugin's record
@@ -95,63 +117,56 @@ def build_host_reports(events: Iterable[Mapping[str, Any]], expected: Iterable[s
             conditional[data.get("task_uuid", "")] = bool(data.get("is_conditional"))
         elif kind == "playbook_on_stats":
             finished.add(run)
-            _read_stats(data, tallies)
+            _read_stats(data, tallies, run)
         elif kind in ("runner_on_ok", "runner_on_skipped", "runner_on_failed",
-                      "runner_on_unreachable"):
+                      "runner_on_unreachable", "runner_item_on_failed"):
             host = data.get("host")
             if host:
                 tally = tallies.setdefault(host, _HostTally())
-                _read_result(kind, data, tally, conditional, known, tree_root)
+                _read_result(kind, data, tally, run, conditional, known, tree_root)
     complete = bool(finished) and started <= finished
     return {name: _conclude(name, t, complete) for name, t in sorted(tallies.items())}
 
 
-def fingerprint(status: str, changes: Iterable[Change]) -> str:
+def fingerprint(status: str, changes: Iterable[Change], partial: bool = False) -> str:
     """Return a stable sha256 of what would change: same drift, same fingerprint."""
-    canonical = json.dumps({"status": status, "changes": [
-        {k: getattr(c, k) for k in FINGERPRINTED} for c in changes]},
-        sort_keys=True, separators=(",", ":"))
+    # A check-blind failure's error and message stay out: Ansible's words differ between
+    # versions and may hold what differs between runs, and an approval must survive both.
+    body: dict[str, Any] = {"status": status, "changes": [
+        {k: getattr(c, k) for k in FINGERPRINTED} for c in changes]}
+    if partial:  # only then: the fingerprints of every other report stay what they were
+        body["partial"] = True
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def render_diff(diff: Any, tree_root: str = "") -> str:
-    """Given Ansible's diff (a dict, or a list of them), return unified diff text."""
-    parts = diff if isinstance(diff, list) else [diff]
-    out = []
-    for part in parts:
-        if not isinstance(part, Mapping):
-            continue
-        if "prepared" in part:
-            out.append(str(part["prepared"]).rstrip("\n") + "\n")
-            continue
-        if "before" not in part and "after" not in part:
-            continue
-        before, after = _as_text(part.get("before", "")), _as_text(part.get("after", ""))
-        if before == after:
-            continue
-        a = _clean_path(str(part.get("before_header", "before")), tree_root)
-        b = _clean_path(str(part.get("after_header", "after")), tree_root)
-        lines = difflib.unified_diff(before.splitlines(keepends=True),
-                                     after.splitlines(keepends=True), f"before: {a}",
-                                     f"after: {b}")
-        out.append("".join(_ensure_newline(line) for line in lines))
-    return "".join(out)
 
 
 def short_module(action: str) -> str:
     return action.rsplit(".", 1)[-1]
 
 
-def _read_stats(data: Mapping[str, Any], tallies: dict[str, _HostTally]) -> None:
+def _read_stats(data: Mapping[str, Any], tallies: dict[str, _HostTally], run: str) -> None:
     for host in data.get("processed") or {}:
         tallies.setdefault(host, _HostTally()).processed = True
     for host, n in (data.get("changed") or {}).items():
         tallies.setdefault(host, _HostTally()).stats_changed += int(n)
     for host, n in (data.get("failures") or {}).items():
-        tallies.setdefault(host, _HostTally()).stats_failures += int(n)
+        tally = tallies.setdefault(host, _HostTally())
+        if int(n):
+            failure = tally.pending.get(run) or _Failure({}, "a task failed", None)
+            _count_failure(tally, failure)
+    for tally in tallies.values():
+        tally.pending.pop(run, None)  # a failure the stats do not count was rescued
 
 
-def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
+def _count_failure(tally: _HostTally, failure: _Failure) -> None:
+    """A failure counts: after a change of the same run it is check-blind, not a failure."""
+    tally.failures.append(failure)
+    if failure.after is not None:
+        tally.changes.append(Change(**failure.where, diff="", check_blind=True,
+                                    error=failure.error, message=_waits_for(failure.after)))
+
+
+def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally, run: str,
                  conditional: Mapping[str, bool], known: Facts, tree_root: str) -> None:
     res = data.get("res") or {}
     action = str(data.get("resolved_action") or data.get("task_action") or "")
@@ -160,51 +175,97 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally,
     where: dict[str, Any] = dict(
         play=str(data.get("play") or ""), role=data.get("role") or None,
         task=str(data.get("task") or module), module=action,
-        tags=tuple(sorted(fact.get("tags") or ())) if fact else ())
+        tags=tuple(sorted(set(fact.get("tags") or ()))) if fact else ())
     if kind == "runner_on_unreachable":
         tally.unreachable = parse_host_key_refusal(str(res.get("msg") or "")) or \
             _message(res, "unreachable")
+    elif kind == "runner_item_on_failed":  # before its task's runner_on_failed
+        tally.item_errors.setdefault(str(data.get("task_uuid", "")), []).append(
+            _item_message(res))
     elif kind == "runner_on_failed":
+        # A loop's own message ("One or more items failed") says nothing: its items' do.
+        items = tally.item_errors.pop(str(data.get("task_uuid", "")), [])
+        error = _capped("; ".join(items)) if items and "censored" not in res else \
+            _message(res, "failed")
         if not data.get("ignore_errors"):
-            tally.failed = f"task {where['task']!r}: {_message(res, 'failed')}"
+            tally.pending[run] = _Failure(where, clean_text(error, tree_root),
+                                          tally.last_change.get(run))
     elif kind == "runner_on_skipped":
-        # A module that cannot predict its outcome in check mode skips itself: check-blind.
-        # A false `when:` is the play's own choice, not drift.
-        skipped_by_when = fact["conditional"] if fact else \
-            conditional.get(str(data.get("task_uuid", "")), False)
-        if not skipped_by_when:
+        if _skip_is_blind(fact, conditional.get(str(data.get("task_uuid", "")), False)):
             tally.changes.append(Change(**where, diff="", check_blind=True))
     elif "censored" in res:
         if fact is None:
             tally.hidden.append(where)
         elif fact.get("changed"):
             tally.seen_changed += 1
-            tally.changes.append(Change(**where, diff=HIDDEN))
+            _add_change(tally, run, Change(**where, diff=HIDDEN))
     elif res.get("changed") or _any_item_changed(res):
         tally.seen_changed += 1
         # creates/removes let a command module decide in check mode; the callback says whether
         # they were set (results stopped carrying the module's arguments in ansible-core 2.21).
         blind = module in COMMAND_MODULES and not (fact and fact.get("predicted"))
-        tally.changes.append(Change(**where, diff=_result_diff(res, tree_root),
-                                    check_blind=blind))
+        _add_change(tally, run, Change(**where, diff=_result_diff(res, tree_root),
+                                       check_blind=blind))
+
+
+def _skip_is_blind(fact: Mapping[str, Any] | None, is_conditional: bool) -> bool:
+    """Whether a skipped task is one whose outcome check mode cannot know: a module that skips
+    itself in check mode, or a `when:` that names ansible_check_mode. A false `when:` is the
+    play's own choice, an empty loop has nothing to do, and a task that is `changed_when:
+    false` can change nothing: none of them is drift."""
+    if fact is None:
+        return not is_conditional
+    if fact.get("reason") in ("no_items", "never_changes"):
+        return False
+    if fact.get("reason") == "check_mode":
+        return True
+    return not fact.get("conditional")
+
+
+def _add_change(tally: _HostTally, run: str, change: Change) -> None:
+    tally.changes.append(change)
+    if not change.check_blind:
+        tally.last_change[run] = change
 
 
 def _conclude(name: str, t: _HostTally, complete: bool) -> HostReport:
+    for failure in t.pending.values():  # runs that ended without stats
+        _count_failure(t, failure)
     changes = t.changes + _hidden_changes(t)
     unexplained = complete and t.stats_changed > t.seen_changed
+    hard = [f for f in t.failures if f.after is None]
+    blind = [f for f in t.failures if f.after is not None]
+    message = None
     if t.unreachable:
         status, message = UNREACHABLE, t.unreachable
-    elif (t.stats_failures if complete else t.failed):
-        status, message = FAILED, t.failed or "a task failed"
+    elif hard:
+        status = FAILED
+        message = f"task {hard[0].where['task']!r}: {hard[0].error}" if hard[0].where \
+            else hard[0].error
     elif not complete or not t.processed:
         status = UNKNOWN
         message = ("the run ended before this host's results were complete" if not complete
                    else "no play ran on this host: it matches no play's hosts pattern")
     elif unexplained or any(not c.check_blind for c in changes):
-        status, message = DRIFTED, None
+        status = DRIFTED
     else:
-        status, message = CLEAN, None
-    return HostReport(name, status, tuple(changes), fingerprint(status, changes), message)
+        status = CLEAN
+    if blind and status == DRIFTED:
+        message = "; ".join(_stopped_at(f) for f in blind)
+    partial = bool(blind)
+    return HostReport(name, status, tuple(changes), fingerprint(status, changes, partial),
+                      message, partial=partial)
+
+
+def _waits_for(change: Change) -> str:
+    return (f"failed in check mode after '{task_title(change.role, change.task)}' would "
+            "change this host; may pass once that change is applied")
+
+
+def _stopped_at(failure: _Failure) -> str:
+    title = task_title(failure.where.get("role"), str(failure.where.get("task")))
+    return (f"partial check: '{title}' failed in check mode after an earlier change; Ansible "
+            "stops a host at its first failure, so the tasks after it were not checked")
 
 
 def _hidden_changes(t: _HostTally) -> list[Change]:
@@ -231,24 +292,19 @@ def _result_diff(res: Mapping[str, Any], tree_root: str) -> str:
 def _message(res: Mapping[str, Any], default: str) -> str:
     if "censored" in res:
         return HIDDEN
-    msg = str(res.get("msg") or res.get("stderr") or default).strip()
+    return _capped(str(res.get("msg") or res.get("stderr") or default).strip())
+
+
+def _item_message(item: Mapping[str, Any]) -> str:
+    """A failed loop item's words, after its label."""
+    text = HIDDEN if "censored" in item else \
+        str(item.get("msg") or item.get("stderr") or "failed").strip()
+    label = item.get("_ansible_item_label", item.get("item"))
+    return f"{label}: {text}" if isinstance(label, str | int) else text
+
+
+def _capped(msg: str) -> str:
     return msg if len(msg) <= MAX_MESSAGE else msg[:MAX_MESSAGE] + "..."
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
-
-
-def _clean_path(header: str, tree_root: str) -> str:
-    if tree_root and header.startswith(tree_root.rstrip("/") + "/"):
-        return header[len(tree_root.rstrip("/")) + 1:]
-    return GENERATED_PATH.sub("(generated)", header)
-
-
-def _ensure_newline(line: str) -> str:
-    return line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
 
 
 def mask_reports(reports: Mapping[str, HostReport],
@@ -257,8 +313,9 @@ def mask_reports(reports: Mapping[str, HostReport],
     so a changed secret still changes the fingerprint (through its new mask)."""
     masked = {}
     for name, r in reports.items():
-        changes = tuple(replace(c, play=mask(c.play), task=mask(c.task), diff=mask(c.diff))
+        changes = tuple(replace(c, play=mask(c.play), task=mask(c.task), diff=mask(c.diff),
+                                error=mask(c.error), message=mask(c.message))
                         for c in r.changes)
         masked[name] = replace(r, changes=changes, message=r.message and mask(r.message),
-                               fingerprint=fingerprint(r.status, changes))
+                               fingerprint=fingerprint(r.status, changes, r.partial))
     return masked

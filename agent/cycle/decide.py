@@ -28,7 +28,7 @@ from agent.core.approval import (
     void_reason,
 )
 from agent.core.drift import CLEAN, DRIFTED, HostReport
-from agent.core.ledger import classify
+from agent.core.ledger import classify, record_check
 from agent.core.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
 from agent.core.schema import load_yaml, printable_key, yaml_problem
 from agent.cycle.source import Source, resolve_in_tree
@@ -56,12 +56,14 @@ class Plan:
     decisions: tuple[tuple[str, str], ...] = ()  # per change: (mode, rule)
     gate: Gate | None = None
     approval: Approval | None = None
+    partial: bool = False  # the check stopped early: never auto, approved only knowingly
 
     def as_dict(self) -> dict[str, Any]:
         return {"plan_id": self.plan_id, "source_sha": self.source_sha,
                 "fingerprint": self.fingerprint, "status": self.status, "action": self.action,
                 "reason": self.reason, "mode": self.mode, "rule": self.rule,
-                "decisions": [list(d) for d in self.decisions],
+                "partial": self.partial,
+                "decisions": [{"mode": mode, "rule": rule} for mode, rule in self.decisions],
                 "approval": self.approval.as_dict() if self.approval else None}
 
 
@@ -71,7 +73,8 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
     """Decide what to do about REPORT's host. APPROVALS pairs each approval found for it with
     a reason it cannot count (bad signature, already used) or None."""
     base: dict[str, Any] = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
-                                fingerprint=report.fingerprint, status=report.status)
+                                fingerprint=report.fingerprint, status=report.status,
+                                partial=report.partial)
     if report.status != DRIFTED:
         why = "nothing to correct" if report.status == CLEAN else \
             f"not corrected while {report.status}"
@@ -86,7 +89,7 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
     if mode == "report":
         return Plan(**base, action=REPORT_ONLY, reason=f"policy {rule}: report only, never "
                                                        "applied, even when approved")
-    if mode == "auto":
+    if mode == "auto" and not report.partial:
         if not gate.open:
             return Plan(**base, action=WAIT, reason=f"policy {rule}: auto; {gate.reason}")
         return Plan(**base, action=APPLY, reason=f"policy {rule}: auto")
@@ -94,13 +97,17 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
     voids: list[str] = []
     for approval, problem in approvals:
         void = problem or void_reason(approval, report.name, source_sha, report.fingerprint,
-                                      now)
+                                      now, partial=report.partial)
         if void is None and valid is None:
             valid = approval
         elif void is not None:
             voids.append(f"{approval.how} approval by {approval.approver}: {void}")
     if valid is None:
         asked = f"awaiting approval: petkeeper approve {plan_id}"
+        if report.partial:
+            asked = (f"{f'policy {rule}: auto, but ' if mode == 'auto' else ''}the check was "
+                     "partial (tasks after a check-mode failure were not checked); awaiting "
+                     f"approval: petkeeper approve --partial {plan_id}")
         return Plan(**base, action=WAIT, reason="; ".join([asked, *voids]))
     if not gate.open:
         return Plan(**base, action=WAIT, approval=valid,
@@ -180,6 +187,7 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
     bound = plan_source(mirror, source.sha)
     ledger = read_json(state.ledger_file, {})
     classified = {h: classify_report(r, ledger.get(h), bound) for h, r in reports.items()}
+    record_clean_checks(state, ledger, reports, bound, now)
     ids = {h: plan_id(h, bound, r.fingerprint) for h, r in reports.items()}
     index = {pid: (h, bound, reports[h].fingerprint) for h, pid in ids.items()}
     from_git = git_approvals(config, mirror, source.sha, index)
@@ -197,6 +205,18 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
     plans = hold_paused(plans, pause)
     write_json(state.plans_file, {h: p.as_dict() for h, p in plans.items()})
     return plans, classified
+
+
+def record_clean_checks(state: StateDir, ledger: Mapping[str, Any],
+                        reports: Mapping[str, HostReport], source_sha: str,
+                        now: datetime) -> None:
+    """Keep each clean host's check at SOURCE_SHA in the ledger: a later hand edit at the same
+    commit is then corrective, whether or not Petkeeper ever applied to that host."""
+    at = now.isoformat(timespec="seconds")
+    new = {**ledger, **{h: record_check(ledger.get(h), source_sha, r.status, at)
+                        for h, r in reports.items() if r.status == CLEAN}}
+    if new != ledger:
+        write_json(state.ledger_file, new)
 
 
 def classify_report(report: HostReport, entry: Mapping[str, Any] | None,
@@ -255,26 +275,30 @@ def require_known_plan(state: StateDir, pid: str) -> None:
 
 
 def approve_plan(config: Config, state: StateDir, mirror: Mirror, pid: str, approver: str,
-                 now: datetime, expires: datetime, comment: str) -> Approval:
+                 now: datetime, expires: datetime, comment: str,
+                 partial: bool = False) -> Approval:
     """Record APPROVER's yes to plan PID of the last check; return the approval.
 
     The approval binds the plan's host, source commit and fingerprint; RepoError when PID is
-    not a plan of the last check that waits for an approval."""
-    return approve_plans(config, state, mirror, [pid], approver, now, expires, comment)[0]
+    not a plan of the last check that waits for an approval, or is partial and PARTIAL (the
+    approver acknowledges that the check stopped early) is not given."""
+    return approve_plans(config, state, mirror, [pid], approver, now, expires, comment,
+                         partial)[0]
 
 
 def approve_plans(config: Config, state: StateDir, mirror: Mirror, pids: Sequence[str],
                   approver: str, now: datetime, expires: datetime,
-                  comment: str) -> list[Approval]:
+                  comment: str, partial: bool = False) -> list[Approval]:
     """Record APPROVER's yes to each plan of PIDS (one approval each); all or none: the
-    first that cannot be approved is a RepoError, and nothing is written."""
+    first that cannot be approved is a RepoError, and nothing is written. A partial plan
+    needs PARTIAL."""
     plans = read_json(state.plans_file, {})
     if not isinstance(plans, dict) or not all(
             isinstance(p, dict) and all(isinstance(p.get(k), str) for k in PLAN_KEYS)
             for p in plans.values()):
         raise StalledError(f"{state.plans_file}: not the plans of a check; run petkeeper plan "
                            "again, then approve")
-    approvals = [_approval(plans, pid, approver, now, expires, comment)
+    approvals = [_approval(plans, pid, approver, now, expires, comment, partial)
                  for pid in dict.fromkeys(pids)]
     for approval in approvals:
         write_json(state.approvals / f"{approval.plan_id}.json", approval.as_dict())
@@ -282,7 +306,7 @@ def approve_plans(config: Config, state: StateDir, mirror: Mirror, pids: Sequenc
 
 
 def _approval(plans: Mapping[str, Any], pid: str, approver: str, now: datetime,
-              expires: datetime, comment: str) -> Approval:
+              expires: datetime, comment: str, partial: bool) -> Approval:
     match = [(host, p) for host, p in plans.items() if p.get("plan_id") == pid]
     if not match:
         raise RepoError(f"plan {printable_key(pid)}: not a plan of the last check; run "
@@ -294,7 +318,12 @@ def _approval(plans: Mapping[str, Any], pid: str, approver: str, now: datetime,
                         "an approval would never be applied: change the policy in Git instead")
     if plan.get("action") not in (APPLY, WAIT):
         raise RepoError(f"plan {pid} ({host}): nothing to approve ({plan.get('reason')})")
+    if plan.get("partial") and not partial:
+        raise RepoError(f"plan {pid} ({host}) is partial: its check stopped at a task that "
+                        "failed in check mode, so the tasks after it were not checked; review "
+                        f"it with petkeeper plan, then approve with --partial {pid}")
     return Approval(host=host, plan_id=pid, source_sha=plan["source_sha"],
                     fingerprint=plan["fingerprint"], approver=approver, how="host",
                     approved_at=now.isoformat(timespec="seconds"),
-                    expires_at=expires.isoformat(timespec="seconds"), comment=comment)
+                    expires_at=expires.isoformat(timespec="seconds"), comment=comment,
+                    partial=bool(plan.get("partial")) and partial)

@@ -29,6 +29,7 @@ def build_status(c: Cycle, earlier: dict[str, Any], finished: datetime) -> dict[
 def _host_status(c: Cycle, name: str, r: HostReport, earlier: dict[str, Any]) -> dict[str, Any]:
     assert c.source is not None
     entry = {"status": r.status, "fingerprint": r.fingerprint, "changes": len(r.changes),
+             "check_blind": sum(1 for change in r.changes if change.check_blind),
              "message": r.message, "source_sha": c.source.sha,
              "source_rejected": c.source.rejected,
              "checked_at": c.checked.get(name, c.started.isoformat(timespec="seconds")),

@@ -20,6 +20,7 @@ import yaml
 from agent.adapters.gitrepo import QUEUE_REF, Author, Mirror
 from agent.core.drift import HostReport
 from agent.core.schema import load_yaml
+from agent.core.wording import change_counts, task_title
 from agent.errors import FetchError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def render_report(data: Mapping[str, Any]) -> str:
                      "petkeeper resume")
     for c in data.get("changes") or []:
         mark = "?" if c["check_blind"] else "~"
-        role = f"{c['role']} | " if c.get("role") else ""
-        lines.append(f"#   {mark} {role}{c['task']} ({c['module']})")
+        lines.append(f"#   {mark} {_one_line(task_title(c.get('role'), c['task']))} "
+                     f"({c['module']})")
     body = yaml.dump(dict(data), Dumper=_BlockDumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=100)
     return "\n".join(lines) + "\n" + body
@@ -98,11 +99,9 @@ def render_report(data: Mapping[str, Any]) -> str:
 def summary_line(data: Mapping[str, Any]) -> str:
     changes = data.get("changes") or []
     blind = sum(1 for c in changes if c["check_blind"])
-    known = len(changes) - blind
-    parts = [f"{known} change{'s' if known != 1 else ''}"]
-    if blind:
-        parts.append(f"{blind} check-blind")
-    return f"{data['host']}: {data['status']} ({', '.join(parts)})"
+    partial = ", partial" if data.get("partial") else ""
+    return f"{data['host']}: {data['status']} ({change_counts(len(changes) - blind, blind)}" \
+           f"{partial})"
 
 
 def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any],

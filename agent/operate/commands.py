@@ -43,9 +43,10 @@ class Approved:
 
 
 def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str | None,
-            comment: str, now: datetime | None = None) -> Approved:
+            comment: str, now: datetime | None = None, partial: bool = False) -> Approved:
     """APPROVER (root) approves each plan of PLAN_IDS: one approval and one record each, all
-    or none; EXPIRES is a duration (default approvals.expires)."""
+    or none; EXPIRES is a duration (default approvals.expires). A partial plan needs PARTIAL
+    (the approver knows its check stopped early)."""
     if os.geteuid() != 0:
         raise AgentError("approve: only root may approve a change to a pet; run it with sudo "
                          "(your login name is recorded)")
@@ -59,7 +60,7 @@ def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str
     with cycle_lock(state, f"petkeeper approve {' '.join(plan_ids)}"):
         mirror = open_mirror(config, state)
         approvals = approve_plans(config, state, mirror, plan_ids, approver, now, until,
-                                  comment)
+                                  comment, partial)
         r = config.reports
         result = publish(mirror, lambda base: [approval_record(a) for a in approvals],
                          url=config.reports_url, branch=r.branch,

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from agent.core.wording import change_counts, task_title
+
 COLORS = {"clean": "32", "drifted": "33", "failed": "31", "unreachable": "31", "unknown": "35",
           "+": "32", "-": "31", "@": "36"}
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (less tab, newline), DEL, C1
@@ -51,18 +53,15 @@ def render_check(report: Mapping[str, Any], color: bool = False) -> str:
         head = f"{name}: {paint(host['status'], host['status'])}"
         if changes:
             blind = sum(1 for c in changes if c["check_blind"])
-            head += f", {len(changes) - blind} change(s)" + (f", {blind} check-blind" if blind
-                                                            else "")
+            head += f" ({change_counts(len(changes) - blind, blind)})"
         head += f"  [fingerprint {host['fingerprint'][:12]}]"
         lines.append(head)
         if host.get("message"):
             lines.append(f"    {host['message']}")
         for c in changes:
-            mark = "?" if c["check_blind"] else "~"
-            role = f"{c['role']} | " if c.get("role") else ""
             note = "  (check mode cannot tell)" if c["check_blind"] else ""
-            lines.append(f"  {mark} {role}{c['task']} ({c['module']}){note}")
-            lines.extend(f"      {_paint_diff_line(d, paint)}" for d in c["diff"].splitlines())
+            lines.append(f"  {_change_line(c)}{note}")
+            lines.extend(_change_details(c, paint))
     lines.append(_footer(report))
     return "\n".join(lines)
 
@@ -80,11 +79,10 @@ def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
             lines.append(f"    {host['message']}")
         decisions = plan.get("decisions") or []
         for i, c in enumerate(host["changes"]):
-            mode, rule = decisions[i] if i < len(decisions) else ("-", "-")
-            role = f"{c['role']} | " if c.get("role") else ""
-            lines.append(f"  {'?' if c['check_blind'] else '~'} {role}{c['task']} "
-                         f"({c['module']})  [{c.get('class', '-')}; {mode} by {rule}]")
-            lines.extend(f"      {_paint_diff_line(d, paint)}" for d in c["diff"].splitlines())
+            d = decisions[i] if i < len(decisions) else {}
+            lines.append(f"  {_change_line(c)}  [{c.get('class', '-')}; {d.get('mode', '-')} "
+                         f"by {d.get('rule', '-')}]")
+            lines.extend(_change_details(c, paint))
     for a in report.get("applies") or []:
         lines.append(f"applied plan {a['plan_id']} to {a['host']}: {a['result']} (approved by "
                      f"{a['approved_by']}; {a['before_status']} -> {a['after_status']})")
@@ -130,8 +128,9 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"  reports: {queued} commit(s) queued, not yet pushed" if queued
                  else "  reports: all pushed")
     for name, host in sorted((status.get("hosts") or {}).items()):
-        lines.append(f"{name}: {host['status']}, {host['changes']} change(s), checked "
-                     f"{host['checked_at']} at {str(host['source_sha'])[:12]}")
+        blind = host.get("check_blind", 0)
+        lines.append(f"{name}: {host['status']} ({change_counts(host['changes'] - blind, blind)})"
+                     f", checked {host['checked_at']} at {str(host['source_sha'])[:12]}")
         if host.get("source_rejected"):
             lines.append(f"  source head rejected: {host['source_rejected']}")
         plan = host.get("plan") or {}
@@ -158,6 +157,21 @@ def render_pause(pause: Mapping[str, Any], running: Mapping[str, Any] | None,
         text += (f"; an apply already running on {running['applying']} finishes"
                  if running.get("applying") else "; no apply is running")
     return text
+
+
+def _change_line(c: Mapping[str, Any]) -> str:
+    return f"{'?' if c['check_blind'] else '~'} {task_title(c.get('role'), c['task'])} " \
+           f"({c['module']})"
+
+
+def _change_details(c: Mapping[str, Any], paint: Callable[[str, str], str]) -> list[str]:
+    """What follows a change's line: why check mode could not judge it, then its diff."""
+    lines = []
+    if c.get("message"):
+        lines.append(f"      {c['message']}")
+    if c.get("error"):
+        lines.append(f"      error: {c['error']}")
+    return lines + [f"      {_paint_diff_line(d, paint)}" for d in c["diff"].splitlines()]
 
 
 def _footer(report: Mapping[str, Any]) -> str:

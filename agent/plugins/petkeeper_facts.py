@@ -1,11 +1,12 @@
 """Ansible callback plugin, loaded into ansible-playbook by agent.adapters.runner.
 
 ansible-runner's events leave out four facts that drift detection needs: why a task was
-skipped (a `when:` that is false, or a module that cannot run in check mode), whether a `no_log`
-task changed anything (its whole result is censored), a changed task's tags (for the policy),
-and whether a changed command had `creates` or `removes` to predict its outcome in check mode
-(results carried the module's arguments in `invocation` until ansible-core 2.21 stopped sending
-them). This plugin writes exactly those facts,
+skipped (a `when:` that is false, one that names `ansible_check_mode`, a loop with no items, a
+task that is `changed_when: false`, or a module that cannot run in check mode), whether a
+`no_log` task changed anything (its whole result is censored), a changed or failed task's tags
+(for the policy), and whether a changed command had `creates` or `removes` to predict its
+outcome in check mode (results carried the module's arguments in `invocation` until
+ansible-core 2.21 stopped sending them). This plugin writes exactly those facts,
 one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
 never a value, an argument or any output of a task.
 """
@@ -40,17 +41,25 @@ class CallbackModule(CallbackBase):
     def _write(self, result, **facts) -> None:
         if self._out is None:
             return
+        # A task inherits its block's, role's and import's tags: the same one may come twice.
         record = {"host": result._host.get_name(), "task_uuid": result._task._uuid,
-                  "tags": sorted(str(t) for t in result._task.tags), **facts}
+                  "tags": sorted({str(t) for t in result._task.tags}), **facts}
         self._out.write(json.dumps(record) + "\n")
         self._out.flush()
 
     def v2_runner_on_skipped(self, result) -> None:
         res = result._result
         items = res.get("results") or []
-        conditional = "false_condition" in res or (
-            bool(items) and all(isinstance(i, dict) and "false_condition" in i for i in items))
-        self._write(result, event="skipped", conditional=conditional)
+        # The `when:` found false: the task's, or each item's (a loop skipped item by item).
+        falses = [res["false_condition"]] if "false_condition" in res else \
+            [i.get("false_condition") if isinstance(i, dict) else None for i in items]
+        conditional = bool(falses) and None not in falses
+        self._write(result, event="skipped", conditional=conditional,
+                    reason=_skip_reason(result._task, res, falses if conditional else []))
+
+    def v2_runner_on_failed(self, result, ignore_errors=False) -> None:
+        if not ignore_errors:
+            self._write(result, event="failed")
 
     def v2_runner_on_ok(self, result) -> None:
         changed = bool(result._result.get("changed"))
@@ -70,3 +79,17 @@ def _predicted(result) -> bool:
     decides in check mode whether it would run."""
     args = result._task.args or {}
     return bool(args.get("creates") or args.get("removes"))
+
+
+def _skip_reason(task, res, falses) -> str:
+    """Why TASK was skipped, in one word: no_items (a loop over nothing), check_mode (a false
+    `when:` that names ansible_check_mode: the task is hidden from check mode), when (any other
+    false `when:`), never_changes (`changed_when: false`) or module (check mode skipped it)."""
+    if (task.loop is not None or task.loop_with) and not res.get("results") and not falses:
+        return "no_items"
+    if falses:
+        return "check_mode" if any("ansible_check_mode" in str(f) for f in falses) else "when"
+    if task.changed_when and all(str(c).strip().lower() in ("false", "no", "0")
+                                 for c in task.changed_when):
+        return "never_changes"
+    return "module"

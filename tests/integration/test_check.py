@@ -147,7 +147,8 @@ def test_status_shows_the_last_cycle_per_host(fleet):
     assert beta["status"] == "drifted" and beta["changes"] == 2
     assert beta["source_sha"] == report["source_sha"] and beta["checked_at"]
     human = petkeeper("--config", str(fleet), "status").stdout
-    assert "beta: drifted, 2 change(s)" in human and "all pushed" in human
+    assert beta["check_blind"] == 1
+    assert "beta: drifted (1 change, 1 check-blind)" in human and "all pushed" in human
 
 
 def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp_path, remote,

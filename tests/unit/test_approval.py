@@ -223,3 +223,35 @@ def test_an_invalid_git_approval_names_the_file_the_commit_and_the_problem(data:
 
     assert message.startswith(f"{PATH} (commit {COMMIT[:12]}): {problem}")
     assert COMMIT[12:] not in message
+
+
+# --- partial plans ---------------------------------------------------------------------------
+
+def test_an_approval_of_a_partial_plan_counts_only_when_it_acknowledges_it():
+    assert void_reason(approval(partial=True), "db1", SRC, FP, NOW, partial=True) is None
+    assert "approve it with petkeeper approve --partial" in str(
+        void_reason(approval(), "db1", SRC, FP, NOW, partial=True))
+    assert void_reason(approval(partial=True), "db1", SRC, FP, NOW) is None  # harmless extra
+
+
+def test_a_git_approval_acknowledges_a_partial_plan_with_partial_true():
+    a = parse({"host": "db1", "plan": PID, "expires": "8h", "partial": True})
+
+    assert a.partial is True
+    assert parse({"host": "db1", "plan": PID, "expires": "8h"}).partial is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, ["true"]])
+def test_a_git_approval_whose_partial_is_not_a_boolean_is_refused_naming_the_key(value: Any):
+    message = git_error({"host": "db1", "plan": PID, "expires": "8h", "partial": value})
+
+    assert message.startswith(f"{PATH} (commit {COMMIT[:12]}): partial: expected true or "
+                              "false, got ")
+    assert message.endswith("write partial: true to approve a partial plan")
+
+
+def test_a_host_approval_reads_back_its_partial_flag_as_a_boolean():
+    assert Approval.from_dict(approval(partial=True).as_dict()).partial is True
+    assert Approval.from_dict({**approval().as_dict(), "partial": "false"}).partial is False
+    assert Approval.from_dict({k: v for k, v in approval().as_dict().items()
+                               if k != "partial"}) == approval()  # written before the flag

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.adapters.state import StateDir, read_json, write_json
 from agent.core.approval import GIT, HOST, Approval, plan_id
 from agent.core.drift import (
     CLEAN,
@@ -32,10 +34,13 @@ from agent.cycle.decide import (
     WAIT,
     Plan,
     approval_key,
+    approve_plan,
     build_plan,
     classify_report,
     hold_paused,
+    record_clean_checks,
 )
+from agent.errors import RepoError
 from agent.operate.output import render_plan
 
 SRC = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
@@ -248,8 +253,9 @@ def test_each_changes_decision_is_listed_with_its_rule_in_the_plans_json():
     assert p.as_dict() == {
         "plan_id": pid_of(report), "source_sha": SRC, "fingerprint": report.fingerprint,
         "status": DRIFTED, "action": REPORT_ONLY, "reason": p.reason, "mode": REPORT,
-        "rule": "hands off the database",
-        "decisions": [[REPORT, "hands off the database"], [REPORT, "hands off the database"]],
+        "rule": "hands off the database", "partial": False,
+        "decisions": [{"mode": REPORT, "rule": "hands off the database"},
+                      {"mode": REPORT, "rule": "hands off the database"}],
         "approval": None}
 
 
@@ -348,6 +354,101 @@ def test_plan_output_of_a_paused_cycle_says_so_for_the_host_and_at_the_end():
     assert not any("[apply]" in line for line in lines)
 
 
+# --- partial plans: a check that stopped at a check-mode failure ------------------------------
+
+STOPPED = Change("Baseline", "users", "Create the admins' .ssh folders", "ansible.builtin.file",
+                 "", True, ("users",), error="chown failed: failed to look up user bob",
+                 message="failed in check mode after 'users | Create or remove the admin "
+                         "users' would change this host; may pass once that change is applied")
+
+
+def partial(name: str = "web1") -> HostReport:
+    changes = (MOTD, STOPPED)
+    return HostReport(name, DRIFTED, changes, fingerprint(DRIFTED, changes, True),
+                      "partial check: ...", partial=True)
+
+
+def test_a_partial_plan_is_never_applied_by_policy_auto_and_says_how_to_approve_it():
+    report = partial()
+
+    p = plan(report, WEB_HEALS, MOTD_HEALS, now=IN_WINDOW)
+
+    assert (p.action, p.mode, p.partial) == (WAIT, AUTO, True)
+    assert p.reason == ("policy web heals itself: auto, but the check was partial (tasks after a "
+                        "check-mode failure were not checked); awaiting approval: petkeeper "
+                        f"approve --partial {pid_of(report)}")
+    assert p.as_dict()["partial"] is True
+
+
+def test_a_partial_plan_applies_only_with_an_approval_that_acknowledges_it():
+    report = partial()
+
+    blind = plan(report, approvals=[(approval_for(report), None)])
+    knowing = plan(report, approvals=[(approval_for(report, partial=True), None)])
+
+    assert blind.action == WAIT and "approve it with petkeeper approve --partial" in blind.reason
+    assert blind.reason.startswith("the check was partial")
+    assert (knowing.action, knowing.approval) == (APPLY, approval_for(report, partial=True))
+
+
+def saved_plans(tmp_path: Path, report: HostReport) -> StateDir:
+    state = StateDir(tmp_path)
+    write_json(state.plans_file, {report.name: plan(report).as_dict()})
+    return state
+
+
+def test_approving_a_partial_plan_without_partial_is_refused_and_records_nothing(
+        tmp_path: Path):
+    report = partial()
+    state = saved_plans(tmp_path, report)
+
+    with pytest.raises(RepoError) as e:
+        approve_plan(None, state, None, pid_of(report), "alice", NOW,  # type: ignore[arg-type]
+                     NOW + timedelta(hours=4), "")
+
+    assert str(e.value) == (
+        f"plan {pid_of(report)} (web1) is partial: its check stopped at a task that failed in "
+        "check mode, so the tasks after it were not checked; review it with petkeeper plan, "
+        f"then approve with --partial {pid_of(report)}")
+    assert not state.approvals.exists()
+
+
+def test_approving_a_partial_plan_with_partial_records_the_acknowledgement(tmp_path: Path):
+    report = partial()
+    state = saved_plans(tmp_path, report)
+
+    approval = approve_plan(None, state, None, pid_of(report), "alice",  # type: ignore[arg-type]
+                            NOW, NOW + timedelta(hours=4), "", partial=True)
+
+    assert approval.partial is True
+    assert read_json(state.approvals / f"{pid_of(report)}.json", {})["partial"] is True
+    assert plan(report, approvals=[(approval, None)]).action == APPLY
+
+
+# --- the ledger's last clean check -----------------------------------------------------------
+
+def test_clean_hosts_are_recorded_with_the_source_and_time_of_their_check(tmp_path: Path):
+    state = StateDir(tmp_path)
+    ledger = {"web1": {"converged_source": NEW_SRC}}
+    reports = {"web1": HostReport("web1", CLEAN, (PROBE,), fingerprint(CLEAN, (PROBE,))),
+               "db1": drifted("db1")}
+
+    record_clean_checks(state, ledger, reports, SRC, NOW)
+
+    assert read_json(state.ledger_file, {}) == {"web1": {
+        "converged_source": NEW_SRC, "clean": {"source": SRC, "checked_at": NOW.isoformat()}}}
+    later = classify_report(drifted("web1"), read_json(state.ledger_file, {})["web1"], SRC)
+    assert later.classes == (CORRECTIVE,)
+
+
+def test_a_check_with_no_clean_host_does_not_rewrite_the_ledger(tmp_path: Path):
+    state = StateDir(tmp_path)
+
+    record_clean_checks(state, {}, {"db1": drifted("db1")}, SRC, NOW)
+
+    assert not state.ledger_file.exists()
+
+
 # --- output.render_plan ----------------------------------------------------------------------
 
 def plan_json(*applies: ApplyResult) -> dict[str, Any]:
@@ -405,3 +506,19 @@ def test_plan_output_for_a_host_without_a_plan_shows_dashes():
 
     assert lines[0].rstrip() == "web1: drifted  plan -  [-]"
     assert lines[1].endswith("(ansible.builtin.copy)  [corrective; - by -]")
+
+
+def test_plan_output_shows_why_a_check_blind_failure_could_not_be_judged_and_its_error():
+    report = partial()
+    data = {"run_id": "r", "source_sha": SRC, "hosts": {"web1": report.as_dict()},
+            "plans": {"web1": plan(report).as_dict()}, "applies": [], "reports": None}
+
+    lines = render_plan(data).splitlines()
+
+    assert lines[1] == "    partial check: ..."
+    i = lines.index("  ? users | Create the admins' .ssh folders (ansible.builtin.file)  "
+                    "[-; approve by default]")
+    assert lines[i + 1:i + 3] == [
+        "      failed in check mode after 'users | Create or remove the admin users' would "
+        "change this host; may pass once that change is applied",
+        "      error: chown failed: failed to look up user bob"]

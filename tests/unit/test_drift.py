@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import uuid
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from agent.core.drift import (
     HIDDEN,
     UNKNOWN,
     Change,
+    HostReport,
     build_host_reports,
     fingerprint,
+    mask_reports,
     parse_host_key_refusal,
     render_diff,
     short_module,
@@ -121,16 +124,22 @@ def test_golden_case_reports_status_changes_message_and_fingerprint(case: str, r
     reports = reports_of(case, recording=recording)
 
     actual = {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
-                     "fingerprint": r.fingerprint} for name, r in reports.items()}
+                     "fingerprint": r.fingerprint, **({"partial": True} if r.partial else {})}
+              for name, r in reports.items()}
     assert actual == {name: expected_for(report, recording) for name, report in expected.items()}
 
 
 def expected_for(report: dict[str, Any], recording: str) -> dict[str, Any]:
-    """A host's expected report for one recording: Ansible's own words in a message may differ
-    by version (message_by_version); hand-made cases leave the fingerprint out."""
+    """A host's expected report for one recording: Ansible's own words in a message, or in a
+    check-blind failure's error, may differ by version (message_by_version, and a change's
+    error_by_version); hand-made cases leave the fingerprint out."""
     by_version = report.get("message_by_version", {})
     wanted = {k: v for k, v in report.items() if k != "message_by_version"}
     wanted["message"] = by_version.get(recording, report["message"])
+    wanted["changes"] = [
+        {**{k: v for k, v in c.items() if k != "error_by_version"},
+         **({"error": c["error_by_version"].get(recording, c["error"])}
+            if "error_by_version" in c else {})} for c in report["changes"]]
     return wanted
 
 
@@ -139,14 +148,15 @@ def test_golden_case_fingerprint_is_the_hash_of_its_status_and_changes(case: str
                                                                        recording: str):
     for report in reports_of(case, recording=recording).values():
         assert re.fullmatch(r"[0-9a-f]{64}", report.fingerprint)
-        assert report.fingerprint == fingerprint(report.status, report.changes)
+        assert report.fingerprint == fingerprint(report.status, report.changes, report.partial)
 
 
 @pytest.mark.parametrize("case", sorted(p.parent.name for p in FIXTURES.glob("*/scenario.yml")))
 def test_each_ansible_core_gives_the_same_reports_and_fingerprints(case: str):
     """Upgrading ansible-core within the range changes no report but Ansible's own words in a
     message: approvals (bound to fingerprints) stay valid."""
-    reports = {recording: {name: {**r.as_dict(), "message": None} for name, r in reports_of(
+    reports = {recording: {name: {**r.as_dict(), "message": None, "changes": [
+        {**c, "error": None} for c in r.as_dict()["changes"]]} for name, r in reports_of(
         case, recording=recording).items()} for recording in recordings(case)}
 
     first = next(iter(reports.values()))
@@ -192,7 +202,7 @@ def test_no_log_result_never_contributes_its_content_to_the_report():
 
 
 def test_failed_no_log_task_message_is_hidden_not_echoed():
-    events = load_events("failed_task")
+    events = load_events("failed_first")
     failed = find(events, "runner_on_failed", "Must pass", "db1")
     failed["event_data"]["res"] = {"censored": "the output has been hidden due to the fact that"
                                                 " 'no_log: true' was specified for this result"}
@@ -204,7 +214,7 @@ def test_failed_no_log_task_message_is_hidden_not_echoed():
 
 
 def test_failure_message_falls_back_to_stderr_and_is_capped():
-    events = load_events("failed_task")
+    events = load_events("failed_first")
     res = find(events, "runner_on_failed", "Must pass", "db1")["event_data"]["res"]
     res["msg"] = ""
     res["stderr"] = "x" * 2000
@@ -217,7 +227,7 @@ def test_failure_message_falls_back_to_stderr_and_is_capped():
 
 
 def test_unreachable_wins_over_a_failure_seen_earlier():
-    events = load_events("failed_task")
+    events = load_events("failed_first")
     failed = find(events, "runner_on_failed", "Must pass", "db1")
     unreachable = copy.deepcopy(failed)
     unreachable["event"] = "runner_on_unreachable"
@@ -477,3 +487,140 @@ def test_render_diff_marks_a_missing_final_newline():
     ("community.general.ini_file", "ini_file"), ("", "")])
 def test_short_module_drops_the_collection(action: str, short: str):
     assert short_module(action) == short
+
+
+# --- check mode's blind spots: a failure after a change --------------------------------------
+
+def without_task(events: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event_data"].get("task") != task]
+
+
+def test_a_failure_after_a_change_of_the_same_run_is_check_blind_and_the_host_partial():
+    report = reports_of("failed_task")["db1"]
+
+    assert (report.status, report.partial) == (DRIFTED, True)
+    stopped = report.changes[-1]
+    assert (stopped.task, stopped.check_blind, stopped.error) == (
+        "Must pass", True, "non-zero return code")
+    assert "'web | Template motd'" in stopped.message
+    assert report.fingerprint == fingerprint(DRIFTED, report.changes, partial=True)
+
+
+def test_a_failure_after_a_check_blind_change_only_stays_a_failure():
+    events = load_events("failed_task")
+    res = find(events, "runner_on_ok", "Template motd", "db1")
+    res["event"] = "runner_on_skipped"  # a module that skipped itself: check-blind, not known
+    res["event_data"]["res"] = None
+
+    report = build_host_reports(events, ["db1"], TREE)["db1"]
+
+    assert (report.status, report.partial) == (FAILED, False)
+    assert report.message == "task 'Must pass': non-zero return code"
+
+
+def test_a_change_in_an_earlier_playbook_does_not_excuse_a_failure_in_a_later_one():
+    events = load_events("failed_task")
+    first = [copy.deepcopy(e) for e in events if e["event"] in (
+        "playbook_on_start", "playbook_on_play_start", "playbook_on_stats")
+        or e["event_data"].get("task") == "Template motd"]
+    for e in first:
+        e["runner_ident"] = "first-playbook"
+        if e["event"] == "playbook_on_stats":
+            e["event_data"]["failures"] = {}
+    second = without_task(events, "Template motd")
+
+    report = build_host_reports(first + second, ["db1"], TREE)["db1"]
+
+    assert (report.status, report.partial) == (FAILED, False)
+
+
+def test_a_rescued_failure_after_a_change_is_neither_a_failure_nor_check_blind():
+    events = load_events("rescued_failure_does_not_fail")
+    find(events, "runner_on_ok", "Write motd", "web1")["event_data"]["res"]["changed"] = True
+    stats = next(e for e in events if e["event"] == "playbook_on_stats")["event_data"]
+    stats["changed"] = {"web1": 1}
+
+    report = build_host_reports(events, ["web1"], TREE)["web1"]
+
+    assert (report.status, report.partial) == (DRIFTED, False)
+    assert [c.task for c in report.changes] == ["Write motd"]
+
+
+def test_a_run_cut_short_after_a_check_blind_failure_is_unknown_and_still_lists_it():
+    events = [e for e in load_events("failed_task") if e["event"] != "playbook_on_stats"]
+
+    report = build_host_reports(events, ["db1"], TREE)["db1"]
+
+    assert (report.status, report.partial) == (UNKNOWN, True)
+    assert [c.check_blind for c in report.changes] == [False, True]
+
+
+def test_a_partial_report_differs_in_fingerprint_from_the_same_changes_unpartial():
+    changes = reports_of("failed_task")["db1"].changes
+
+    assert fingerprint(DRIFTED, changes, True) != fingerprint(DRIFTED, changes)
+
+
+def test_the_words_of_a_check_blind_failure_do_not_change_the_fingerprint():
+    """Ansible's error differs between versions (and may between runs): an approval of a
+    partial plan must survive both."""
+    changes = reports_of("failed_task")["db1"].changes
+    reworded = [replace(c, error=c.error and "The command exited with a non-zero return code.",
+                        message=c.message and "other words") for c in changes]
+
+    assert fingerprint(DRIFTED, reworded, True) == fingerprint(DRIFTED, changes, True)
+
+
+def test_the_error_of_a_check_blind_failure_is_masked_with_the_rest():
+    reports = reports_of("failed_task")
+
+    masked = mask_reports(reports, lambda text: text.replace("return code", "++++"))
+
+    stopped = masked["db1"].changes[-1]
+    assert stopped.error == "non-zero ++++"
+    assert masked["db1"].fingerprint == fingerprint(DRIFTED, masked["db1"].changes, True)
+    assert masked["db1"].partial
+
+
+def test_a_change_lists_error_and_message_only_when_it_has_them():
+    report = reports_of("failed_task")["db1"]
+
+    first, stopped = report.as_dict()["changes"]
+    assert "error" not in first and "message" not in first
+    assert stopped["error"] == "non-zero return code"
+    assert report.as_dict()["partial"] is True
+
+
+# --- skip reasons the callback records -------------------------------------------------------
+
+def skipped_with(fact: dict[str, Any]) -> HostReport:
+    """check_blind_only's skipped command, with FACT as what the callback said about it."""
+    events = load_events("check_blind_only")
+    skip = find(events, "runner_on_skipped", "Run a command", "web1")["event_data"]
+    facts = [{"host": "web1", "task_uuid": skip["task_uuid"], "event": "skipped", **fact}]
+    return build_host_reports(events, ["web1"], TREE, facts)["web1"]
+
+
+@pytest.mark.parametrize(("fact", "blind"), [
+    ({"conditional": False, "reason": "module"}, True),
+    ({"conditional": True, "reason": "when"}, False),
+    ({"conditional": False, "reason": "no_items"}, False),
+    ({"conditional": False, "reason": "never_changes"}, False),
+    ({"conditional": True, "reason": "check_mode"}, True),
+    ({"conditional": True}, False),  # recorded before reasons were
+    ({"conditional": False}, True),
+])
+def test_a_skipped_task_is_check_blind_only_when_check_mode_hides_what_it_would_do(
+        fact: dict[str, Any], blind: bool):
+    report = skipped_with(fact)
+
+    assert [c.task for c in report.changes if c.check_blind] == (["Run a command"] if blind
+                                                                  else [])
+    assert report.status == CLEAN
+
+
+def test_tags_a_task_inherits_twice_are_listed_once():
+    report = skipped_with({"conditional": False, "reason": "module",
+                           "tags": ["cron", "os_hardening", "cron", "os_hardening"]})
+
+    assert report.changes[0].tags == ("cron", "os_hardening")

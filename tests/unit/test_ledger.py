@@ -15,6 +15,7 @@ from agent.core.ledger import (
     INTENTIONAL,
     classify,
     record_apply,
+    record_check,
     task_key,
 )
 
@@ -93,3 +94,37 @@ def test_an_apply_that_did_not_converge_keeps_the_previous_converged_source():
     assert after["converged_source"] == SRC
     assert classify(CONF, after, SRC) == CORRECTIVE
     assert classify(CONF, after, NEW_SRC) == INTENTIONAL
+
+
+# --- record_check: the last clean check ------------------------------------------------------
+
+AT = "2026-11-25T21:00:00+00:00"
+
+
+def test_a_hand_edit_on_a_host_seen_clean_at_this_source_is_corrective_without_any_apply():
+    entry = record_check(None, SRC, "clean", AT)
+
+    assert entry == {"clean": {"source": SRC, "checked_at": AT}}
+    assert classify(MOTD, entry, SRC) == CORRECTIVE
+    assert classify(MOTD, entry, NEW_SRC) == INTENTIONAL
+    assert classify(PROBE, entry, SRC) == CHECK_BLIND
+
+
+@pytest.mark.parametrize("status", ["drifted", "failed", "unreachable", "unknown"])
+def test_a_check_that_is_not_clean_leaves_the_entry_as_it_was(status: str):
+    entry = {"converged_source": SRC, "clean": {"source": SRC, "checked_at": AT}}
+
+    assert record_check(entry, NEW_SRC, status, "2026-11-26T00:00:00+00:00") == entry
+
+
+def test_a_later_clean_check_replaces_the_last_one_and_keeps_the_rest():
+    entry = {"converged_source": SRC, "flapping": {task_key(MOTD): 1},
+             "clean": {"source": SRC, "checked_at": AT}}
+
+    after = record_check(entry, NEW_SRC, "clean", "2026-11-26T00:00:00+00:00")
+
+    assert after == {"converged_source": SRC, "flapping": {task_key(MOTD): 1},
+                     "clean": {"source": NEW_SRC, "checked_at": "2026-11-26T00:00:00+00:00"}}
+    assert classify(CONF, after, NEW_SRC) == CORRECTIVE
+    assert classify(CONF, after, SRC) == CORRECTIVE  # converged by an apply there
+    assert entry["clean"]["source"] == SRC  # not mutated

@@ -36,7 +36,7 @@ def check_json(**extra: Any) -> dict[str, Any]:
 
 def test_check_output_reads_like_a_plan_with_each_host_its_changes_and_diffs():
     assert render_check(check_json()) == "\n".join([
-        f"web1: drifted, 1 change(s), 1 check-blind  [fingerprint {FP[:12]}]",
+        f"web1: drifted (1 change, 1 check-blind)  [fingerprint {FP[:12]}]",
         "  ~ base | Write motd (ansible.builtin.copy)",
         "      --- before: /etc/motd",
         "      +++ after: roles/base/files/motd",
@@ -111,16 +111,17 @@ def status_json(**last: Any) -> dict[str, Any]:
             "hosts": {
                 "web1": {"status": "drifted", "changes": 2, "checked_at": "2026-11-25T21:00:00"
                          "+00:00", "source_sha": SHA},
-                "db1": {"status": "clean", "changes": 0, "checked_at": "2026-11-25T21:00:00"
-                        "+00:00", "source_sha": SHA}}}
+                "db1": {"status": "clean", "changes": 4, "check_blind": 4,
+                        "checked_at": "2026-11-25T21:00:00+00:00", "source_sha": SHA}}}
 
 
 def test_status_output_has_the_last_run_then_one_line_per_host_sorted():
     assert render_status(status_json()).splitlines() == [
         f"last run r2 at 2026-11-25T21:00:00+00:00, source {SHA[:12]}, exit 2",
         "  reports: all pushed",
-        f"db1: clean, 0 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
-        f"web1: drifted, 2 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
+        f"db1: clean (0 changes, 4 check-blind), checked 2026-11-25T21:00:00+00:00 at "
+        f"{SHA[:12]}",
+        f"web1: drifted (2 changes), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
     ]
 
 
@@ -168,10 +169,11 @@ def test_status_shows_each_hosts_own_check_what_waits_and_its_last_apply():
                     "plan_id": "1111aa367513c4ee", "approved_by": "alice", "run_id": "r1"})
 
     assert render_status(status).splitlines()[2:] == [
-        f"db1: clean, 0 change(s), checked 2026-11-25T21:00:00+00:00 at {SHA[:12]}",
+        f"db1: clean (0 changes, 4 check-blind), checked 2026-11-25T21:00:00+00:00 at "
+        f"{SHA[:12]}",
         "  last apply 2026-11-24T08:00:00+00:00: converged (plan 1111aa367513c4ee, approved by "
         "alice)",
-        f"web1: drifted, 2 change(s), checked 2026-11-25T21:03:10+00:00 at {SHA[:12]}",
+        f"web1: drifted (2 changes), checked 2026-11-25T21:03:10+00:00 at {SHA[:12]}",
         "  plan 30c4aa367513c4ee: awaiting approval: petkeeper approve 30c4aa367513c4ee",
     ]
 
@@ -187,3 +189,30 @@ def test_hostile_text_reaches_the_terminal_escaped_in_check_and_plan_output():
         assert "\x1b" not in plain and "\r" not in plain and "\x07" not in plain
         assert "web\\x1b[1m1" in plain and "Write\\x1b]0;owned\\x07 motd" in plain
         assert "-Hi\\x1b[2J\\x0d" in plain and "boom\\x1b[31m\\nfake line" in plain
+
+
+def test_a_task_name_holding_the_role_separator_is_quoted_in_check_output():
+    named = {**MOTD, "role": "os_hardening", "task": "os_hardening | Set limits"}
+
+    text = render_check(check_json(hosts={"web1": {
+        "status": "drifted", "fingerprint": FP, "message": None, "changes": [named]}}))
+
+    assert '  ~ os_hardening | "os_hardening | Set limits" (ansible.builtin.copy)\n' in text
+
+
+def test_check_output_says_why_a_check_blind_failure_could_not_be_judged():
+    stopped = {**PROBE, "error": "chown failed: failed to look up user bob",
+               "message": "failed in check mode after 'users | Create or remove the admin "
+                          "users' would change this host; may pass once that change is applied"}
+
+    lines = render_check(check_json(hosts={"web1": {
+        "status": "drifted", "fingerprint": FP, "message": "partial check: ...",
+        "partial": True, "changes": [MOTD, stopped]}})).splitlines()
+
+    assert lines[0] == f"web1: drifted (1 change, 1 check-blind)  [fingerprint {FP[:12]}]"
+    assert lines[1] == "    partial check: ..."
+    assert lines[-5:-2] == [
+        "  ? Run a command (ansible.builtin.command)  (check mode cannot tell)",
+        "      failed in check mode after 'users | Create or remove the admin users' would "
+        "change this host; may pass once that change is applied",
+        "      error: chown failed: failed to look up user bob"]

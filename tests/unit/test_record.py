@@ -82,7 +82,7 @@ def test_build_report_holds_the_host_report_and_the_run():
 
     assert build_report(report, RUN) == {
         "schema": 1, "host": "web1", "status": DRIFTED, "fingerprint": report.fingerprint,
-        "message": None,
+        "message": None, "partial": False,
         "changes": [
             {"play": "Baseline", "role": "base", "task": "Write motd",
              "module": "ansible.builtin.copy", "diff": MOTD.diff, "check_blind": False,
@@ -191,6 +191,22 @@ def test_render_report_keeps_control_characters_escaped_rather_than_raw():
 def test_summary_line_counts_known_and_check_blind_changes(changes: tuple[Change, ...],
                                                            status: str, line: str):
     assert summary_line(data_of(host(status, changes))) == line
+
+
+def test_a_partial_report_says_so_in_its_summary_and_comments_keep_titles_unambiguous():
+    stopped = Change("Users", "users", "Create | the .ssh folders", "ansible.builtin.file", "",
+                     True, error="chown failed", message="failed in check mode after ...")
+    changes = (MOTD, stopped)
+    report = HostReport("web1", DRIFTED, changes, fingerprint(DRIFTED, changes, True),
+                        "partial check: ...", partial=True)
+
+    data = data_of(report)
+    text = render_report(data)
+
+    assert summary_line(data) == "web1: drifted (1 change, 1 check-blind, partial)"
+    assert '#   ? users | "Create | the .ssh folders" (ansible.builtin.file)\n' in text
+    assert yaml.safe_load(text)["partial"] is True
+    assert yaml.safe_load(text)["changes"][1]["error"] == "chown failed"
 
 
 # --- commit_reason ---------------------------------------------------------------------------
