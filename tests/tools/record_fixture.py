@@ -126,7 +126,7 @@ def record_case(case: str, bless: bool) -> bool:
     if facts:
         write_json(folder / "facts.json", facts)
     reports = {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
-                      "fingerprint": r.fingerprint}
+                      "fingerprint": r.fingerprint, **({"partial": True} if r.partial else {})}
                for name, r in build_host_reports(events, expected_hosts(scenario), TREE,
                                                  facts).items()}
     path = FIXTURES / case / "expected.json"
@@ -141,11 +141,15 @@ def record_case(case: str, bless: bool) -> bool:
 
 def matches(expected: dict[str, Any], reports: dict[str, Any], minor: str) -> bool:
     """Whether REPORTS are the EXPECTED ones for version MINOR (whose message may be given in
-    a host's message_by_version: Ansible's own words change between versions)."""
+    a host's message_by_version, and a check-blind failure's error in its error_by_version:
+    Ansible's own words change between versions)."""
     def wanted(report: dict[str, Any]) -> dict[str, Any]:
         by_version = report.get("message_by_version", {})
+        changes = [{**{k: v for k, v in c.items() if k != "error_by_version"},
+                    **({"error": c["error_by_version"].get(minor, c["error"])}
+                       if "error_by_version" in c else {})} for c in report["changes"]]
         return {**{k: v for k, v in report.items() if k != "message_by_version"},
-                "message": by_version.get(minor, report["message"])}
+                "message": by_version.get(minor, report["message"]), "changes": changes}
     return {name: wanted(r) for name, r in expected.items()} == reports
 
 

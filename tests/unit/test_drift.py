@@ -624,3 +624,17 @@ def test_tags_a_task_inherits_twice_are_listed_once():
                            "tags": ["cron", "os_hardening", "cron", "os_hardening"]})
 
     assert report.changes[0].tags == ("cron", "os_hardening")
+
+
+@pytest.mark.parametrize("recording", ["2.19", "2.20", "2.21"])
+def test_userdel_with_the_home_kept_makes_the_old_users_role_partial_not_failed(recording: str):
+    """The issue's own case, recorded: the chown of bob's ~/.ssh fails in check mode after the
+    user task would recreate him; the error names the loop item, on every ansible-core."""
+    report = reports_of("failed_after_userdel", recording=recording)["web1"]
+
+    assert (report.status, report.partial) == (DRIFTED, True)
+    account, ssh_folder = report.changes
+    assert (account.task, account.check_blind) == ("Create or remove the admin users", False)
+    assert (ssh_folder.task, ssh_folder.check_blind) == ("Create the admins' .ssh folders", True)
+    assert ssh_folder.error == "bob: chown failed: failed to look up user bob"
+    assert "'users | Create or remove the admin users'" in ssh_folder.message
