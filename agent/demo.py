@@ -1,8 +1,9 @@
 """The embedded demo: two pets, a bare Git repo of this project's playbooks, one check.
 
 Starts the demo hosts of ``inventories/demo`` (pet1, pet2 on 127.0.80.11-12), serves
-``playbooks/`` and ``inventories/`` from a bare repo it creates, converges both hosts, edits one
-file on pet2 by hand (the drift), then runs ``petkeeper check`` and shows the report commit.
+``playbooks/`` and ``inventories/`` from a bare repo it creates, converges both hosts, checks
+them (clean), edits one file on pet2 by hand (the drift), then runs ``petkeeper check`` again
+and shows the report commits.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def run_demo(workdir: Path, keep: bool = False, color: bool = False,
              "Petkeeper (about a minute)")
         with progress() as watch:
             converge(config, workdir, watch)
+        # A first check sees both pets clean at this commit: the ledger keeps that, so the hand
+        # edit below reads as corrective drift (the host moved), not as a new commit's change.
+        _say(f"petkeeper --config {config_path} check    (both pets are clean; about 30 seconds)")
+        with progress() as watch:
+            run_check(config, watch=watch)
         _say("pet2: someone edits /etc/motd by hand")
         pool.run("pet2", "echo 'Back at 5pm -- bob' >> /etc/motd")
         _say(f"petkeeper --config {config_path} check    (check + diff mode: changes nothing; "
