@@ -142,7 +142,8 @@ def host_summary(host: str, report: Mapping[str, Any], plan: Mapping[str, Any] |
             "id": plan["plan_id"], "action": plan["action"], "reason": plan["reason"],
             "source_sha": plan["source_sha"]},
         "changes": [{"role": c.get("role"), "task": c["task"], "module": c["module"],
-                     "check_blind": bool(c.get("check_blind"))}
+                     "check_blind": bool(c.get("check_blind")),
+                     **({"error": c["error"]} if c.get("error") else {})}
                     for c in report.get("changes") or []],
         "report_commit": report_commit,
     }

@@ -158,9 +158,9 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     assert bad.returncode == 1
     # The webhook was told, with the masks in place of the secrets (not a vacuous check).
     told = [r.json() for r in receiver.accepted()]
-    [failed] = [e for e in told if e["type"] == "org.petkeeper.host.failed"]
-    assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>",
-                     failed["data"]["message"])
+    [error] = [c["error"] for e in told if e["type"] == "org.petkeeper.drift.detected"
+               for c in e["data"]["changes"] if c.get("error")]  # step 5's partial check
+    assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>", error), error
     assert {"org.petkeeper.drift.detected", "org.petkeeper.apply.succeeded",
             "org.petkeeper.test"} <= {e["type"] for e in told}
 

@@ -155,6 +155,20 @@ def test_the_event_carries_the_report_summary_but_no_diff():
     assert drift.data["source_sha"] == SRC and "diff" not in str(drift.data)
 
 
+def test_a_partial_checks_failure_is_told_with_its_error():
+    report = host("drifted", changes=1, message="partial check: 'Task 1' failed in check mode")
+    report["partial"] = True
+    report["changes"].append({"play": "p", "role": "motd", "task": "Task 1", "module": "file",
+                              "diff": "", "check_blind": True,
+                              "error": "chown failed: failed to look up user bob",
+                              "message": "may pass once that change is applied"})
+    [drift, _] = find_events(record({"web1": report}), {})[0]
+    assert drift.data["changes"][1] == {
+        "role": "motd", "task": "Task 1", "module": "file", "check_blind": True,
+        "error": "chown failed: failed to look up user bob"}
+    assert "error" not in drift.data["changes"][0]
+
+
 def test_a_cloud_event_is_structured_mode_json_with_every_text_masked():
     r = record({"web1": host("failed", message="cannot log in with hunter22")})
     [event] = find_events(r, {})[0]
