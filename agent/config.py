@@ -61,6 +61,8 @@ class ReportsConfig:
     push: bool = True
     author_name: str = "Petkeeper"
     author_email: str = "petkeeper@localhost"
+    ssh_key: str | None = None  # ssh:// reports remote: its own deploy key (default: repo's)
+    known_hosts: str | None = None  # ssh:// reports remote: known hosts (default: repo's)
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,8 @@ def _parse_repo(p: Problems, data: dict[str, Any]) -> RepoConfig:
 
 def _parse_reports(p: Problems, data: dict[str, Any], repo: RepoConfig) -> ReportsConfig:
     rep = Section(p, data, "reports.",
-                  {"branch", "url", "heartbeat", "push", "author_name", "author_email"})
+                  {"branch", "url", "heartbeat", "push", "author_name", "author_email",
+                   "ssh_key", "known_hosts"})
     reports = ReportsConfig(
         branch=rep.string("branch") or "petkeeper/reports",
         url=_check_plain_http(p, "reports.url", rep.string("url")),
@@ -275,6 +278,7 @@ def _parse_reports(p: Problems, data: dict[str, Any], repo: RepoConfig) -> Repor
         push=rep.boolean("push", True),
         author_name=rep.string("author_name") or "Petkeeper",
         author_email=rep.string("author_email") or "petkeeper@localhost",
+        ssh_key=rep.string("ssh_key"), known_hosts=rep.string("known_hosts"),
     )
     if reports.branch == repo.branch and (reports.url or repo.url) == repo.url:
         p.add("reports.branch", f"must differ from repo.branch ({repo.branch!r}): Petkeeper "

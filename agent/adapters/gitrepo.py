@@ -35,6 +35,7 @@ QUEUE_REF = "refs/petkeeper/reports"
 NETWORK = ("fetch", "push", "ls-remote")  # the commands that reach a remote
 LOOSE_LIMIT = 256  # loose objects in the mirror before it is packed (a few files, not thousands)
 KNOWN_HOSTS_HINT = "repo.known_hosts (default: ~/.ssh/known_hosts of the user running Petkeeper)"
+REPORTS_KNOWN_HOSTS_HINT = "reports.known_hosts (default: repo.known_hosts)"
 HARDENING = {
     "core.hooksPath": os.devnull,
     "core.symlinks": "true",
@@ -80,11 +81,16 @@ class Mirror:
 
     def __init__(self, path: Path, url: str, timeout: float,
                  ssh_options: tuple[str, ...] = (), keys: Mapping[str, str] | None = None,
-                 cancel: Cancel = None) -> None:
-        """KEYS names, per URL, the setting to check when it fails ("repo.url in FILE");
-        CANCEL stops the git that reaches a remote."""
+                 cancel: Cancel = None,
+                 reports_ssh_options: tuple[str, ...] | None = None) -> None:
+        """SSH_OPTIONS reach repo.url; REPORTS_SSH_OPTIONS, when given, the reports remote
+        (its own deploy key: Git forges refuse one deploy key on two repositories). KEYS
+        names, per URL, the setting to check when it fails ("repo.url in FILE"); CANCEL stops
+        the git that reaches a remote."""
         self.path, self.url, self.timeout, self.cancel = path, url, timeout, cancel
         self.keys = dict(keys or {})
+        self._reports_ssh = None if reports_ssh_options is None else \
+            {"GIT_SSH_COMMAND": ssh_command(reports_ssh_options)}
         if not (path / "HEAD").exists():
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
             _Repo.init(path, bare=True).close()
@@ -98,10 +104,7 @@ class Mirror:
                     cw.set_value(*key.rsplit(".", 1), value)
         self.repo.git.update_environment(
             GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false",
-            # DEBUG1: a refused host key's fingerprint is in the error (only errors are read).
-            GIT_SSH_COMMAND=shlex.join(["ssh", "-o", "BatchMode=yes", "-o",
-                                        "StrictHostKeyChecking=yes", "-o", "LogLevel=DEBUG1",
-                                        *ssh_options]),
+            GIT_SSH_COMMAND=ssh_command(ssh_options),
             GIT_CONFIG_NOSYSTEM="1", GIT_ALLOW_PROTOCOL="file:git:ssh:http:https",
         )
 
@@ -248,12 +251,35 @@ class Mirror:
     def push_reports(self, url: str, branch: str) -> bool:
         """Push the queue to BRANCH of URL without force; False when the remote rejects it."""
         try:
-            self._git("push", "--porcelain", url, f"{QUEUE_REF}:refs/heads/{branch}",
+            self._git("push", "--porcelain", url, f"{QUEUE_REF}:{_reports_ref(branch)}",
                       rejected=True, remote=url)
         except _Rejected:
             return False
         self._git("update-ref", f"refs/remotes/origin/{branch}", QUEUE_REF)
         return True
+
+    def probe_push(self, url: str, branch: str) -> str:
+        """Dry-run the push push_reports makes, of a throwaway commit: nothing is sent, and
+        nothing changes on either side. It proves that URL lets this key in to receive-pack
+        (a forge refuses a read-only key there), not what the server's hooks or permissions
+        would say of a real push. Return git's word for the ref ("new branch", or why it
+        would be rejected: the ref exists with other commits)."""
+        probe = self.commit_files(None, {}, "petkeeper doctor: push probe, never pushed",
+                                  Author("Petkeeper", "petkeeper@localhost"),
+                                  "2000-01-01T00:00:00+00:00")
+        ref = _reports_ref(branch)
+        out, why = "", "no answer for the ref"
+        try:
+            out = self._git("push", "--dry-run", "--porcelain", url, f"{probe}:{ref}",
+                            rejected=True, remote=url)
+        except _Rejected as e:
+            out, why = e.stdout, _last_line(e.stderr) or why
+        for line in out.splitlines():
+            flag, _, rest = line.strip().partition("\t")
+            target, _, summary = rest.partition("\t")
+            if target.endswith(f":{ref}"):
+                return summary.strip("[]") if flag != "!" else f"exists ({summary})"
+        raise FetchError(f"git push {redact_text(url)} failed: {why}")
 
     def history(self, ref: str, paths: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Commits of REF touching PATHS, newest first: sha, date, subject, Petkeeper trailers."""
@@ -387,7 +413,10 @@ class Mirror:
 
     def _git(self, *args: str, env: Mapping[str, str] | None = None, missing_ref: str = "",
              rejected: bool = False, remote: str | None = None) -> str:
-        """Run git in the mirror. Errors name REMOTE (the reports URL, say) or else repo.url."""
+        """Run git in the mirror. REMOTE is the reports URL: the call uses its SSH options,
+        and errors name it (else repo.url)."""
+        if remote is not None and self._reports_ssh:
+            env = {**self._reports_ssh, **(env or {})}
         status, out, err = self._run(args, env, remote)
         if status == 0:
             text = out.decode(errors="surrogateescape")  # as GitPython decodes
@@ -398,8 +427,9 @@ class Mirror:
         if "No space left on device" in stderr:
             raise _disk_full(self.path, args[0], stderr)
         if rejected and ("rejected" in stderr or b"[rejected]" in out):
-            raise _Rejected()
-        refusal = parse_host_key_refusal(stderr, KNOWN_HOSTS_HINT)
+            raise _Rejected(out.decode(errors="replace"), stderr)
+        refusal = parse_host_key_refusal(
+            stderr, KNOWN_HOSTS_HINT if remote is None else REPORTS_KNOWN_HOSTS_HINT)
         where = redact_text(remote) if remote else self.safe_url
         if refusal and args[0] in NETWORK:
             raise HostKeyError(f"git {args[0]} {where}: {refusal}")
@@ -435,7 +465,21 @@ class Mirror:
 
 
 class _Rejected(Exception):
-    pass
+    def __init__(self, stdout: str, stderr: str) -> None:
+        super().__init__(stderr)
+        self.stdout, self.stderr = stdout, stderr
+
+
+def _reports_ref(branch: str) -> str:
+    """The ref of the reports remote that the agent's push writes."""
+    return f"refs/heads/{branch}"
+
+
+def ssh_command(options: tuple[str, ...]) -> str:
+    """GIT_SSH_COMMAND: host keys always checked, never a prompt, then OPTIONS (key, known
+    hosts). DEBUG1: a refused host key's fingerprint is in the error (only errors are read)."""
+    return shlex.join(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                       "-o", "LogLevel=DEBUG1", *options])
 
 
 def _disk_full(mirror: Path, command: str, stderr: str) -> AgentError:
@@ -448,9 +492,11 @@ def _disk_full(mirror: Path, command: str, stderr: str) -> AgentError:
     return disk_full_error(mirror, f"(git {command})")
 
 
-# What git and ssh add around the cause of a failed transfer: said already, or no help.
+# What git and ssh add around the cause of a failed transfer: said already, or no help (ssh
+# at LogLevel=DEBUG1 also says whom it logged in as, and how many bytes went by).
 NOISE = ("debug1:", "Could not read from remote repository", "Please make sure you have",
-         "and the repository exists", "error: failed to push some refs")
+         "and the repository exists", "error: failed to push some refs", "Authenticated to ",
+         "Transferred: sent ", "Bytes per second: ")
 
 
 def _answer(stderr: str) -> str:

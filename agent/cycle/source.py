@@ -47,13 +47,27 @@ def open_mirror(config: Config, state: StateDir, claim: bool = True,
     if claim:
         claim_repo(state, config.repo.url, config.path)
     repo = config.repo
-    ssh = (("-o", f"IdentityFile={repo.ssh_key}", "-o", "IdentitiesOnly=yes") if repo.ssh_key
-           else ()) + (("-o", f"UserKnownHostsFile={repo.known_hosts}") if repo.known_hosts
-                       else ())
     keys = {repo.url: f"repo.url in {config.path}"}
     if config.reports.url:
         keys[config.reports.url] = f"reports.url in {config.path}"
-    return Mirror(state.mirror, repo.url, repo.timeout, ssh, keys, cancel)
+    source, reports = remote_ssh(config)
+    return Mirror(state.mirror, repo.url, repo.timeout, source, keys, cancel,
+                  reports_ssh_options=reports)
+
+
+def remote_ssh(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """SSH options for the source remote and for the reports remote: repo.ssh_key and
+    repo.known_hosts, which reports.ssh_key and reports.known_hosts replace for the reports."""
+    repo, reports = config.repo, config.reports
+    return (ssh_options(repo.ssh_key, repo.known_hosts),
+            ssh_options(reports.ssh_key or repo.ssh_key,
+                        reports.known_hosts or repo.known_hosts))
+
+
+def ssh_options(key: str | None, known_hosts: str | None) -> tuple[str, ...]:
+    """ssh's options for a deploy KEY (that key alone) and a KNOWN_HOSTS file."""
+    return ((("-o", f"IdentityFile={key}", "-o", "IdentitiesOnly=yes") if key else ()) +
+            (("-o", f"UserKnownHostsFile={known_hosts}") if known_hosts else ()))
 
 
 def fetch_source(config: Config, mirror: Mirror, reports_branch: str | None) -> None:

@@ -86,6 +86,19 @@ def test_full_config_is_read_into_typed_fields():
     assert config.ansible.known_hosts_file == "/etc/petkeeper/known_hosts"
 
 
+def test_a_separate_reports_repository_takes_its_own_deploy_key_and_known_hosts():
+    config = parse({"repo": {"url": "ssh://git@git.example.com/ops/pets.git",
+                             "ssh_key": "/etc/petkeeper/deploy_key"},
+                    "reports": {"url": "ssh://git@git.example.com/ops/reports.git",
+                                "ssh_key": "/etc/petkeeper/reports_key",
+                                "known_hosts": "/etc/petkeeper/known_hosts"}})
+
+    assert (config.reports.ssh_key, config.reports.known_hosts) == (
+        "/etc/petkeeper/reports_key", "/etc/petkeeper/known_hosts")
+    assert (parse(minimal()).reports.ssh_key, parse(minimal()).reports.known_hosts) == (
+        None, None)
+
+
 def test_config_is_frozen():
     config = parse(minimal())
 

@@ -217,8 +217,21 @@ fatal: Could not read from remote repository.
 Please make sure you have the correct access rights
 and the repository exists."""
 
+# What a forge says, between ssh's DEBUG1 lines, when a read-only deploy key tries to push.
+FORGE_REFUSED = """debug1: Server host key: ssh-ed25519 SHA256:abc
+Authenticated to 127.0.0.1 ([127.0.0.1]:2222) using "publickey".
+ERROR: The key you are authenticating with has been marked as read only.
+Transferred: sent 2764, received 2800 bytes, in 0.0 seconds
+Bytes per second: sent 1.1e+06, received 1.1e+06
+debug1: Exit status 1
+fatal: Could not read from remote repository.
+
+Please make sure you have the correct access rights
+and the repository exists."""
+
 
 @pytest.mark.parametrize(("stderr", "answer"), [
+    (FORGE_REFUSED, "ERROR: The key you are authenticating with has been marked as read only"),
     (SSH_REFUSED, "connect to host git.example.org port 22: Connection refused"),
     ("fatal: unable to access 'https://git.example.org/pets.git/': Could not resolve host: "
      "git.example.org", "unable to access 'https://git.example.org/pets.git/': Could not "
