@@ -48,7 +48,8 @@ def build_parser() -> Parser:
         description=_wrap("Keep pet servers true to Git: check drift with Ansible, decide by "
                           "policy and approvals, apply, and report every step to Git."),
         epilog="exit codes: 0 ok or clean, 1 error (or a host failed, unreachable or unknown), "
-               "2 drift\n\npetkeeper COMMAND --help shows a command's options and examples.")
+               "2 drift, 3 warnings only (doctor)\n\npetkeeper COMMAND --help shows a "
+               "command's options and examples.")
     parser.add_argument("--version", action="version", version=version_line(),
                         help="show the versions of Petkeeper, ansible-core, ansible-runner "
                              "and Python")
@@ -57,6 +58,7 @@ def build_parser() -> Parser:
     _add_approval_commands(sub, common)
     _add_reading_commands(sub, common)
     _add_service_commands(sub, common)
+    _add_setup_commands(sub, common)
     parser.commands = dict(sub.choices)
     return parser
 
@@ -222,6 +224,63 @@ def _add_service_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                       help="where the demo keeps its repo, hosts and state (recreated)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo hosts up until Ctrl-C, to try plan, approve and run")
+
+
+def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    init = _command(sub, "init", [common],
+                    "set this pet up: agent.yml, deploy keys, the Git server's host key (root)",
+                    "Asks for what the options leave out (on a terminal; without one, the "
+                    "defaults, and --url is needed), generates an ed25519 deploy key per "
+                    "repository under /etc/petkeeper and prints its public half, records the "
+                    "Git server's host key once you confirm the fingerprint it shows (or takes "
+                    "it from --known-hosts FILE), and writes /etc/petkeeper/agent.yml (0600, "
+                    "commented). Nothing is written before every answer is in; an existing "
+                    "agent.yml or known_hosts is kept unless --force.",
+                    ["sudo petkeeper init --url ssh://git@git.example.org/ops/pets.git "
+                     "--reports-url ssh://git@git.example.org/ops/pet-reports.git",
+                     "sudo petkeeper init --url ssh://git@git.example.org/ops/pets.git "
+                     "--inventory inventories/prod.yml --limit web1 --known-hosts ./git_host_key"])
+    init.add_argument("--url", help="Git URL of the repository of playbooks and inventories")
+    init.add_argument("--branch", help="its branch to follow (default main)")
+    init.add_argument("--inventory", metavar="PATH",
+                      help="inventory inside the repository (default: this host only, like "
+                           "ansible-pull)")
+    init.add_argument("--limit", metavar="PATTERN",
+                      help="hosts to check (default: this host, like ansible-pull)")
+    init.add_argument("--playbook", action="append", default=[], metavar="PLAYBOOK",
+                      help="a playbook to run, inside the repository (repeatable; default: "
+                           "<fqdn>.yml, <hostname>.yml or local.yml, like ansible-pull)")
+    init.add_argument("--reports-url", metavar="URL",
+                      help="a separate repository for the reports, with a deploy key of its "
+                           "own (default: the source repository)")
+    init.add_argument("--known-hosts", type=Path, metavar="FILE",
+                      help="take the Git server's host key from FILE (verified by you) instead "
+                           "of asking you to confirm its fingerprint")
+    init.add_argument("--ansible-private-key", metavar="FILE",
+                      help="ansible.private_key_file: the key Ansible logs in to targets with")
+    init.add_argument("--ansible-known-hosts", metavar="FILE",
+                      help="ansible.known_hosts_file: the target hosts' keys (default: ssh's)")
+    init.add_argument("--prefix", type=Path, default=Path("/"), metavar="DIR",
+                      help="write under DIR instead of / (DIR/etc/petkeeper, state in "
+                           "DIR/var/lib/petkeeper): a staged tree, or a test")
+    init.add_argument("--force", action="store_true",
+                      help="replace an existing agent.yml and known_hosts (keys are kept)")
+    doctor = _command(sub, "doctor", [common],
+                      "check config, Git, hosts, versions and service; exit 0 ok, 3 warnings, "
+                      "1 failures",
+                      "One line per check, ok, warn or fail, with the fix: the config, the Git "
+                      "server's host key, the branch, signatures, the reports layout and push "
+                      "(a git push --dry-run: it proves authentication, not what server-side "
+                      "hooks would say), each target host over SSH, ansible-core and "
+                      "ansible-runner, the state directory, disk space, the unit, the daemon and "
+                      "the last cycle. It changes nothing: the repository is fetched into a "
+                      "temporary folder, no known_hosts is written, nothing is pushed.",
+                      ["sudo petkeeper doctor", "sudo petkeeper doctor --json | jq '.checks[] | "
+                       "select(.status != \"ok\")'"])
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--prefix", type=Path, default=Path("/"), metavar="DIR",
+                        help="look for the installed files under DIR instead of / (a staged "
+                             "tree); the config is then DIR/etc/petkeeper/agent.yml")
 
 
 def version_line() -> str:

@@ -205,6 +205,49 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_ERROR
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.onboard.init import InitRequest, init_agent, render_init  # paramiko
+
+    config = getattr(args, "config", None) or os.environ.get("PETKEEPER_CONFIG")
+    result = init_agent(InitRequest(
+        url=args.url, branch=args.branch, inventory=args.inventory, limit=args.limit,
+        playbooks=tuple(args.playbook), reports_url=args.reports_url, known_hosts=args.known_hosts,
+        ansible_private_key=_absolute(args.ansible_private_key),
+        ansible_known_hosts=_absolute(args.ansible_known_hosts),
+        config=Path(config).absolute() if config else None, prefix=args.prefix.absolute(),
+        force=args.force), _Terminal())
+    print(render_init(result))
+    return 0
+
+
+class _Terminal:
+    """init's questions, on stderr; answers from stdin (a terminal, or a pipe)."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stdin.isatty()
+
+    def ask(self, question: str, default: str) -> str:
+        print(f"{question}{f' [{default}]' if default else ''}: ", end="", file=sys.stderr,
+              flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise AgentError(f"init: no answer to {question!r} (end of input); pass it as an "
+                             "option")
+        return line.strip() or default
+
+    def confirm(self, question: str) -> bool:
+        print(f"{question} [yes/no]: ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.onboard.doctor import doctor_json, exit_code, render_doctor, run_doctor  # paramiko
+
+    findings = run_doctor(_config_path(args, args.prefix.absolute()), args.prefix.absolute())
+    print(json.dumps(doctor_json(findings), indent=2) if args.json else render_doctor(findings))
+    return exit_code(findings)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo  # the demo needs root and sshd; nothing else does
 
@@ -237,12 +280,13 @@ COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_ch
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
-                            "notify": cmd_notify, "adopt": cmd_adopt}
+                            "notify": cmd_notify, "adopt": cmd_adopt, "doctor": cmd_doctor,
+                            "init": cmd_init}
 
 
-def _config_path(args: argparse.Namespace) -> Path:
+def _config_path(args: argparse.Namespace, prefix: Path = Path("/")) -> Path:
     return Path(getattr(args, "config", None) or os.environ.get("PETKEEPER_CONFIG")
-                or DEFAULT_PATH)
+                or prefix / DEFAULT_PATH.relative_to("/"))
 
 
 def _split(values: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ class NoHostMatches(RepoError):
         super().__init__(f"{pattern!r} matches no host or group of the inventory")
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The hosts of an inventory: each with its groups, and with its variables as the inventory
+    sets them (not templated: Ansible renders them at run time)."""
+
+    groups: Mapping[str, tuple[str, ...]]
+    hostvars: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def only(self, hosts: list[str]) -> Listing:
+        return Listing({h: self.groups[h] for h in hosts},
+                       {h: self.hostvars.get(h, {}) for h in hosts})
+
+
 def list_hosts(tree: Path, inventory: Path, limit: str | None,
                vault_password_file: str | None = None,
                extra_env: Mapping[str, str] | None = None, *,
@@ -39,6 +53,15 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
     if Ansible cannot parse the inventory or a pattern of LIMIT matches nothing; ProcessStopped
     (its scripts and all they started stopped) after INVENTORY_TIMEOUT or when CANCEL()
     turns true."""
+    return dict(list_inventory(tree, inventory, limit, vault_password_file, extra_env,
+                               cancel=cancel).groups)
+
+
+def list_inventory(tree: Path, inventory: Path, limit: str | None,
+                   vault_password_file: str | None = None,
+                   extra_env: Mapping[str, str] | None = None, *,
+                   cancel: Cancel = None) -> Listing:
+    """list_hosts, with each host's variables."""
     argv = ["ansible-inventory", "-i", str(inventory), "--list"]
     if limit:
         argv += ["--limit", limit]
@@ -59,7 +82,10 @@ def list_hosts(tree: Path, inventory: Path, limit: str | None,
     except (ValueError, RecursionError):
         raise RepoError(f"{source}: printed no JSON listing; see what ansible-inventory --list "
                         "prints for this inventory") from None
-    return parse_inventory_list(data, source)
+    groups = parse_inventory_list(data, source)
+    hostvars = data["_meta"].get("hostvars") if isinstance(data.get("_meta"), dict) else None
+    return Listing(groups, {h: v for h, v in (hostvars or {}).items()
+                            if h in groups and isinstance(v, dict)})
 
 
 def parse_inventory_list(data: Any, source: str = "ansible-inventory --list"

@@ -322,6 +322,23 @@ def clear_pause(state: StateDir) -> dict[str, Any] | None:
     return pause
 
 
+def running_daemon(state: StateDir) -> int | None:
+    """The PID of the daemon running on STATE (it holds STATE_DIR/daemon.pid), or None."""
+    try:
+        fd = os.open(state.daemon_pid_file, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: a daemon runs
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() and int(text) > 0 else None
+        return None  # nobody holds it: a stale file
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def cycle_lock(state: StateDir, command: str, wait: float = 0.0) -> Iterator[None]:
     """Hold the state directory's lock for one cycle; LockedError names the holder.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from agent.adapters.inventory import NoHostMatches, list_hosts
+from agent.adapters.inventory import Listing, NoHostMatches, list_hosts, list_inventory
 from agent.adapters.runner import PlaybookRun, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
 from agent.config import COMMAND_LINE, Config, origin
@@ -73,37 +73,46 @@ def select_targets(config: Config, source: Source, state: StateDir,
         inventory = resolve_in_tree(source.tree, config.inventory, f"{config.path}: inventory")
     else:
         inventory = write_local_inventory(state, names[1] if len(names) > 1 else names[0])
+    limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel)
+    return Targets(playbooks, inventory, tuple(listing.groups), limit, listing.groups)
+
+
+def select_hosts(config: Config, tree: Path, inventory: Path, env: Mapping[str, str],
+                 names: list[str], cancel: Callable[[], bool] | None = None
+                 ) -> tuple[str, Listing]:
+    """The limit (with none set: the first of this host's NAMES the inventory has, like
+    ansible-pull) and the hosts it selects; RepoError if it selects none. CANCEL stops
+    ansible-inventory."""
     limit = config.limit
     if limit is None:
-        everyone = list_hosts(source.tree, inventory, None, config.vault_password_file,
-                              source.env, cancel=cancel)
-        mine = [n for n in names if n in everyone]
+        everyone = list_inventory(tree, inventory, None, config.vault_password_file, env,
+                                  cancel=cancel)
+        mine = [n for n in names if n in everyone.groups]
         if not mine:
             raise RepoError(f"{config.path}: limit: not set, and this host ({', '.join(names)}) "
                             f"is not in the inventory {config.inventory or inventory}; add it to "
                             "the inventory or set limit: to the hosts to check")
-        limit = mine[0]
-        hosts = {limit: everyone[limit]}  # the listing has it: no second ansible-inventory
-    else:
-        try:
-            hosts = list_hosts(source.tree, inventory, limit, config.vault_password_file,
-                               source.env, cancel=cancel)
-        except NoHostMatches as e:
-            raise _limit_error(config, source, inventory, e.pattern) from None
-    if not hosts:
-        raise _limit_error(config, source, inventory, limit)
-    return Targets(playbooks, inventory, tuple(hosts), limit, hosts)
+        return mine[0], everyone.only(mine[:1])  # the listing has it: no second ansible-inventory
+    try:
+        listing = list_inventory(tree, inventory, limit, config.vault_password_file, env,
+                                 cancel=cancel)
+    except NoHostMatches as e:
+        raise _limit_error(config, tree, env, inventory, e.pattern) from None
+    if not listing.groups:
+        raise _limit_error(config, tree, env, inventory, limit)
+    return limit, listing
 
 
-def _limit_error(config: Config, source: Source, inventory: Path, pattern: str) -> RepoError:
+def _limit_error(config: Config, tree: Path, env: Mapping[str, str], inventory: Path,
+                 pattern: str) -> RepoError:
     """The limit's PATTERN matches nothing: say what the inventory has (its first hosts)."""
-    everyone = list_hosts(source.tree, inventory, None, config.vault_password_file, source.env)
+    everyone = list_hosts(tree, inventory, None, config.vault_password_file, env)
     groups = sorted({g for gs in everyone.values() for g in gs})
     has = f"{len(everyone)} host(s): {_first(list(everyone))}" if everyone else "no hosts"
     if groups:
         has += f"; groups: {_first(groups)}"
     return RepoError(f"{origin(config, 'limit', '--limit')}: {pattern!r} matches no host or "
-                     f"group of {_relative(inventory, source.tree)}, which has {has}; fix the "
+                     f"group of {_relative(inventory, tree)}, which has {has}; fix the "
                      "limit")
 
 

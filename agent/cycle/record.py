@@ -220,6 +220,12 @@ def push_queue(mirror: Mirror, url: str, branch: str, remote: str | None,
     return PublishResult(committed, 0, pushed=True, push=PUSHED)
 
 
+def probe_reports_push(mirror: Mirror, url: str, branch: str) -> str:
+    """Dry-run the push push_queue makes (the same ref of URL), sending nothing; git's word
+    for the ref. It proves authentication, not what server-side hooks would say."""
+    return mirror.probe_push(url, branch)
+
+
 def sync_queue(mirror: Mirror, branch: str, author: Author) -> str | None:
     """Bring the local queue onto the remote's tip (fast-forward, or rebase our commits);
     return the remote tip. Nothing queued is ever dropped."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.adapters.state import StateDir, cycle_lock, read_pause
+from agent.adapters.state import StateDir, cycle_lock, read_pause, running_daemon
 from agent.config import Config, load_config
 from agent.cycle.source import fetch_source, open_mirror
 from agent.cycle.steps import RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
@@ -379,20 +379,8 @@ def request_cycle(state: StateDir) -> int:
     daemon runs on STATE."""
     no_daemon = AgentError(f"no daemon is running on {state.root}; start it (systemctl start "
                            "petkeeper) or run a cycle by hand with petkeeper run")
-    try:
-        fd = os.open(state.daemon_pid_file, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise no_daemon from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:  # held: a daemon runs
-            pid = int(os.pread(fd, 64, 0).decode().strip() or 0)
-        else:
-            raise no_daemon  # nobody holds it: a stale file
-    finally:
-        os.close(fd)
-    if pid <= 0:
+    pid = running_daemon(state)
+    if pid is None:
         raise no_daemon
     try:
         os.kill(pid, signal.SIGUSR1)

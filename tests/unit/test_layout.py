@@ -17,6 +17,7 @@ ALLOWED = {
     "cycle": {"core", "adapters"},
     "operate": {"core", "adapters", "cycle"},
     "daemon": {"core", "adapters", "cycle", "operate"},
+    "onboard": {"core", "adapters", "cycle"},
 }
 # Third-party libraries with side effects (processes, threads, repositories), each behind its
 # module(s); PyYAML and the standard library are plain data and may be used anywhere.
@@ -27,6 +28,7 @@ OWNERS = {
     "ansible": {"agent.adapters.vault", "agent.plugins.petkeeper_facts"},
     "apprise": {"agent.adapters.apprise_send"},
     "prometheus_client": {"agent.operate.metrics"},
+    "paramiko": {"agent.adapters.ssh"},
 }
 PRINTERS = {"agent.cli", "agent.demo", "agent.testhosts"}  # the faces: a command, the demo, a tool
 
