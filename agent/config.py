@@ -55,8 +55,11 @@ class RepoConfig:
 
 @dataclass(frozen=True)
 class ReportsConfig:
-    branch: str = "petkeeper/reports"
+    branch: str = "petkeeper/reports"  # the one branch all hosts shared before host_branches
     url: str | None = None  # defaults to the source repo
+    host_branches: str = "petkeeper/hosts"  # each host's reports on <host_branches>/<host>
+    signing_key: str | None = None  # SSH private key signing this agent's report commits
+    allowed_signers: str | None = None  # readers: host name -> key (ssh allowed_signers)
     heartbeat: float = 86400.0
     push: bool = True
     author_name: str = "Petkeeper"
@@ -270,10 +273,13 @@ def _parse_repo(p: Problems, data: dict[str, Any]) -> RepoConfig:
 def _parse_reports(p: Problems, data: dict[str, Any], repo: RepoConfig) -> ReportsConfig:
     rep = Section(p, data, "reports.",
                   {"branch", "url", "heartbeat", "push", "author_name", "author_email",
-                   "ssh_key", "known_hosts"})
+                   "ssh_key", "known_hosts", "host_branches", "signing_key",
+                   "allowed_signers"})
     reports = ReportsConfig(
         branch=rep.string("branch") or "petkeeper/reports",
         url=_check_plain_http(p, "reports.url", rep.string("url")),
+        host_branches=(rep.string("host_branches") or "petkeeper/hosts").strip("/"),
+        signing_key=rep.string("signing_key"), allowed_signers=rep.string("allowed_signers"),
         heartbeat=rep.duration("heartbeat", 86400.0),
         push=rep.boolean("push", True),
         author_name=rep.string("author_name") or "Petkeeper",
@@ -283,7 +289,22 @@ def _parse_reports(p: Problems, data: dict[str, Any], repo: RepoConfig) -> Repor
     if reports.branch == repo.branch and (reports.url or repo.url) == repo.url:
         p.add("reports.branch", f"must differ from repo.branch ({repo.branch!r}): Petkeeper "
               "never writes to the source branch", "use e.g. petkeeper/reports")
+    _check_host_branches(p, reports, repo)
     return reports
+
+
+def _check_host_branches(p: Problems, reports: ReportsConfig, repo: RepoConfig) -> None:
+    """Git cannot hold a branch a/b and a branch a/b/c at once: the per-host branches must
+    not sit on or under another branch Petkeeper uses, nor it under them."""
+    mine = reports.host_branches
+    if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", mine) or ".." in mine:
+        p.add("reports.host_branches", f"{mine!r} is not a branch name prefix",
+              "use letters, digits, '.', '_', '-' and '/', e.g. petkeeper/hosts")
+        return
+    for key, other in (("reports.branch", reports.branch), ("repo.branch", repo.branch)):
+        if other == mine or other.startswith(f"{mine}/") or mine.startswith(f"{other}/"):
+            p.add("reports.host_branches", f"{mine!r} clashes with {key} ({other!r}): Git "
+                  "cannot hold a branch and branches under it", "use e.g. petkeeper/hosts")
 
 
 def _parse_ansible(p: Problems, data: dict[str, Any]) -> AnsibleConfig:

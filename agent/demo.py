@@ -80,8 +80,9 @@ def run_demo(workdir: Path, keep: bool = False, color: bool = False,
                  f"   petkeeper --config {config_path} history pet2")
             _wait_for_interrupt()
     log = subprocess.run(["git", "--git-dir", str(remote), "log", "--format=%h %s%n%(trailers)",
-                          "petkeeper/reports"], capture_output=True, text=True, check=True)
-    _say(f"report commits on petkeeper/reports of {remote}:")
+                          "--branches=petkeeper/hosts/*"], capture_output=True, text=True,
+                         check=True)
+    _say(f"report commits on the branches petkeeper/hosts/<host> of {remote}:")
     print(log.stdout.rstrip())
     if cycle.exit_code != EXIT_DRIFT:
         print(f"demo: expected drift on pet2 (exit {EXIT_DRIFT}), got exit {cycle.exit_code}",

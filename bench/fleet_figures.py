@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.adapters.gitrepo import Mirror
-from agent.config import ReportsConfig
-from agent.core.schema import load_yaml
+from agent.adapters.reportstore import Layout, ReportReader
 
 ZERO = "0" * 40
 Report = tuple[str, str]  # (host, run id): one report commit, whatever copy of it
@@ -192,18 +191,15 @@ def landed_at(commits: dict[str, tuple[list[str], Report | None]],
 
 
 def read_fleet(url: str, workdir: Path) -> tuple[float, dict[str, str], str]:
-    """Read every host's newest report as a new reader would (a fresh mirror: fetch, read);
+    """Read every host's newest report as a new reader would (a fresh cache: fetch, read);
     return the seconds it took, host -> run id, and how it was read."""
-    branch = ReportsConfig().branch
     start = time.monotonic()
-    mirror = Mirror(workdir / "reader.git", url, 600.0)
-    mirror.fetch_reports(url, branch)
-    tip = mirror.remote_reports(branch)
-    files = mirror.files_under(tip, "hosts") if tip else {}
-    reports = [load_yaml(blob) for blob in files.values()]
+    reader = ReportReader(Mirror(workdir / "reader.git", url, 600.0), url, Layout())
+    reader.fetch()
+    newest = {r.host: str(r.report["run_id"]) for r in reader.latest() if r.report}
     seconds = time.monotonic() - start
-    newest = {str(r["host"]): str(r["run_id"]) for r in reports if isinstance(r, dict)}
-    return seconds, newest, f"fresh mirror, fetch of {branch}, every hosts/*.yml of its tip"
+    return seconds, newest, (f"fresh cache: the tips of every {Layout().host_branches}/<host> "
+                             "(depth 1), their reports in one cat-file batch")
 
 
 # -- the figures -----------------------------------------------------------------------------

@@ -332,7 +332,7 @@ def tree_size(root: Path) -> tuple[int, int]:
 
 def report_commits(remote: Path) -> int:
     out = subprocess.run(["git", "--git-dir", str(remote), "rev-list", "--count",
-                          "refs/heads/petkeeper/reports"], capture_output=True, text=True,
+                          "--branches=petkeeper/hosts/*"], capture_output=True, text=True,
                          timeout=60)
     return int(out.stdout.strip() or 0)
 

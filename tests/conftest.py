@@ -72,10 +72,15 @@ class GitRemote:
                             ref], capture_output=True, text=True)
         return r.returncode == 0
 
-    def log(self, branch: str = "petkeeper/reports", fmt: str = "%s") -> list[str]:
-        if not self.has(branch):
+    def log(self, host: str | None = None, fmt: str = "%s",
+            branches: str = "petkeeper/hosts") -> list[str]:
+        """The reports of HOST's branch, or of every host's (merged by date), newest first."""
+        refs = [f"refs/heads/{branches}/{host}"] if host else \
+            self.refs_under(f"refs/heads/{branches}/")
+        refs = [ref for ref in refs if self.has(ref)]
+        if not refs:
             return []
-        out = git("--git-dir", str(self.bare), "log", f"--format={fmt}", branch)
+        out = git("--git-dir", str(self.bare), "log", f"--format={fmt}", *refs)
         return [line for line in out.split("\x00" if "%x00" in fmt else "\n") if line.strip()]
 
     def show(self, ref: str, path: str) -> str:
@@ -83,6 +88,10 @@ class GitRemote:
 
     def refs(self) -> str:
         return git("--git-dir", str(self.bare), "for-each-ref")
+
+    def refs_under(self, prefix: str) -> list[str]:
+        return git("--git-dir", str(self.bare), "for-each-ref", "--format=%(refname)",
+                   prefix).split()
 
 
 def git(*args: str) -> str:

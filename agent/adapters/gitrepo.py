@@ -1,22 +1,24 @@
 """Git, through GitPython: the only module that imports it.
 
-A bare mirror under the state directory holds the source branch, the reports branch as the
-remote has it (``refs/remotes/origin/...``) and our own queued reports
-(``refs/petkeeper/reports``). Every command runs with hooks off, no submodules, no prompts and a
-timeout; commits are built with plumbing, so no work tree or index is ever shared. Every git
-process GitPython starts (commands and its persistent ``cat-file`` readers) starts in a session
-of its own, and each command is waited for by agent.adapters.process: at its timeout, or when
-the cycle is cancelled, it is stopped with all it started (ssh, remote helpers).
+A bare mirror under the state directory holds the source branch and the reports branches as
+the remote has them (``refs/remotes/origin/...``) and our own queued reports (which refs, is
+agent.adapters.reportstore's business). Every command runs with hooks off, no submodules, no
+prompts and a timeout; commits are built with plumbing, so no work tree or index is ever shared.
+Every git process GitPython starts (commands and its persistent ``cat-file`` readers) starts in
+a session of its own, and each command is waited for by agent.adapters.process: at its timeout,
+or when the cycle is cancelled, it is stopped with all it started (ssh, remote helpers).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,12 @@ from agent.adapters.process import SESSION, TIMEOUT, Cancel, ProcessStopped, wai
 from agent.adapters.state import disk_full_error
 from agent.core.hostkeys import parse_host_key_refusal
 from agent.core.redact import redact_text
-from agent.errors import AgentError, FetchError, HostKeyError, RepoError
+from agent.errors import AgentError, FetchError, HostKeyError, RepoError, StalledError
 
 log = logging.getLogger(__name__)
 
-QUEUE_REF = "refs/petkeeper/reports"
 NETWORK = ("fetch", "push", "ls-remote")  # the commands that reach a remote
+SIGNATURES_CHUNK = 64  # commits per `git log` that checks signatures
 LOOSE_LIMIT = 256  # loose objects in the mirror before it is packed (a few files, not thousands)
 KNOWN_HOSTS_HINT = "repo.known_hosts (default: ~/.ssh/known_hosts of the user running Petkeeper)"
 REPORTS_KNOWN_HOSTS_HINT = "reports.known_hosts (default: repo.known_hosts)"
@@ -64,6 +66,7 @@ class _Repo(git.Repo):
 class Author:
     name: str
     email: str
+    signing_key: str | None = None  # an SSH private key: commits are signed with it (ssh-keygen)
 
 
 class MissingBranch(RepoError):
@@ -110,20 +113,10 @@ class Mirror:
 
     # -- source ----------------------------------------------------------------------------
 
-    def fetch(self, branch: str, reports_branch: str | None) -> None:
-        """Fetch BRANCH (RepoError if the remote lacks it) and, when it exists, REPORTS_BRANCH."""
-        specs = [f"+refs/heads/{branch}:refs/remotes/origin/{branch}"]
-        if reports_branch:
-            # A one-star pattern matches nothing, without error, while the branch is new.
-            specs.append(f"+refs/heads/{reports_branch}*:refs/remotes/origin/{reports_branch}*")
-        try:
-            self._git("fetch", "--no-tags", "--prune", "--no-write-fetch-head", self.url,
-                      *specs, missing_ref=branch)
-        except AgentError:
-            # A transfer cut short leaves its partial pack, and gc never runs here: drop it.
-            for partial in (self.path / "objects" / "pack").glob("tmp_*"):
-                partial.unlink(missing_ok=True)
-            raise
+    def fetch(self, branch: str) -> None:
+        """Fetch BRANCH (MissingBranch if the remote lacks it)."""
+        self.fetch_refs(self.url, [f"+refs/heads/{branch}:refs/remotes/origin/{branch}"],
+                        missing=branch)
 
     def remote_branches(self) -> list[str]:
         """The branches the remote has, by name ([] when it does not say)."""
@@ -155,19 +148,41 @@ class Mirror:
             index.unlink(missing_ok=True)
         return dest
 
-    # -- reports ---------------------------------------------------------------------------
+    # -- refs and objects --------------------------------------------------------------------
 
-    def remote_reports(self, branch: str) -> str | None:
-        return self._rev(f"refs/remotes/origin/{branch}")
+    def rev(self, ref: str) -> str | None:
+        """The commit REF (a ref name or a commit id) names, or None."""
+        return self._rev(ref)
 
-    def queued_reports(self) -> str | None:
-        return self._rev(QUEUE_REF)
+    def update_ref(self, ref: str, new: str, old: str | None) -> None:
+        """Move REF from OLD (None: REF must not exist) to NEW, atomically (compare-and-swap)."""
+        self._git("update-ref", ref, new, old or "0" * 40)
+
+    def refs_under(self, prefix: str) -> dict[str, tuple[str, str]]:
+        """Every ref under PREFIX: name -> (commit, its committer date, ISO 8601)."""
+        out = self._git("for-each-ref", "--format=%(refname)%00%(objectname)%00"
+                        "%(committerdate:iso-strict)", "--", prefix)
+        return {name: (sha, date) for name, sha, date in
+                (line.split("\0") for line in out.splitlines() if line.count("\0") == 2)}
 
     def read_blob(self, commit: str | None, path: str) -> bytes | None:
         if commit is None:
             return None
         status, out, _ = self._run(("cat-file", "blob", f"{commit}:{path}"))
         return out if status == 0 else None  # the exact bytes
+
+    def read_blobs(self, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """The files WANTED names as (commit, path), read through one `git cat-file --batch`;
+        a missing one is left out."""
+        found = {}
+        for commit, path in wanted:
+            try:
+                _, kind, _, data = self.repo.git.get_object_data(f"{commit}:{path}")
+            except ValueError:  # not there
+                continue
+            if kind in (b"blob", "blob"):  # GitPython gives bytes
+                found[(commit, path)] = data
+        return found
 
     def list_files(self, commit: str | None, folder: str) -> list[str]:
         if commit is None:
@@ -176,11 +191,12 @@ class Mirror:
         return out.splitlines()
 
     def commit_files(self, parent: str | None, files: Mapping[str, bytes | None], message: str,
-                     author: Author, when: str) -> str:
-        """Return a new commit: PARENT's tree with FILES written (None deletes); no ref moves."""
+                     author: Author, when: str, keep_tree: bool = True) -> str:
+        """Return a new commit: PARENT's tree (or, without KEEP_TREE, nothing) with FILES
+        written (None deletes), signed with AUTHOR's signing key if any; no ref moves."""
         with tempfile.TemporaryDirectory(prefix="petkeeper-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            if parent:
+            if parent and keep_tree:
                 self._git("read-tree", parent, env=env)
             for path, content in sorted(files.items()):
                 if content is None:
@@ -194,7 +210,17 @@ class Mirror:
                "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_NAME": author.name,
                "GIT_COMMITTER_EMAIL": author.email, "GIT_COMMITTER_DATE": when}
         parents = ["-p", parent] if parent else []
-        return self._git("commit-tree", tree, *parents, "-m", message, env=env).strip()
+        if not author.signing_key:  # never signed by root's commit.gpgSign and key either
+            return self._git("commit-tree", "--no-gpg-sign", tree, *parents, "-m", message,
+                             env=env).strip()
+        try:
+            return self._git("-c", "gpg.format=ssh", "-c", f"user.signingKey={author.signing_key}",
+                             "commit-tree", "-S", tree, *parents, "-m", message, env=env).strip()
+        except RepoError as e:
+            raise StalledError(f"reports.signing_key: cannot sign with {author.signing_key} "
+                               f"({str(e).removeprefix('git commit-tree failed: ')}); give an "
+                               "SSH private key without a passphrase, e.g. made with "
+                               "ssh-keygen -t ed25519 -N '' -f KEY") from None
 
     def commit_changes(self, commit: str) -> dict[str, bytes | None]:
         """Return the files COMMIT changed against its first parent (None: deleted)."""
@@ -210,20 +236,9 @@ class Mirror:
         c = self.repo.commit(commit)
         return str(c.message), c.authored_datetime.isoformat()
 
-    def queued_commits(self, remote_tip: str | None) -> list[str]:
-        """Our report commits the remote does not have yet, oldest first."""
-        local = self.queued_reports()
-        if local is None:
-            return []
-        span = f"{remote_tip}..{local}" if remote_tip else local
-        return self._git("rev-list", "--reverse", span).split()
-
-    def set_queue(self, new: str | None, old: str | None) -> None:
-        """Move the local reports ref from OLD to NEW (compare-and-swap)."""
-        if new is None:
-            self._git("update-ref", "-d", QUEUE_REF)
-        else:
-            self._git("update-ref", QUEUE_REF, new, old or "0" * 40)
+    def unpushed(self, tip: str) -> list[str]:
+        """The commits of TIP that no ref fetched from a remote holds, oldest first."""
+        return self._git("rev-list", "--reverse", tip, "--not", "--remotes").split()
 
     def commits_between(self, head: str, exclude: tuple[str, ...] = ()) -> list[str]:
         """Commits reachable from HEAD but from none of EXCLUDE (both sides of merges), newest
@@ -248,22 +263,12 @@ class Mirror:
             return False
         return True
 
-    def push_reports(self, url: str, branch: str) -> bool:
-        """Push the queue to BRANCH of URL without force; False when the remote rejects it."""
-        try:
-            self._git("push", "--porcelain", url, f"{QUEUE_REF}:{_reports_ref(branch)}",
-                      rejected=True, remote=url)
-        except _Rejected:
-            return False
-        self._git("update-ref", f"refs/remotes/origin/{branch}", QUEUE_REF)
-        return True
-
     def probe_push(self, url: str, branch: str) -> str:
-        """Dry-run the push push_reports makes, of a throwaway commit: nothing is sent, and
-        nothing changes on either side. It proves that URL lets this key in to receive-pack
-        (a forge refuses a read-only key there), not what the server's hooks or permissions
-        would say of a real push. Return git's word for the ref ("new branch", or why it
-        would be rejected: the ref exists with other commits)."""
+        """Dry-run a push of a throwaway commit to BRANCH of URL (as HostQueues.push makes):
+        nothing is sent, and nothing changes on either side. It proves that URL lets this key
+        in to receive-pack (a forge refuses a read-only key there), not what the server's hooks
+        or permissions would say of a real push. Return git's word for the ref ("new branch",
+        or why it would be rejected: the ref exists with other commits)."""
         probe = self.commit_files(None, {}, "petkeeper doctor: push probe, never pushed",
                                   Author("Petkeeper", "petkeeper@localhost"),
                                   "2000-01-01T00:00:00+00:00")
@@ -281,12 +286,59 @@ class Mirror:
                 return summary.strip("[]") if flag != "!" else f"exists ({summary})"
         raise FetchError(f"git push {redact_text(url)} failed: {why}")
 
-    def history(self, ref: str, paths: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        """Commits of REF touching PATHS, newest first: sha, date, subject, Petkeeper trailers."""
-        if self._rev(ref) is None:
+    # -- remotes ---------------------------------------------------------------------------
+
+    def ls_remote(self, url: str, refs: Sequence[str]) -> dict[str, str]:
+        """The commits URL's REFS point at: full names, or prefixes ending in '*'; a ref the
+        remote lacks is left out."""
+        out = self._git("ls-remote", url, *refs, remote=url)
+        tips = {ref: sha for sha, _, ref in (line.partition("\t") for line in out.splitlines())}
+        return {ref: sha for ref, sha in tips.items()
+                if ref in refs or any(p.endswith("*") and ref.startswith(p[:-1]) for p in refs)}
+
+    def fetch_refs(self, url: str, refspecs: Sequence[str], *, depth: int | None = None,
+                   since: str | None = None, prune: bool = False, missing: str = "") -> None:
+        """Fetch REFSPECS from URL: whole histories, or the newest DEPTH commits of each, or
+        those since SINCE (a date; when none is that new, the refs stay as they were).
+        MISSING: the branch named in MissingBranch when an exact refspec names a ref the
+        remote lacks."""
+        shallow = [f"--shallow-since={since}"] if since else \
+            [f"--depth={depth}"] if depth else []
+        try:
+            self._git("fetch", "--no-tags", "--no-write-fetch-head", *shallow,
+                      *(["--prune"] if prune else []), url, *refspecs, remote=url,
+                      missing_ref=missing)
+        except _NoneSince:
+            return
+        except AgentError:
+            # A transfer cut short leaves its partial pack, and gc never runs here: drop it.
+            for partial in (self.path / "objects" / "pack").glob("tmp_*"):
+                partial.unlink(missing_ok=True)
+            raise
+
+    def push(self, url: str, refs: Mapping[str, str]) -> dict[str, bool]:
+        """Push each local ref of REFS to its remote ref, in one push, never forced; return,
+        per remote ref, whether the remote took it (each ref is taken or refused alone)."""
+        specs = [f"{local}:{remote}" for local, remote in refs.items()]
+        try:
+            out = self._git("push", "--porcelain", url, *specs, rejected=True, remote=url)
+        except _Rejected as e:
+            out = e.stdout
+        done = {m.group(2): m.group(1) != "!" for m in _PUSHED.finditer(out)}
+        return {remote: done.get(remote, False) for remote in refs.values()}
+
+    def log(self, refs: Sequence[str], paths: Sequence[str] = (), since: str | None = None,
+            grep: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits of REFS touching PATHS (since SINCE, with GREP in their message), newest
+        first: sha, date, subject, Petkeeper trailers."""
+        known = [ref for ref in refs if self._rev(ref) is not None]
+        if not known:
             return []
         fmt = "%H%x1f%aI%x1f%s%x1f%(trailers:only,unfold,separator=%x1e)%x1d"
-        out = self._git("log", f"--format={fmt}", ref, "--", *paths)
+        options = [f"--since={since}"] * bool(since) + [f"--grep={grep}"] * bool(grep) + \
+            [f"--max-count={limit}"] * bool(limit)
+        out = self._git("log", f"--format={fmt}", *options, "--end-of-options", *known, "--",
+                        *paths)
         entries = []
         for chunk in out.split("\x1d"):
             fields = chunk.strip("\n").split("\x1f")
@@ -296,10 +348,6 @@ class Mirror:
             entries.append({"sha": fields[0], "date": fields[1], "subject": fields[2],
                             "trailers": trailers})
         return entries
-
-    def fetch_reports(self, url: str, branch: str) -> None:
-        self._git("fetch", "--no-tags", "--no-write-fetch-head", url,
-                  f"+refs/heads/{branch}*:refs/remotes/origin/{branch}*", remote=url)
 
     def tidy(self, loose_limit: int = LOOSE_LIMIT) -> bool:
         """Pack the mirror once LOOSE_LIMIT loose objects piled up (a report commit adds about
@@ -380,6 +428,26 @@ class Mirror:
         status, signer, key_id, fingerprint = out.strip("\n").split("\0", 3)
         return _verdict(kind, trust, status, " ".join(signer.split()), fingerprint or key_id)
 
+    def signatures(self, commits: Sequence[str], allowed_signers: Path
+                   ) -> dict[str, tuple[str, bool, str, str]]:
+        """Per commit of COMMITS: (git's %G? verdict on its SSH signature against
+        ALLOWED_SIGNERS, whether that is a good signature by a key the file lists, the
+        principal it lists for that key, why not). Git runs ssh-keygen twice per signed
+        commit, so the commits are checked in chunks, one `git log` per core at a time."""
+        unique = list(dict.fromkeys(commits))
+        chunks = [unique[i:i + SIGNATURES_CHUNK] for i in range(0, len(unique), SIGNATURES_CHUNK)]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            outs = list(pool.map(lambda chunk: self._git(
+                "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}", "log", "--no-walk=unsorted",
+                "--format=%H%x00%G?%x00%GS%x00%GF%x1e", "--end-of-options", *chunk,
+                env={"GIT_CONFIG_GLOBAL": os.devnull}), chunks))
+        found = {}
+        for record in filter(None, (r.strip("\n") for out in outs for r in out.split("\x1e"))):
+            sha, status, signer, key = record.split("\0", 3)
+            ok, why = _verdict("ssh", allowed_signers, status, signer, key)
+            found[sha] = (status, ok, signer if ok else "", why)
+        return found
+
     def _signature_kind(self, commit: str) -> str | None:
         """Return "ssh", "openpgp", "x509", "unknown" or None (unsigned) from COMMIT's gpgsig."""
         header = self._git("cat-file", "commit", "--end-of-options", commit).partition("\n\n")[0]
@@ -424,21 +492,24 @@ class Mirror:
         stderr = redact_text(err.decode(errors="replace").strip())
         if missing_ref and "couldn't find remote ref" in stderr:
             raise MissingBranch(missing_ref, self.safe_url, self.remote_branches())
+        command = _command(args)
         if "No space left on device" in stderr:
-            raise _disk_full(self.path, args[0], stderr)
+            raise _disk_full(self.path, command, stderr)
+        if "no commits selected for shallow requests" in stderr:
+            raise _NoneSince()
         if rejected and ("rejected" in stderr or b"[rejected]" in out):
             raise _Rejected(out.decode(errors="replace"), stderr)
         refusal = parse_host_key_refusal(
             stderr, KNOWN_HOSTS_HINT if remote is None else REPORTS_KNOWN_HOSTS_HINT)
         where = redact_text(remote) if remote else self.safe_url
-        if refusal and args[0] in NETWORK:
-            raise HostKeyError(f"git {args[0]} {where}: {refusal}")
-        if args[0] in NETWORK:
+        if refusal and command in NETWORK:
+            raise HostKeyError(f"git {command} {where}: {refusal}")
+        if command in NETWORK:
             answer = _answer(stderr) or "no output"
             key = self.keys.get(remote or self.url)
             fix = f"; check {key}" if key else ""
-            raise FetchError(f"git {args[0]} {where} failed: {answer}{fix}")
-        raise RepoError(f"git {args[0]} failed: {_last_line(stderr)}")
+            raise FetchError(f"git {command} {where} failed: {answer}{fix}")
+        raise RepoError(f"git {command} failed: {_last_line(stderr)}")
 
     def _run(self, args: tuple[str, ...], env: Mapping[str, str] | None = None,
              remote: str | None = None) -> tuple[int, bytes, bytes]:
@@ -446,16 +517,17 @@ class Mirror:
         errors. The cycle's cancel stops what reaches a remote (a FetchError: the reports stay
         queued); local plumbing is quick and finishes, so a record being committed stays
         whole."""
-        where = f" {redact_text(remote) if remote else self.safe_url}" if args[0] in NETWORK \
+        command = _command(args)
+        where = f" {redact_text(remote) if remote else self.safe_url}" if command in NETWORK \
             else ""
         handle = self.repo.git.execute(["git", *args], env=dict(env or {}), as_process=True)
         proc = handle.proc  # the handle stays referenced: it would end proc when collected
         assert proc is not None
         try:
-            out, err = wait_process(proc, what=f"git {args[0]}{where}", timeout=self.timeout,
+            out, err = wait_process(proc, what=f"git {command}{where}", timeout=self.timeout,
                                     cancel=self.cancel if where else None)
         except ProcessStopped as e:
-            failed = f"git {args[0]}{where} failed: {e.why}, stopped {e.stopped}"
+            failed = f"git {command}{where} failed: {e.why}, stopped {e.stopped}"
             if not where:
                 raise RepoError(f"{failed}; raise repo.timeout in the config for a mirror this "
                                 "large") from None
@@ -480,6 +552,22 @@ def ssh_command(options: tuple[str, ...]) -> str:
     hosts). DEBUG1: a refused host key's fingerprint is in the error (only errors are read)."""
     return shlex.join(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                        "-o", "LogLevel=DEBUG1", *options])
+
+
+class _NoneSince(Exception):
+    """git fetch --shallow-since: no commit is that new."""
+
+
+# git push --porcelain: "<flag>\t<local>:<remote>\t<summary>"; "!" is a refused ref.
+_PUSHED = re.compile(r"^([ +\-*=!])\t[^\t:]*:([^\t]+)\t", re.MULTILINE)
+
+
+def _command(args: Sequence[str]) -> str:
+    """The git command ARGS run, after any leading ``-c name=value`` options."""
+    i = 0
+    while i + 1 < len(args) and args[i] == "-c":
+        i += 2
+    return args[i] if i < len(args) else ""
 
 
 def _disk_full(mirror: Path, command: str, stderr: str) -> AgentError:

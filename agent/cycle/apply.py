@@ -33,7 +33,7 @@ from agent.core.drift import CLEAN, HostReport, build_host_reports
 from agent.core.ledger import record_apply
 from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
-from agent.cycle.record import UNSAFE, Record, format_message
+from agent.cycle.record import Record, format_message, host_path
 from agent.cycle.source import Source, resolve_folder
 from agent.cycle.trust import mark_applied
 
@@ -203,7 +203,7 @@ def apply_record(result: ApplyResult) -> Record:
         "Status": result.after_status, "Plan": result.plan_id,
         "Approved-By": result.approved_by})
     content = f"# {subject}\n" + yaml.safe_dump(data, sort_keys=False)
-    return Record(result.host, f"applies/{UNSAFE.sub('_', result.host)}.yml", content,
+    return Record(result.host, host_path("applies", result.host), content,
                   message, result.finished)
 
 
@@ -216,7 +216,7 @@ def approval_record(approval: Approval) -> Record:
         "Source": approval.source_sha, "Host": approval.host, "Plan": approval.plan_id,
         "Approved-By": approval.approver})
     content = f"# {subject}\n" + yaml.safe_dump(approval.as_dict(), sort_keys=False)
-    return Record(approval.host, f"approvals/{UNSAFE.sub('_', approval.host)}.yml", content,
+    return Record(approval.host, host_path("approvals", approval.host), content,
                   message, approval.approved_at)
 
 

@@ -1,23 +1,32 @@
-"""Record: write host reports to the reports branch as commits, and push them.
+"""Record: write host reports to Git as commits, and push them.
 
-A host's report is ``hosts/<host>.yml`` on the reports branch: a comment block for people, then
-machine-readable YAML. A commit is made only when a host's status, fingerprint or source commit
-changed, or when the heartbeat period has passed. Commits wait in a local queue until the remote
-accepts them; a rejected push is rebased and pushed by a later cycle, never forced.
+A host's report is ``hosts/<host>.yml`` on its reports branch (agent.adapters.reportstore says
+which): a comment block for people, then machine-readable YAML. A commit is made only when a
+host's status, fingerprint or source commit changed, or when the heartbeat period has passed.
+Commits wait in a local queue until the remote accepts them; a rejected push is rebased and
+pushed by a later cycle, never forced.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import yaml
 
-from agent.adapters.gitrepo import QUEUE_REF, Author, Mirror
+from agent.adapters.gitrepo import Author, Mirror
+from agent.adapters.reportstore import (
+    NOTHING_TO_PUSH,
+    HostQueues,
+    Layout,
+    ReportReader,
+    format_message,
+    host_path,
+)
+from agent.config import Config
 from agent.core.drift import HostReport
 from agent.core.schema import load_yaml
 from agent.core.wording import change_counts, task_title
@@ -26,7 +35,6 @@ from agent.errors import FetchError
 log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = 1
-UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,6 @@ class RunInfo:
     paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
 
 
-PUSHED, NOTHING_TO_PUSH, PUSH_OFF, PUSH_FAILED, PUSH_REJECTED = (
-    "pushed", "nothing to push", "off", "failed", "rejected")
-
-
 @dataclass(frozen=True)
 class PublishResult:
     committed: tuple[tuple[str, str], ...]  # (host, file) of each commit made this cycle
@@ -49,7 +53,7 @@ class PublishResult:
     pushed: bool
     error: str | None = None
     # (host, commit) of each host report committed: a later rebase onto a moved remote
-    # (sync_queue) makes a new commit of the same report
+    # (HostQueues.sync) makes a new commit of the same report
     report_commits: tuple[tuple[str, str], ...] = ()
     push: str = NOTHING_TO_PUSH  # PUSHED, NOTHING_TO_PUSH, PUSH_OFF (reports.push: false),
     # PUSH_FAILED (the remote could not be reached) or PUSH_REJECTED (it moved meanwhile)
@@ -63,7 +67,7 @@ class PublishResult:
 
 
 def report_path(host: str) -> str:
-    return f"hosts/{UNSAFE.sub('_', host)}.yml"
+    return host_path("hosts", host)
 
 
 def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
@@ -131,14 +135,6 @@ def build_message(data: Mapping[str, Any], reason: str) -> str:
          **({"Paused": data["paused"]["reason"]} if data.get("paused") else {})})
 
 
-def format_message(subject: str, body: str, trailers: Mapping[str, Any]) -> str:
-    """A commit message whose TRAILERS become `Petkeeper-<Key>: value` lines."""
-    # A value with a line break would end the trailer block: Git would then read none.
-    lines = "".join(f"Petkeeper-{key}: {' '.join(str(value).split())}\n"
-                    for key, value in trailers.items())
-    return f"{subject}\n\n{body}\n\n{lines}"
-
-
 @dataclass(frozen=True)
 class Record:
     """One file to commit to the reports branch, with its commit message."""
@@ -150,112 +146,81 @@ class Record:
     when: str
 
 
-def drift_records(mirror: Mirror, base: str | None, reports: Mapping[str, HostReport],
+Base = Callable[[str], str | None]  # a host's queue tip: the commit its next record goes on
+
+
+def drift_records(mirror: Mirror, base: Base, reports: Mapping[str, HostReport],
                   run: RunInfo, heartbeat: float) -> list[Record]:
     """The host reports that must be committed over what BASE holds (changed or heartbeat)."""
     records = []
     for host, report in reports.items():
         data = build_report(report, run)
-        reason = commit_reason(_read_report(mirror, base, host), data, heartbeat)
+        reason = commit_reason(_read_report(mirror, base(host), host), data, heartbeat)
         if reason is not None:
             records.append(Record(host, report_path(host), render_report(data),
                                   build_message(data, reason), _iso(run.checked_at)))
     return records
 
 
-def new_records(mirror: Mirror, base: str | None, records: list[Record]) -> list[Record]:
+def new_records(mirror: Mirror, base: Base, records: list[Record]) -> list[Record]:
     """RECORDS less those BASE already holds (committed before a crash cut a cycle short)."""
     def held(r: Record) -> bool:  # GitPython drops a blob's last newline
-        return (mirror.read_blob(base, r.path) or b"").rstrip(b"\n") == \
+        return (mirror.read_blob(base(r.host), r.path) or b"").rstrip(b"\n") == \
             r.content.encode().rstrip(b"\n")
 
     return [r for r in records if not held(r)]
 
 
-def publish(mirror: Mirror, make_records: Callable[[str | None], list[Record]], *, url: str,
-            branch: str, author: Author, push: bool = True) -> PublishResult:
-    """Sync the local queue with the remote, commit the records MAKE_RECORDS returns for the
-    queue's tip, one commit each, then push the queue."""
-    remote = sync_queue(mirror, branch, author)
-    base = mirror.queued_reports()
+def layout_of(config: Config) -> Layout:
+    return Layout(config.reports.host_branches, config.reports.branch)
+
+
+def publish(mirror: Mirror, config: Config, hosts: Iterable[str],
+            make_records: Callable[[Base], list[Record]]) -> PublishResult:
+    """Fetch HOSTS' report branches and bring their queues onto them, commit the records
+    MAKE_RECORDS returns (one commit each, on its host's queue), then push every queue."""
+    r = config.reports
+    queues = HostQueues(mirror, config.reports_url, layout_of(config),
+                        Author(r.author_name, r.author_email, r.signing_key))
+    queues.sync(hosts)
     committed, reports = [], []
-    for record in make_records(base):
-        new = mirror.commit_files(base, {record.path: record.content.encode()}, record.message,
-                                  author, record.when)
-        mirror.set_queue(new, base)
-        base = new
+    for record in make_records(queues.base):
+        new = queues.commit(record.host, record.path, record.content.encode(), record.message,
+                            record.when)
         committed.append((record.host, record.path))
         if record.path == report_path(record.host):
             reports.append((record.host, new))
         log.info("%s", record.message.splitlines()[0])
-    result = push_queue(mirror, url, branch, remote, tuple(committed), push)
-    return replace(result, report_commits=tuple(reports))
+    pushed = queues.push(r.push)
+    return PublishResult(tuple(committed), pushed.queued, pushed.pushed, pushed.error,
+                         tuple(reports), pushed.push)
 
 
-def publish_reports(mirror: Mirror, reports: Mapping[str, HostReport], run: RunInfo, *,
-                    url: str, branch: str, author: Author, heartbeat: float,
-                    push: bool = True) -> PublishResult:
-    """Commit the reports that changed onto the local queue, then push the queue."""
-    return publish(mirror, lambda base: drift_records(mirror, base, reports, run, heartbeat),
-                   url=url, branch=branch, author=author, push=push)
+def publish_reports(mirror: Mirror, config: Config, reports: Mapping[str, HostReport],
+                    run: RunInfo) -> PublishResult:
+    """Commit the reports that changed onto the local queues, then push them."""
+    return publish(mirror, config, reports, lambda base: drift_records(
+        mirror, base, reports, run, config.reports.heartbeat))
 
 
-def push_queue(mirror: Mirror, url: str, branch: str, remote: str | None,
-               committed: tuple[tuple[str, str], ...], push: bool) -> PublishResult:
-    queued = len(mirror.queued_commits(remote))
-    if not queued or not push:
-        return PublishResult(committed, queued, pushed=False,
-                             push=PUSH_OFF if queued else NOTHING_TO_PUSH)
+def report_history(mirror: Mirror, config: Config, host: str | None = None,
+                   since: str | None = None, fetch: bool = True) -> list[dict[str, Any]]:
+    """The reports' commits (ours queued included), newest first, for HOST or all, since
+    SINCE: fetched in full into the agent's mirror (history only, nothing else); without
+    FETCH, or when the remote does not answer, what the mirror has."""
+    reader = ReportReader(mirror, config.reports_url, layout_of(config), shallow=False)
     try:
-        pushed = mirror.push_reports(url, branch)
+        return reader.history(host, since, fetch=fetch)
     except FetchError as e:
-        log.warning("%s; %d report commit(s) stay queued for the next cycle", e, queued)
-        return PublishResult(committed, queued, pushed=False, error=str(e), push=PUSH_FAILED)
-    if not pushed:
-        msg = f"push to {branch} rejected (the remote moved); {queued} report commit(s) " \
-              "stay queued and will be rebased and pushed next cycle"
-        log.warning("%s", msg)
-        return PublishResult(committed, queued, pushed=False, error=msg, push=PUSH_REJECTED)
-    log.info("pushed %d report commit(s) to %s", queued, branch)
-    return PublishResult(committed, 0, pushed=True, push=PUSHED)
+        log.warning("%s; showing the reports as this mirror last fetched them", e)
+        return reader.history(host, since, fetch=False)
 
 
-def probe_reports_push(mirror: Mirror, url: str, branch: str) -> str:
-    """Dry-run the push push_queue makes (the same ref of URL), sending nothing; git's word
-    for the ref. It proves authentication, not what server-side hooks would say."""
-    return mirror.probe_push(url, branch)
-
-
-def sync_queue(mirror: Mirror, branch: str, author: Author) -> str | None:
-    """Bring the local queue onto the remote's tip (fast-forward, or rebase our commits);
-    return the remote tip. Nothing queued is ever dropped."""
-    remote = mirror.remote_reports(branch)
-    local = mirror.queued_reports()
-    if local is None or remote is None or local == remote:
-        if local is None and remote is not None:
-            mirror.set_queue(remote, None)
-        return remote
-    if mirror.is_ancestor(remote, local):
-        return remote  # we are ahead: our commits wait to be pushed
-    if mirror.is_ancestor(local, remote):
-        mirror.set_queue(remote, local)
-        return remote
-    base = remote
-    for commit in mirror.queued_commits(remote):
-        message, when = mirror.commit_message(commit)
-        base = mirror.commit_files(base, mirror.commit_changes(commit), message, author, when)
-    mirror.set_queue(base, local)
-    log.info("rebased queued report commits onto the remote's %s", remote[:12])
-    return remote
-
-
-def report_history(mirror: Mirror, branch: str, host: str | None = None) -> list[dict[str, Any]]:
-    """The reports branch's commits (ours queued included), newest first, for HOST or all."""
-    ref = QUEUE_REF if mirror.queued_reports() else f"refs/remotes/origin/{branch}"
-    entries = mirror.history(ref)
-    if host:
-        entries = [e for e in entries if e["trailers"].get("Petkeeper-Host") == host]
-    return entries
+def probe_reports_push(mirror: Mirror, config: Config, host: str) -> str:
+    """Dry-run the push HOST's agent makes (its own branch of the reports remote), sending
+    nothing; git's word for the ref. It proves authentication, not what server-side hooks
+    (or a rule holding each key to its own branch) would say."""
+    return mirror.probe_push(config.reports_url, layout_of(config).branch(host))
 
 
 def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any] | None:

@@ -70,11 +70,11 @@ def ssh_options(key: str | None, known_hosts: str | None) -> tuple[str, ...]:
             (("-o", f"UserKnownHostsFile={known_hosts}") if known_hosts else ()))
 
 
-def fetch_source(config: Config, mirror: Mirror, reports_branch: str | None) -> None:
-    """Fetch the source branch (and REPORTS_BRANCH); a missing branch is repo.branch's fault,
-    named with the branches the remote has."""
+def fetch_source(config: Config, mirror: Mirror) -> None:
+    """Fetch the source branch; a missing branch is repo.branch's fault, named with the
+    branches the remote has."""
     try:
-        mirror.fetch(config.repo.branch, reports_branch)
+        mirror.fetch(config.repo.branch)
     except MissingBranch as e:
         fix = "set repo.branch to one of them" if e.available else \
             "set repo.branch to an existing branch, or push it"
@@ -84,9 +84,8 @@ def fetch_source(config: Config, mirror: Mirror, reports_branch: str | None) -> 
 def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
     """Fetch the branch and materialise its head; on a failed fetch, keep the last good one."""
     fetch_error = None
-    reports = config.reports.branch if config.reports_url == config.repo.url else None
     try:
-        fetch_source(config, mirror, reports)
+        fetch_source(config, mirror)
     except FetchError as e:
         if mirror.resolve(config.repo.branch) is None:
             raise

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.adapters.galaxy import install_requirements
-from agent.adapters.gitrepo import Author, Mirror
+from agent.adapters.gitrepo import Mirror
 from agent.adapters.process import stop_strays
 from agent.adapters.runner import Watcher
 from agent.adapters.state import (
@@ -58,7 +58,7 @@ from agent.cycle.detect import Targets, check_drift, select_targets
 from agent.cycle.outcome import build_status, result_line
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
-from agent.errors import AgentError, FetchError, RepoError, StalledError
+from agent.errors import AgentError, RepoError, StalledError
 
 log = logging.getLogger(__name__)
 
@@ -304,16 +304,12 @@ def new_run_id(when: datetime) -> str:
 
 def _publish(c: Cycle) -> None:
     assert c.mirror is not None and c.source is not None
-    r = c.config.reports
-    if c.config.reports_url != c.config.repo.url:
-        _fetch_reports_quietly(c.mirror, c.config.reports_url, r.branch)
     run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state))
     pending, c.pending = c.pending, []
-    mirror, hosts = c.mirror, c.hosts
-    result = publish(mirror, lambda base: new_records(mirror, base, pending) + drift_records(
-                         mirror, base, hosts, run, r.heartbeat),
-                     url=c.config.reports_url, branch=r.branch,
-                     author=Author(r.author_name, r.author_email), push=r.push)
+    mirror, hosts, heartbeat = c.mirror, c.hosts, c.config.reports.heartbeat
+    result = publish(mirror, c.config, [*hosts, *(r.host for r in pending)],
+                     lambda base: new_records(mirror, base, pending) + drift_records(
+                         mirror, base, hosts, run, heartbeat))
     clear_journal(c.state, c.applies)  # their records are committed: queued, if not pushed
     earlier = c.publish.committed if c.publish else ()
     commits = c.publish.report_commits if c.publish else ()
@@ -329,13 +325,6 @@ def _tidy(mirror: Mirror) -> None:
             log.info("mirror packed: its loose objects are one pack now")
     except AgentError as e:
         log.warning("mirror not packed (the next cycle tries again): %s", e)
-
-
-def _fetch_reports_quietly(mirror: Mirror, url: str, branch: str) -> None:
-    try:
-        mirror.fetch_reports(url, branch)
-    except FetchError as e:
-        log.warning("%s; reports stay queued", e)
 
 
 def _now() -> datetime:

@@ -253,7 +253,7 @@ class Daemon:
         with cycle_lock(self.state, "petkeeper daemon: fetch"):
             mirror = open_mirror(config, self.state, cancel=self.cancelled)
             try:
-                fetch_source(config, mirror, None)
+                fetch_source(config, mirror)
                 return mirror.resolve(config.repo.branch)
             finally:
                 mirror.close()

@@ -58,8 +58,9 @@ def render_agent_yml(a: Answers, when: datetime) -> str:
     lines += _optional("limit", a.limit, "the hosts to check; unset: this host, like "
                        "ansible-pull")
     lines += ["", "reports:",
-              "  # Reports are committed to this branch, never to the source branch.",
-              "  branch: petkeeper/reports"]
+              "  # Each host's reports are committed to a branch of its own, never to the",
+              "  # source branch: petkeeper/hosts/<host>.",
+              "  host_branches: petkeeper/hosts"]
     if a.reports_url:
         lines += ["  # A repository of their own, with a key of their own: this pet's keys "
                   "cannot push the source.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from agent.core.policy import AUTO
 from agent.core.redact import redact_text
 from agent.cycle.decide import load_policy
 from agent.cycle.detect import select_playbooks, this_host_names
-from agent.cycle.record import probe_reports_push
+from agent.cycle.record import layout_of, probe_reports_push
 from agent.cycle.source import Source, remote_ssh
 from agent.cycle.trust import check_signatures, read_trust
 from agent.errors import AgentError, FetchError, HostKeyError, RepoError
@@ -56,7 +57,7 @@ def check_source(config: Config, tmp: Path, findings: list[Finding]) -> Fetched:
     if not check_git_host_key(repo.url, repo.known_hosts, "repo", findings):
         return fetched
     try:
-        mirror.fetch(repo.branch, None)
+        mirror.fetch(repo.branch)
     except AgentError as e:
         findings.append(Finding("source", FAIL, _fetch_problem(config, mirror, e)))
         return fetched
@@ -103,6 +104,9 @@ def check_reports(config: Config, fetched: Fetched, findings: list[Finding]) -> 
     """Whether the reports remote takes the agent's push (a dry run), and whether the
     layout lets this pet's key write to the source repository."""
     url, r = config.reports_url, config.reports
+    # The agent pushes to its host's own branch: the limit's host, or this machine's name.
+    branch_host = config.limit if config.limit and re.fullmatch(r"[\w.-]+", config.limit) \
+        else this_host_names()[0]
     findings.append(_layout(config))
     if not r.push:
         findings.append(Finding("reports push", OK, "reports.push is off: reports stay in the "
@@ -113,7 +117,7 @@ def check_reports(config: Config, fetched: Fetched, findings: list[Finding]) -> 
                                              "reports", findings):
         return
     try:
-        answer = probe_reports_push(fetched.mirror, url, r.branch)
+        answer = probe_reports_push(fetched.mirror, config, branch_host)
     except HostKeyError as e:
         findings.append(Finding("reports push", FAIL, str(e)))
         return
@@ -132,7 +136,8 @@ def check_reports(config: Config, fetched: Fetched, findings: list[Finding]) -> 
         return
     state = "would be created" if answer.startswith("new") else "exists"
     findings.append(Finding("reports push", OK, f"{redact_text(url)} accepts the agent's key "
-                            f"for a push to {r.branch} ({state}); a dry run proves "
+                            f"for a push to {layout_of(config).branch(branch_host)} ({state}); "
+                            "a dry run proves "
                             "authentication, not what server-side hooks would say"))
 
 

@@ -4,14 +4,12 @@ cycle's."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.adapters.gitrepo import Author
 from agent.adapters.state import (
     StateDir,
     adopt_repo,
@@ -28,7 +26,7 @@ from agent.core.redact import redact_text
 from agent.core.schema import parse_duration
 from agent.cycle.apply import approval_record
 from agent.cycle.decide import approve_plans
-from agent.cycle.record import publish, report_history
+from agent.cycle.record import layout_of, publish, report_history
 from agent.cycle.source import fetch_source, open_mirror
 from agent.cycle.trust import acknowledge, rewind_hold
 from agent.errors import AgentError
@@ -61,10 +59,8 @@ def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str
         mirror = open_mirror(config, state)
         approvals = approve_plans(config, state, mirror, plan_ids, approver, now, until,
                                   comment, partial)
-        r = config.reports
-        result = publish(mirror, lambda base: [approval_record(a) for a in approvals],
-                         url=config.reports_url, branch=r.branch,
-                         author=Author(r.author_name, r.author_email), push=r.push)
+        result = publish(mirror, config, [a.host for a in approvals],
+                         lambda base: [approval_record(a) for a in approvals])
     return Approved(approvals, result.error)
 
 
@@ -82,24 +78,23 @@ def acknowledge_head(config: Config, commit: str, by: str, comment: str) -> dict
 def read_history(config: Config, host: str | None = None, since: str | None = None,
                  count: int | None = None, now: datetime | None = None
                  ) -> list[dict[str, Any]]:
-    """What the reports branch says, newest first: HOST's entries (AgentError when the branch
-    never saw HOST), those since SINCE (a duration back from NOW, or an ISO 8601 date), the
-    newest COUNT. Offline, what the mirror has."""
+    """What the reports say, newest first: HOST's entries (AgentError when the reports never
+    saw HOST), those since SINCE (a duration back from NOW, or an ISO 8601 date), the newest
+    COUNT. Offline, what the mirror has."""
     oldest = parse_since(since, now or datetime.now(UTC)) if since else None
     if count is not None and count < 1:
         raise AgentError(f"history: -n: expected a number of entries >= 1, got {count}")
     state = StateDir(config.state_dir)
     mirror = open_mirror(config, state)
-    with contextlib.suppress(AgentError):  # offline: show what the mirror has
-        mirror.fetch_reports(config.reports_url, config.reports.branch)
-    entries = report_history(mirror, config.reports.branch, host)
+    entries = report_history(mirror, config, host, oldest.isoformat() if oldest else None)
     if host and not entries:
         known = sorted({str(e["trailers"].get("Petkeeper-Host")) for e in
-                        report_history(mirror, config.reports.branch)} - {"None"})
-        raise AgentError(
-            f"history: host {host!r} has no report on {config.reports.branch} of "
-            f"{redact_text(config.reports_url)}; "
-            + (f"hosts it has: {_first(known)}" if known else "it has no report yet"))
+                        report_history(mirror, config)} - {"None"})
+        if host not in known:
+            raise AgentError(
+                f"history: host {host!r} has no report on {layout_of(config).branch(host)} of "
+                f"{redact_text(config.reports_url)}; "
+                + (f"hosts it has: {_first(known)}" if known else "it has no report yet"))
     return select_history(entries, oldest, count)
 
 
@@ -167,7 +162,7 @@ def adopt(config: Config, by: str) -> dict[str, Any]:
     state = StateDir(config.state_dir)
     with cycle_lock(state, "petkeeper adopt"):
         mirror = open_mirror(config, state, claim=False)
-        fetch_source(config, mirror, None)  # it must answer, with the branch, before anything
+        fetch_source(config, mirror)  # it must answer, with the branch, before anything
         head = mirror.resolve(config.repo.branch)
         assert head is not None  # fetch_source raised otherwise
         before = adopt_repo(state, config.repo.url, config.path, by)

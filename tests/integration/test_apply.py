@@ -87,16 +87,16 @@ def test_hand_drift_is_found_approved_on_the_host_applied_and_rechecked_clean(
     assert ran["hosts"]["beta"]["status"] == "clean" and code == 0
     assert "edited by hand" not in host_pool.run("beta", MOTD).stdout
 
-    subjects = [s for s in remote.log() if s.startswith("beta")]
+    subjects = remote.log("beta")
     assert subjects[:4] == [
         "beta: clean (0 changes, 1 check-blind)",
         f"beta: apply of plan {plan['plan_id']}: converged",
         f"beta: plan {plan['plan_id']} approved by alice",
         "beta: drifted (1 change, 1 check-blind)"]
-    record = yaml.safe_load(remote.show("petkeeper/reports", "applies/beta.yml"))
+    record = yaml.safe_load(remote.show("petkeeper/hosts/beta", "applies/beta.yml"))
     assert record["approval"]["comment"] == "put the motd back"
     assert record["approval"]["how"] == "host"
-    trailers = remote.log(fmt="%(trailers)%x00")[1]
+    trailers = remote.log("beta", "%(trailers)%x00")[1]
     assert f"Petkeeper-Plan: {plan['plan_id']}" in trailers
     assert "Petkeeper-Approved-By: alice" in trailers
 

@@ -64,10 +64,10 @@ def test_check_reports_each_host_status_and_commits_one_report_per_host(fleet, r
         host, status, source, run = block.split()
         assert status == hosts[host]["status"]
         assert source == report["source_sha"] and run == report["run_id"]
-    beta = yaml.safe_load(remote.show("petkeeper/reports", "hosts/beta.yml"))
+    beta = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))
     assert beta["fingerprint"] == hosts["beta"]["fingerprint"]
     assert beta["changes"] == hosts["beta"]["changes"]
-    text = remote.show("petkeeper/reports", "hosts/beta.yml")
+    text = remote.show("petkeeper/hosts/beta", "hosts/beta.yml")
     assert text.startswith("# beta: drifted (1 change, 1 check-blind)")
     assert remote.rev("main") == report["source_sha"]  # the source branch is never written
 

@@ -27,6 +27,7 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.hosts
+BETA_REPORTS = "petkeeper/hosts/beta"
 
 
 @pytest.fixture
@@ -38,15 +39,15 @@ def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
 
 
 def push_as_other_writer(remote: GitRemote, tmp: Path, path: str, content: str) -> str:
-    """Another agent pushes to the reports branch, as a second Petkeeper would."""
+    """Another writer pushes to beta's reports branch (a second agent for beta, say)."""
     clone = tmp / "other-writer"
-    git("clone", "--quiet", "--branch", "petkeeper/reports", str(remote.bare), str(clone))
+    git("clone", "--quiet", "--branch", BETA_REPORTS, str(remote.bare), str(clone))
     (clone / path).parent.mkdir(parents=True, exist_ok=True)
     (clone / path).write_text(content)
     git("-C", str(clone), "add", "--all")
     git("-C", str(clone), "-c", "user.name=Other", "-c", "user.email=o@test.invalid", "commit",
         "--quiet", "-m", "other: report")
-    git("-C", str(clone), "push", "--quiet", "origin", "HEAD:petkeeper/reports")
+    git("-C", str(clone), "push", "--quiet", "origin", f"HEAD:{BETA_REPORTS}")
     return git("-C", str(clone), "rev-parse", "HEAD").strip()
 
 
@@ -62,8 +63,8 @@ def reject_next_push(remote: GitRemote, tmp: Path) -> Path:
 
 def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pets, remote,
                                                                           host_pool, tmp_path):
-    check_json(pets, "--limit", "alpha")
-    first_tip = remote.rev("petkeeper/reports")
+    check_json(pets)
+    first_tip = remote.rev(BETA_REPORTS)
     reject_next_push(remote, tmp_path)
     host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
 
@@ -73,23 +74,24 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
     assert rejected["reports"]["push"] == "rejected"
     assert rejected["reports"]["queued"] == 1 and not rejected["reports"]["pushed"]
     assert "rejected" in rejected["reports"]["error"]
-    assert remote.rev("petkeeper/reports") == first_tip
+    assert remote.rev(BETA_REPORTS) == first_tip
     status = json.loads(petkeeper("--config", str(pets), "status", "--json").stdout)
     assert status["last_run"]["reports"]["queued"] == 1
 
     mirror = tmp_path / "state" / "mirror.git"
-    queued = git("--git-dir", str(mirror), "show", "refs/petkeeper/reports:hosts/beta.yml")
-    other = push_as_other_writer(remote, tmp_path, "hosts/other.yml", "status: clean\n")
+    queued = git("--git-dir", str(mirror), "show",
+                 f"refs/petkeeper/queue/{BETA_REPORTS}:hosts/beta.yml")
+    other = push_as_other_writer(remote, tmp_path, "notes/other.yml", "status: clean\n")
     _, later = check_json(pets)
 
     assert later["reports"]["committed"] == {} and later["reports"]["pushed"]
-    tip = remote.rev("petkeeper/reports")
+    tip = remote.rev(BETA_REPORTS)
     git("--git-dir", str(remote.bare), "merge-base", "--is-ancestor", other, tip)  # no force
-    assert remote.log()[:3] == ["beta: drifted (1 change, 1 check-blind)", "other: report",
-                                "alpha: clean (0 changes, 1 check-blind)"]
-    assert remote.show("petkeeper/reports", "hosts/other.yml") == "status: clean\n"
-    assert "edited by hand" in remote.show("petkeeper/reports", "hosts/beta.yml")
-    assert remote.show("petkeeper/reports", "hosts/beta.yml") == queued  # rebased byte for byte
+    assert remote.log("beta")[:3] == ["beta: drifted (1 change, 1 check-blind)",
+                                      "other: report", "beta: clean (0 changes, 1 check-blind)"]
+    assert remote.show(BETA_REPORTS, "notes/other.yml") == "status: clean\n"
+    assert "edited by hand" in remote.show("petkeeper/hosts/beta", "hosts/beta.yml")
+    assert remote.show("petkeeper/hosts/beta", "hosts/beta.yml") == queued  # rebased byte for byte
 
 
 def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, remote,
@@ -109,7 +111,7 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
     assert (up["reports"]["push"], up["reports"]["committed"]) == ("pushed", {})
     assert sorted(elsewhere.log()) == ["alpha: clean (0 changes, 1 check-blind)",
                                        "beta: clean (0 changes, 1 check-blind)"]
-    assert not remote.has("petkeeper/reports")  # reports went only where configured
+    assert not remote.log()  # reports went only where configured
 
 
 def test_failed_fetch_checks_the_last_good_commit_and_says_so(pets, remote, tmp_path):
@@ -198,8 +200,7 @@ def test_bad_repo_content_gives_one_clear_error_and_changes_nothing(pets, remote
     assert len(lines) == 1 and expected.replace("{CONFIG}", str(pets)) in lines[0], r.stderr
     after_status, after_refs, after_host = snapshot(pets, remote, host_pool)
     assert after_status == before_status and after_host == before_host
-    assert remote.has("petkeeper/reports") and \
-        before_refs.count("petkeeper/reports") == after_refs.count("petkeeper/reports")
+    assert remote.has(BETA_REPORTS)
     assert [ln for ln in after_refs.splitlines() if "reports" in ln] == \
         [ln for ln in before_refs.splitlines() if "reports" in ln]
 

@@ -102,8 +102,9 @@ def test_plan_approve_several_run_then_status_and_history_tell_the_story(
     lines = out.splitlines()
     assert lines[0].startswith(f"approved plan {ids['alpha']} for alpha as alice, until ")
     assert lines[1].startswith(f"approved plan {ids['beta']} for beta as alice, until ")
-    assert pets.remote.log()[:2] == [f"beta: plan {ids['beta']} approved by alice",
-                                     f"alpha: plan {ids['alpha']} approved by alice"]
+    assert [pets.remote.log(h)[0] for h in ("alpha", "beta")] == [
+        f"alpha: plan {ids['alpha']} approved by alice",
+        f"beta: plan {ids['beta']} approved by alice"]
 
     code, _, _ = cli(*c, "run")
     assert code == 0
@@ -141,7 +142,7 @@ def test_plan_approve_several_run_then_status_and_history_tell_the_story(
     assert [e["date"] for e in entries] == sorted((e["date"] for e in entries), reverse=True)
     code, out, err = cli(*c, "history", "gamma")
     assert (code, out) == (1, "")
-    assert one_error(err) == (f"history: host 'gamma' has no report on petkeeper/reports of "
+    assert one_error(err) == (f"history: host 'gamma' has no report on petkeeper/hosts/gamma of "
                               f"{pets.remote.url}; hosts it has: alpha, beta")
 
 

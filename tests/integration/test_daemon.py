@@ -171,7 +171,7 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     status = petkeeper("--config", str(pets), "status", "--json")
     assert json.loads(status.stdout)["paused"]["reason"] == "swapping disks"
     assert "swapping disks" in petkeeper("--config", str(pets), "status").stdout
-    reported = yaml.safe_load(remote.show("petkeeper/reports", "hosts/alpha.yml"))
+    reported = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
     assert reported["paused"]["reason"] == "swapping disks" and reported["run_id"] == \
         paused["run_id"]
     assert "Petkeeper-Paused: swapping disks" in remote.log(fmt="%B%x00")[0]
@@ -188,7 +188,7 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert resumed["applies"][0]["result"] == "converged"
     assert resumed["applies"][0]["approved_by"] == "policy: auto (default)"
     assert "edited by hand" not in host_pool.run("alpha", MOTD).stdout
-    assert "paused" not in yaml.safe_load(remote.show("petkeeper/reports", "hosts/alpha.yml"))
+    assert "paused" not in yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
 
     now = petkeeper("--config", str(pets), "run", "--now")
     assert now.returncode == 0 and "asked the daemon" in now.stdout, now.stderr

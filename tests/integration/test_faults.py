@@ -499,8 +499,8 @@ def test_host_lost_mid_run_is_unreachable_while_the_others_report_their_real_sta
     assert "-edited by hand" in hosts["gamma"]["changes"][0]["diff"]
     assert sorted(report["reports"]["committed"]) == ["alpha", "beta", "gamma"]
     assert report["reports"]["pushed"] and report["reports"]["queued"] == 0
-    assert "status: drifted" in remote.show("petkeeper/reports", "hosts/gamma.yml")
-    assert "status: unreachable" in remote.show("petkeeper/reports", "hosts/beta.yml")
+    assert "status: drifted" in remote.show("petkeeper/hosts/gamma", "hosts/gamma.yml")
+    assert "status: unreachable" in remote.show("petkeeper/hosts/beta", "hosts/beta.yml")
     assert host_files(pool, "alpha", "gamma") == before  # a check changes nothing
 
 
@@ -540,4 +540,5 @@ def test_changed_or_unknown_host_key_is_refused_with_the_fix_and_known_hosts_unt
     assert "\n" not in message and "\r" not in message
     assert known_hosts.read_bytes() == trusted  # never trusted on first use, nor replaced
     assert host_files(pool, "beta") == beta_files
-    assert yaml.safe_load(remote.show("petkeeper/reports", "hosts/beta.yml"))["message"] == message
+    reported = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))
+    assert reported["message"] == message

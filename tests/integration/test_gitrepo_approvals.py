@@ -35,7 +35,7 @@ def fetched(tmp_path: Path, remote: GitRemote) -> Iterator[Fetch]:
     mirror = Mirror(tmp_path / "mirror.git", remote.url, 30)
 
     def fetch(branch: str = "main") -> tuple[Mirror, str]:
-        mirror.fetch(branch, None)
+        mirror.fetch(branch)
         tip = mirror.resolve(branch)
         assert tip is not None
         return mirror, tip

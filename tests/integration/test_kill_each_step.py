@@ -96,7 +96,7 @@ def _kill_points() -> list[KillPoint]:
     reports queue before its push, the apply between its journal and its approval's use, and
     during its Ansible run."""
     applying = RUN_STEPS.index(apply_step)
-    push = "agent.adapters.gitrepo:Mirror.push_reports"
+    push = "agent.adapters.gitrepo:Mirror.push"
     return [
         *(KillPoint(f"start of {s.__name__}", f"agent.cycle.steps:{s.__name__}",
                     applied=i > applying)
@@ -201,9 +201,9 @@ def assert_state_readable(state: StateDir) -> None:
 def test_run_killed_at_any_step_loses_no_report_and_applies_at_most_once(
         pet, host_pool, tmp_path, point):
     drift(host_pool)
-    branch = f"petkeeper/kill-{KILL_POINTS.index(point)}"
+    branches = f"petkeeper/kill-{KILL_POINTS.index(point)}"
     config = write_agent_config(tmp_path / "agent.yml", pet.remote.url, tmp_path / "state",
-                                host_pool, reports={"branch": branch},
+                                host_pool, reports={"host_branches": branches},
                                 ansible={"private_key_file": str(host_pool.client_key),
                                          "known_hosts_file": str(host_pool.known_hosts),
                                          "timeout": "3m"})
@@ -223,7 +223,7 @@ def test_run_killed_at_any_step_loses_no_report_and_applies_at_most_once(
     assert_state_readable(state)
     assert not list(state.journal.glob("*"))  # every apply recorded
     assert read_status(state)["last_run"]["run_id"] == after["run_id"]
-    subjects = [s for s in pet.remote.log(branch) if s.startswith(f"{HOST}:")]
+    subjects = [s for s in pet.remote.log(HOST, branches=branches) if s.startswith(f"{HOST}:")]
     drifted = [s for s in subjects if s.startswith(f"{HOST}: drifted")]
     records = [s for s in subjects if s.startswith(f"{HOST}: apply of plan {pet.plan_id}: ")]
     assert len(drifted) == 1 and len(records) == 1, subjects  # none lost, none twice

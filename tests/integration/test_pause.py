@@ -107,7 +107,7 @@ def test_a_pause_mid_cycle_stops_every_apply_not_started_and_resume_lets_the_nex
     assert ran["paused"]["reason"] == "test" and code == 2
     assert ran["hosts"]["alpha"]["status"] == "drifted"
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
-    report = yaml.safe_load(remote.show("petkeeper/reports", "hosts/alpha.yml"))
+    report = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
     assert report["paused"]["reason"] == "test" and report["run_id"] == ran["run_id"]
 
     # 2. `petkeeper apply PLAN_ID` while paused: refused at once, and no cycle runs.

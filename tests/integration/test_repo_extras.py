@@ -14,7 +14,6 @@ import yaml
 from tests.conftest import (
     GitRemote,
     converge,
-    git,
     pet_hosts,
     petkeeper,
     pets_repo_files,
@@ -56,9 +55,9 @@ def test_repo_tests_run_after_an_apply_and_their_result_is_recorded(pets, remote
     assert applied["result"] == "converged"
     assert applied["tests"]["passed"] and applied["tests"]["tests"] == 2
     assert code == 0
-    record = yaml.safe_load(remote.show("petkeeper/reports", "applies/beta.yml"))
+    record = yaml.safe_load(remote.show("petkeeper/hosts/beta", "applies/beta.yml"))
     assert record["tests"]["passed"]
-    assert "Post-apply tests: passed (2 run, 0 failed)" in remote.log(fmt="%B%x00")[1]
+    assert "Post-apply tests: passed (2 run, 0 failed)" in remote.log("beta", "%B%x00")[1]
 
     remote.commit({"tests/test_pet.py": PET_TESTS + '''
 
@@ -146,5 +145,4 @@ def test_a_failed_galaxy_install_is_one_clear_error_and_changes_nothing(pets, re
     assert (tmp_path / "state" / "status.json").read_bytes() == status
     assert [p for p in (tmp_path / "state" / "galaxy").iterdir()
             if not p.name.startswith(".")] == []
-    assert git("--git-dir", str(remote.bare), "log", "--oneline", "petkeeper/reports").count(
-        "\n") == 1
+    assert len(remote.log()) == 1

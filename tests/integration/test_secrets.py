@@ -167,10 +167,10 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     # Every output: what the commands printed, the reports branch (files, messages,
     # trailers), the whole state directory (artifacts, mirror, trees, status, ledger).
     reports = git("--git-dir", str(remote.bare), "log", "-p", "--format=%H%n%B",
-                  "petkeeper/reports")
+                  "--branches=petkeeper/hosts/*")
     assert "apply of plan" in reports
     blobs = git("--git-dir", str(remote.bare), "grep", "-I", "-h", "-e", ".",
-                "petkeeper/reports")
+                *remote.refs_under("refs/heads/petkeeper/hosts/"))
     leaks = {canary: where
              for canary in CANARIES
              for where, text in [("stdout/stderr", "\n".join(out.texts)),

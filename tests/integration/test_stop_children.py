@@ -270,7 +270,8 @@ def test_sigterm_to_the_daemon_stops_the_hanging_step_and_all_it_started(
     # The apply ran before its tests were stopped: its record, saying so, is committed.
     assert (tmp_path / "applied").read_text() == "applied\n"
     record = yaml.safe_load(git("--git-dir", str(state / "mirror.git"), "show",
-                                "refs/petkeeper/reports:applies/localpet.yml"))
+                                "refs/petkeeper/queue/petkeeper/hosts/localpet:"
+                                "applies/localpet.yml"))
     assert record["result"] == "converged" and not record["tests"]["passed"]
     assert record["tests"]["message"] in stopped
 

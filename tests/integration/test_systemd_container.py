@@ -244,13 +244,13 @@ def test_the_service_gets_ready_corrects_its_pet_reports_to_git_and_stops_cleanl
     # The daemon, under the unit's hardening, changed its own host.
     assert box.run("cat", "/etc/motd").stdout == MOTD
     trailers = git("--git-dir", str(remote.bare), "log", "-1", "--format=%(trailers)",
-                   "petkeeper/reports", "--", f"hosts/{PET}.yml")
+                   f"petkeeper/hosts/{PET}", "--", f"hosts/{PET}.yml")
     for trailer in (f"Petkeeper-Source: {source}", f"Petkeeper-Run: {m.group(1)}",
                     f"Petkeeper-Host: {PET}", "Petkeeper-Status: clean"):
         assert trailer in trailers.splitlines(), trailers
-    report = yaml.safe_load(remote.show("petkeeper/reports", f"hosts/{PET}.yml"))
+    report = yaml.safe_load(remote.show(f"petkeeper/hosts/{PET}", f"hosts/{PET}.yml"))
     assert (report["host"], report["status"], report["source_sha"]) == (PET, "clean", source)
-    assert remote.show("petkeeper/reports", f"applies/{PET}.yml")
+    assert remote.show(f"petkeeper/hosts/{PET}", f"applies/{PET}.yml")
 
     status = box.run("petkeeper", "status", "--json", check=False)
     assert status.returncode == 0, status.stderr
@@ -285,7 +285,7 @@ def test_the_running_service_reloads_takes_run_now_and_follows_a_new_commit(
     assert m.group(2, 3, 4) == ("0", "1 clean", "1"), box.explain()
     assert box.run("cat", "/etc/motd").stdout == NEW_MOTD
     assert "cycle due: new source commit" in box.journal()
-    report = yaml.safe_load(remote.show("petkeeper/reports", f"hosts/{PET}.yml"))
+    report = yaml.safe_load(remote.show(f"petkeeper/hosts/{PET}", f"hosts/{PET}.yml"))
     assert (report["status"], report["source_sha"]) == ("clean", newer)
     stop_cleanly(box)
     assert_journal_priorities(box)

@@ -296,7 +296,7 @@ def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checkin
     remote.commit({"ansible.cfg": "[defaults]\nforks = 2\nhost_key_checking = False\n"})
     code, _, stderr = cli(config, "check")
     assert code == 1 and "host_key_checking: = False: host keys are always checked" in stderr
-    assert not remote.has("petkeeper/reports")
+    assert not remote.log()  # no report
 
 
 def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
@@ -319,7 +319,7 @@ def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
         hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
         hook.chmod(0o755)
 
-    mirror.fetch("main", None)
+    mirror.fetch("main")
     head = mirror.resolve("main")
     tree = mirror.materialise(head, tmp_path / "trees" / head)
 
@@ -377,4 +377,4 @@ def test_git_over_ssh_refuses_an_unknown_or_changed_host_key_and_shows_its_finge
     code, report, stderr = cli(config, "check")
     assert report["source_sha"] == remote.rev("main"), stderr
     assert host_pool.run("alpha", "git --git-dir /tmp/pets-ssh.git log --format=%s "
-                                  "petkeeper/reports").stdout.startswith("alpha: ")
+                                  "petkeeper/hosts/alpha").stdout.startswith("alpha: ")

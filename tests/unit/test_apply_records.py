@@ -217,9 +217,9 @@ def test_a_record_the_queue_already_holds_is_not_committed_again():
     record, other = apply_record(RESULT), apply_record(dataclasses.replace(RESULT, run_id="x"))
     queue = Committed({record.path: record.content})
 
-    assert new_records(queue, "tip", [record]) == []  # type: ignore[arg-type]
-    assert new_records(queue, "tip", [other]) == [other]  # type: ignore[arg-type]
-    assert new_records(queue, None, [record]) == [record]  # type: ignore[arg-type]
+    assert new_records(queue, lambda host: "tip", [record]) == []  # type: ignore[arg-type]
+    assert new_records(queue, lambda host: "tip", [other]) == [other]  # type: ignore[arg-type]
+    assert new_records(queue, lambda host: None, [record]) == [record]  # type: ignore[arg-type]
 
 
 def test_without_a_journal_folder_nothing_was_interrupted(state: StateDir):

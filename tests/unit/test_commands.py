@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.adapters.gitrepo import Author, Mirror
+from agent.adapters.gitrepo import Mirror
 from agent.adapters.state import StateDir, claim_repo, read_repo, write_json
 from agent.config import Config, RepoConfig, ReportsConfig
 from agent.cycle.decide import require_known_plan
@@ -77,26 +77,26 @@ def test_history_keeps_what_is_since_the_oldest_and_at_most_n_newest_first():
 
 
 def reports_remote(tmp_path: Path, hosts: list[str]) -> str:
-    """A real remote whose reports branch pk has one report commit per host of HOSTS."""
+    """A real remote where each host of HOSTS has one report commit on its branch."""
     url = bare_repo(tmp_path / "pets.git")
     mirror = Mirror(tmp_path / "seed-mirror.git", url, 10)
     records = [Record(h, f"hosts/{h}.yml", "status: clean\n",
                       format_message(f"{h}: clean (0 changes)", "Check.",
                                      {"Source": SRC, "Host": h, "Status": "clean"}),
                       f"2026-11-25T2{i}:00:00+00:00") for i, h in enumerate(hosts)]
-    publish(mirror, lambda base: records, url=url, branch="pk",
-            author=Author("Petkeeper", "petkeeper@localhost"))
+    publish(mirror, config_for(url, tmp_path), hosts, lambda base: records)
     return url
 
 
-def test_history_of_a_host_the_reports_branch_never_saw_says_so_and_names_those_it_has(
+def test_history_of_a_host_the_reports_never_saw_says_so_and_names_those_it_has(
         tmp_path: Path):
     config = config_for(reports_remote(tmp_path, ["web1", "db1"]), tmp_path)
 
     assert [e["subject"] for e in read_history(config, "db1")] == ["db1: clean (0 changes)"]
     with pytest.raises(AgentError) as e:
         read_history(config, "web2")
-    assert str(e.value) == (f"history: host 'web2' has no report on pk of {config.repo.url}; "
+    assert str(e.value) == (f"history: host 'web2' has no report on petkeeper/hosts/web2 of "
+                            f"{config.repo.url}; "
                             "hosts it has: db1, web1")
     with pytest.raises(AgentError, match="-n: expected a number of entries >= 1, got 0"):
         read_history(config, None, count=0)
@@ -140,7 +140,7 @@ def test_approve_records_each_plan_once_and_all_or_none(tmp_path: Path):
     with pytest.raises(RepoError, match=f"plan {ids['db1']} \\(db1\\): nothing to approve"):
         approve(config, [ids["web1"], ids["db1"]], "alice", "2h", "", NOW)
     assert not state.approvals.exists() or not list(state.approvals.iterdir())
-    assert git("--git-dir", str(tmp_path / "pets.git"), "branch", "--list", "pk") == ""
+    assert git("--git-dir", str(tmp_path / "pets.git"), "branch", "--list", "petkeeper/*") == ""
 
     done = approve(config, [ids["web1"], ids["web2"], ids["web1"]], "alice", "2h", "swap", NOW)
 
@@ -149,9 +149,10 @@ def test_approve_records_each_plan_once_and_all_or_none(tmp_path: Path):
         ("web2", ids["web2"], "2026-11-26T00:00:00+00:00")]
     assert sorted(p.stem for p in state.approvals.iterdir()) == sorted([ids["web1"],
                                                                          ids["web2"]])
-    subjects = git("--git-dir", str(tmp_path / "pets.git"), "log", "--format=%s", "pk")
-    assert subjects.splitlines() == [f"web2: plan {ids['web2']} approved by alice",
-                                     f"web1: plan {ids['web1']} approved by alice"]
+    subjects = [git("--git-dir", str(tmp_path / "pets.git"), "log", "--format=%s",
+                    f"petkeeper/hosts/{host}") for host in ("web1", "web2")]
+    assert subjects == [f"web1: plan {ids['web1']} approved by alice\n",
+                        f"web2: plan {ids['web2']} approved by alice\n"]
     assert done.push_error is None
 
 

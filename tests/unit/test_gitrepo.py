@@ -39,16 +39,18 @@ def test_a_failed_report_push_or_fetch_names_the_reports_url_not_the_source(tmp_
     mirror = Mirror(tmp_path / "mirror.git", "file:///srv/git/pets.git", 10)
     commit = mirror.commit_files(None, {"hosts/a.yml": b"status: clean\n"}, "report",
                                  Author("petkeeper", "petkeeper@localhost"), "2026-11-26T00:00:00Z")
-    mirror.set_queue(commit, None)
+    queue = "refs/petkeeper/queue/petkeeper/hosts/a"
+    mirror.update_ref(queue, commit, None)
     reports = f"file://reporter:s3cret@{tmp_path}/missing-reports.git"
 
-    for call in (lambda: mirror.push_reports(reports, "petkeeper/reports"),
-                 lambda: mirror.fetch_reports(reports, "petkeeper/reports")):
+    for call in (lambda: mirror.push(reports, {queue: "refs/heads/petkeeper/hosts/a"}),
+                 lambda: mirror.fetch_refs(reports, ["+refs/heads/x/*:refs/remotes/x/*"]),
+                 lambda: mirror.ls_remote(reports, ["refs/heads/petkeeper/hosts/a"])):
         with pytest.raises(FetchError) as e:
             call()
         assert f"{tmp_path}/missing-reports.git" in str(e.value)
         assert "pets.git" not in str(e.value) and "s3cret" not in str(e.value)
-    assert mirror.queued_reports() == commit  # nothing lost: the report stays queued
+    assert mirror.rev(queue) == commit  # nothing lost: the report stays queued
 
 
 def test_a_remote_that_never_answers_says_so_and_names_the_timeout_key(tmp_path: Path):
@@ -57,12 +59,12 @@ def test_a_remote_that_never_answers_says_so_and_names_the_timeout_key(tmp_path:
         mirror = Mirror(tmp_path / "mirror.git", url, 1)
 
         with pytest.raises(FetchError) as e:
-            mirror.fetch("main", "petkeeper/reports")
+            mirror.fetch("main")
 
     assert re.fullmatch(rf"git fetch {re.escape(url)} failed: no answer within 1s, stopped "
                         r"git \(\d+\); check the remote, or raise repo.timeout in the config",
                         str(e.value)), str(e.value)
-    assert mirror.remote_reports("petkeeper/reports") is None and not list(
+    assert mirror.rev("refs/remotes/origin/main") is None and not list(
         (tmp_path / "mirror.git" / "objects" / "pack").iterdir())
 
 
@@ -76,7 +78,7 @@ def test_a_cancel_stops_a_fetch_waiting_on_its_remote_with_the_helper_git_starte
         mirror = Mirror(tmp_path / "mirror.git", url, 300, cancel=lambda: bool(accepted))
 
         with pytest.raises(FetchError) as e:
-            mirror.fetch("main", "petkeeper/reports")
+            mirror.fetch("main")
         for conn in accepted:
             conn.close()
 
@@ -147,7 +149,8 @@ def test_tidy_packs_the_loose_objects_once_they_pile_up_and_loses_no_commit(tmp_
     for n in range(3):  # a blob, two trees and a commit each
         tip = mirror.commit_files(tip, {f"hosts/h{n}.yml": f"status: clean {n}\n".encode()},
                                   f"report {n}", author, f"2026-11-26T00:0{n}:00Z")
-    mirror.set_queue(tip, None)
+    assert tip is not None
+    mirror.update_ref("refs/petkeeper/queue/h", tip, None)
     objects = tmp_path / "mirror.git" / "objects"
 
     def loose() -> int:
@@ -158,7 +161,7 @@ def test_tidy_packs_the_loose_objects_once_they_pile_up_and_loses_no_commit(tmp_
 
     assert mirror.tidy(loose_limit=12) is True
     assert loose() == 0 and len(list((objects / "pack").glob("*.pack"))) == 1
-    assert mirror.queued_reports() == tip
+    assert mirror.rev("refs/petkeeper/queue/h") == tip
     assert [mirror.read_blob(tip, f"hosts/h{n}.yml") for n in range(3)] == [
         f"status: clean {n}\n".encode() for n in range(3)]  # exact bytes, final newline too
     assert mirror.commit_changes(tip) == {"hosts/h2.yml": b"status: clean 2\n"}  # for rebases
@@ -185,7 +188,7 @@ def test_a_wrong_url_says_what_git_answered_and_names_repo_url_in_the_config(tmp
     mirror = Mirror(tmp_path / "mirror.git", url, 10, keys={url: "repo.url in agent.yml"})
 
     with pytest.raises(FetchError) as e:
-        mirror.fetch("main", None)
+        mirror.fetch("main")
 
     assert str(e.value) == (f"git fetch {url} failed: '{tmp_path}/nope.git' does not appear to "
                             "be a git repository; check repo.url in agent.yml")
@@ -200,7 +203,7 @@ def test_a_missing_branch_names_repo_branch_and_the_branches_the_remote_has(tmp_
     mirror = open_mirror(config, state)
 
     with pytest.raises(RepoError) as e:
-        fetch_source(config, mirror, None)
+        fetch_source(config, mirror)
 
     assert str(e.value) == (f"/etc/petkeeper/agent.yml: repo.branch: branch 'prod' not found in "
                             f"{url} (it has: dev, main); set repo.branch to one of them")

@@ -336,32 +336,36 @@ def test_pausing_and_resuming_each_commit_the_report_once():
 # --- publish: what the reports of a cycle became, each host once ------------------------------
 
 def test_publish_says_whether_it_pushed_had_nothing_to_push_or_could_not(tmp_path: Path):
-    from agent.adapters.gitrepo import Author, Mirror
+    from agent.adapters.gitrepo import Mirror
+    from agent.config import Config, RepoConfig, ReportsConfig
     from agent.cycle.record import Record, publish
     from tests.unit.test_gitrepo import bare_repo
 
     url = bare_repo(tmp_path / "pets.git")
     mirror = Mirror(tmp_path / "mirror.git", url, 10)
-    author = Author("Petkeeper", "petkeeper@localhost")
+
+    def config(url: str = url, push: bool = True) -> Config:
+        return Config(repo=RepoConfig(url=url), reports=ReportsConfig(push=push))
 
     def records(*hosts: str) -> Any:
         return lambda base: [Record(h, f"{kind}/{h}.yml", f"{kind} of {h}\n", f"{h}: {kind}",
                                     "2026-11-25T20:00:00+00:00")
                              for h in hosts for kind in ("hosts", "applies")]
 
-    first = publish(mirror, records("web1", "db1"), url=url, branch="pk", author=author)
+    first = publish(mirror, config(), ["web1", "db1"], records("web1", "db1"))
     assert (first.push, first.pushed, first.queued, first.error) == ("pushed", True, 0, None)
     assert first.committed_by_host() == {"web1": ["hosts/web1.yml", "applies/web1.yml"],
                                          "db1": ["hosts/db1.yml", "applies/db1.yml"]}
 
-    again = publish(mirror, records(), url=url, branch="pk", author=author)
+    again = publish(mirror, config(), ["web1", "db1"], records())
     assert (again.push, again.committed_by_host(), again.error) == ("nothing to push", {}, None)
 
-    kept = publish(mirror, records("web1"), url=url, branch="pk", author=author, push=False)
+    kept = publish(mirror, config(push=False), ["web1"], records("web1"))
     assert (kept.push, kept.queued, kept.error) == ("off", 2, None)
 
     gone = f"file://{tmp_path}/gone.git"
-    failed = publish(mirror, records(), url=gone, branch="pk", author=author)
+    failed = publish(mirror, config(gone), ["web1"], records())
     assert (failed.push, failed.queued, failed.pushed) == ("failed", 2, False)
     assert failed.error and failed.error.startswith(f"git push {gone} failed: ")
-    assert len(mirror.queued_commits(mirror.remote_reports("pk"))) == 2  # nothing lost
+    queue = mirror.rev("refs/petkeeper/queue/petkeeper/hosts/web1")
+    assert queue and len(mirror.unpushed(queue)) == 2  # nothing lost
