@@ -30,6 +30,7 @@ SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
 MAX_RUN_TIMEOUT = 7 * 86400.0
 URL_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
 VERIFY_MODES = ("off", "head", "all")
+ACCELERATORS = ("auto", "mitogen", "off")  # ansible.accelerator (docs/accelerator.md)
 # What notify.targets[].events may name (docs/notifications.md says when each is sent).
 EVENTS = ("drift.detected", "drift.resolved", "approval.pending", "apply.succeeded",
           "apply.failed", "host.unreachable", "host.failed", "source.rejected",
@@ -75,6 +76,7 @@ class AnsibleConfig:
     private_key_file: str | None = None
     known_hosts_file: str | None = None
     artifacts_keep: int = 5
+    accelerator: str = "auto"  # auto, mitogen or off: Mitogen's strategy (docs/accelerator.md)
 
 
 @dataclass(frozen=True)
@@ -309,18 +311,30 @@ def _check_host_branches(p: Problems, reports: ReportsConfig, repo: RepoConfig) 
 
 def _parse_ansible(p: Problems, data: dict[str, Any]) -> AnsibleConfig:
     ans = Section(p, data, "ansible.",
-                  {"timeout", "forks", "private_key_file", "known_hosts_file", "artifacts_keep"})
+                  {"timeout", "forks", "private_key_file", "known_hosts_file", "artifacts_keep",
+                   "accelerator"})
     ansible = AnsibleConfig(
         timeout=ans.duration("timeout", 1800.0),
         forks=ans.integer("forks", 5, minimum=1),
         private_key_file=ans.string("private_key_file"),
         known_hosts_file=ans.string("known_hosts_file"),
         artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
+        accelerator=_accelerator(p, data.get("accelerator", "auto")),
     )
     if ansible.timeout > MAX_RUN_TIMEOUT:  # Python's subprocess waits fail beyond 24.8 days
         p.add("ansible.timeout", f"at most 7d, got {data['timeout']!r}",
               "set how long one playbook run may take, e.g. \"30m\"")
     return ansible
+
+
+def _accelerator(p: Problems, value: Any) -> str:
+    # YAML reads a bare off as False: take it as the word it was meant to be.
+    text = "off" if value is False else str(value)
+    if text not in ACCELERATORS:
+        p.add("ansible.accelerator", f"expected one of {', '.join(ACCELERATORS)}, got "
+              f"{value!r}", "use auto (Mitogen when it can), mitogen, or off (plain Ansible)")
+        return "auto"
+    return text
 
 
 def _parse_approvals(p: Problems, data: dict[str, Any]) -> ApprovalsConfig:

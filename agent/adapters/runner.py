@@ -149,6 +149,9 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                     ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
                     settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
                     suppress_env_files=True, event_handler=keep, cancel_callback=should_stop,
+                    # ansible-runner's default, a jsonfile cache in the artifacts, would
+                    # override strict_env's memory cache: facts stay in memory, never on disk.
+                    fact_cache_type="memory",
                     forks=run.forks,
                 )
             except BaseException:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from agent.adapters.runner import Watcher, run_playbook
+from agent.adapters.runner import Watcher
 from agent.adapters.state import (
     StateDir,
     note_applying,
@@ -237,12 +237,14 @@ def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir
     """Apply every playbook to the one host; return why it failed ('' when it did not)."""
     for i, playbook in enumerate(targets.playbooks):
         run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
-        result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
+        result = targets.run(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
         if result.status != "successful":
             reports = build_host_reports(result.events, targets.hosts, str(source.tree),
                                          result.facts)
             why = [r.message for r in reports.values() if r.status != CLEAN and r.message]
-            return f"{playbook}: " + ("; ".join(why) if why else
+            if not any(e.get("event") == "playbook_on_stats" for e in result.events):
+                why.append(result.error)  # Ansible stopped before its recap: say how
+            return f"{playbook}: " + ("; ".join(w for w in why if w) or
                                       f"ansible-playbook {result.status} (rc {result.rc})")
     return ""
 

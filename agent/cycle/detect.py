@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from agent.adapters.accelerator import Accelerator, choose_accelerator
 from agent.adapters.inventory import Listing, NoHostMatches, list_hosts, list_inventory
-from agent.adapters.runner import PlaybookRun, Watcher, run_playbook
+from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
 from agent.config import COMMAND_LINE, Config, origin
-from agent.core.drift import HostReport, build_host_reports, mask_reports
+from agent.core.drift import UNKNOWN, HostReport, build_host_reports, mask_reports
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
 
@@ -30,6 +31,14 @@ class Targets:
     hosts: tuple[str, ...]
     limit: str
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # host -> its groups
+    accelerator: Accelerator | None = None  # the cycle's strategy; None: plain
+
+    def run(self, run: PlaybookRun, work_dir: Path, keep_artifacts: int,
+            cancel: Callable[[], bool] | None, watch: Watcher | None = None) -> RunResult:
+        """Run RUN with the cycle's strategy (agent.adapters.accelerator)."""
+        if self.accelerator is None:
+            return run_playbook(run, work_dir, keep_artifacts, cancel, watch)
+        return self.accelerator.run(run, work_dir, keep_artifacts, cancel, watch)
 
 
 def this_host_names() -> list[str]:
@@ -74,7 +83,8 @@ def select_targets(config: Config, source: Source, state: StateDir,
     else:
         inventory = write_local_inventory(state, names[1] if len(names) > 1 else names[0])
     limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel)
-    return Targets(playbooks, inventory, tuple(listing.groups), limit, listing.groups)
+    return Targets(playbooks, inventory, tuple(listing.groups), limit, listing.groups,
+                   choose_accelerator(config.ansible.accelerator))
 
 
 def select_hosts(config: Config, tree: Path, inventory: Path, env: Mapping[str, str],
@@ -140,11 +150,11 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
                 cancel: Callable[[], bool] | None = None,
                 watch: Watcher | None = None) -> dict[str, HostReport]:
     """Run every playbook in check + diff mode; return the drift report per targeted host."""
-    events, facts = [], []
+    events, facts, broken = [], [], []
     for i, playbook in enumerate(targets.playbooks):
-        result = run_playbook(playbook_run(config, source, targets, playbook,
-                                            f"{run_id}-check-{i}"),
-                              state.runner, config.ansible.artifacts_keep, cancel, watch)
+        result = targets.run(playbook_run(config, source, targets, playbook,
+                                          f"{run_id}-check-{i}"),
+                             state.runner, config.ansible.artifacts_keep, cancel, watch)
         log.debug("check of %s finished: ansible-runner says %s (rc %s)", playbook,
                   result.status, result.rc)  # what it means per host: the cycle's result line
         if result.status == "timeout":
@@ -153,10 +163,25 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
         elif not result.started and result.status != "canceled":  # stopped: unknown
             raise RepoError(f"{playbook}: Ansible refused to run it: {result.error}; fix the "
                             f"playbook (commit {source.sha[:12]})")
+        elif result.status == "failed" and not _finished(result):
+            broken.append(f"{playbook}: {result.error}")  # Ansible itself stopped mid-run
         events.extend(result.events)
         facts.extend(result.facts)
-    return mask_reports(build_host_reports(events, targets.hosts, str(source.tree), facts),
-                        source.mask)
+    reports = build_host_reports(events, targets.hosts, str(source.tree), facts)
+    return mask_reports(_with_reason(reports, broken), source.mask)
+
+
+def _finished(result: RunResult) -> bool:
+    return any(e.get("event") == "playbook_on_stats" for e in result.events)
+
+
+def _with_reason(reports: dict[str, HostReport], broken: list[str]) -> dict[str, HostReport]:
+    """Unknown hosts of runs that Ansible ended without its recap say why it ended."""
+    if not broken:
+        return reports
+    why = "; ".join(broken)
+    return {name: replace(r, message=f"{r.message}: {why}") if r.status == UNKNOWN else r
+            for name, r in reports.items()}
 
 
 def playbook_run(config: Config, source: Source, targets: Targets, playbook: str,

@@ -133,6 +133,8 @@ class Cycle:
             "plans": {name: p.as_dict() for name, p in self.plans.items()},
             "applies": [a.as_dict() for a in self.applies],
             "paused": self.pause,
+            "accelerator": self.targets.accelerator.choice.as_dict()
+            if self.targets and self.targets.accelerator else None,
             "reports": None if self.publish is None else {
                 "committed": self.publish.committed_by_host(), "queued": self.publish.queued,
                 "pushed": self.publish.pushed, "push": self.publish.push,

@@ -184,6 +184,8 @@ def _footer(report: Mapping[str, Any]) -> str:
         line += f"\nwarning: {report['fetch_error']}; checked the last good commit"
     if report.get("applies_held"):
         line += f"\nwarning: applies held: {report['applies_held']}"
+    if (accel := report.get("accelerator") or {}).get("warning"):
+        line += f"\nwarning: accelerator: {accel['reason']}"
     if pause := report.get("paused"):
         line += (f"\npaused by {pause['by']} since {pause['at']}: {pause['reason']}; nothing "
                  "is applied until petkeeper resume")

@@ -1,0 +1,159 @@
+"""The accelerator on real SSH test hosts (127.0.101.x, this module's own): Mitogen's strategy
+by default, the plain one when Mitogen cannot load, and no second run once a task ran."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
+
+import pytest
+
+from agent.adapters.accelerator import Accelerator
+from agent.adapters.state import StateDir
+from agent.config import load_config
+from agent.core.accelerator import choose_strategy
+from agent.core.drift import CLEAN, UNKNOWN
+from agent.cycle.detect import Targets, check_drift
+from agent.cycle.source import Source
+from agent.cycle.steps import run_check
+from agent.operate.output import render_check
+from agent.testhosts import TestHostPool
+from tests.conftest import (
+    GitRemote,
+    converge,
+    pets_repo_files,
+    require_test_hosts,
+    write_agent_config,
+)
+
+pytestmark = pytest.mark.hosts
+
+# A package that shadows Mitogen's: importing it fails, as a broken or half-removed install
+# would. Mitogen's strategy plugin catches ImportError (and then finds its own copy), so this
+# raises another error, the way a Mitogen too old or too new for ansible-core does.
+BROKEN_MITOGEN = 'raise RuntimeError("Mitogen was removed by the test")\n'
+# A strategy that fails after the first task's results came back: an accelerator that broke
+# mid-run (it is Ansible's linear strategy with a fault added, not Mitogen).
+BROKEN_MID_RUN = '''\
+from ansible.plugins.strategy.linear import StrategyModule as Linear
+
+
+class StrategyModule(Linear):
+    def _process_pending_results(self, *args, **kwargs):
+        results = super()._process_pending_results(*args, **kwargs)
+        if results:
+            raise RuntimeError("the test strategy broke after a task")
+        return results
+'''
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHostPool, GitRemote,
+                                                                      Path]]:
+    """web1 converged (clean), web2 fresh (drifted), and an agent.yml with the defaults."""
+    require_test_hosts()
+    tmp = tmp_path_factory.mktemp("accel")
+    with TestHostPool(tmp / "hosts") as pool:
+        pool.start("web1", "127.0.101.11")
+        pool.start("web2", "127.0.101.12")
+        remote = GitRemote(tmp / "git")
+        remote.commit(pets_repo_files({n: (h.address, h.port) for n, h in pool.hosts.items()}))
+        converge(pool, remote, "web1", tmp)
+        yield pool, remote, write_agent_config(tmp / "agent.yml", remote.url, tmp / "state",
+                                               pool)
+
+
+def check(config: Path, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    r = subprocess.run([sys.executable, "-m", "agent", "--config", str(config), "check",
+                        "--json"], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    assert r.stdout.strip(), r.stderr
+    return r.returncode, json.loads(r.stdout), r.stderr
+
+
+def hosts_of(report: dict[str, Any]) -> dict[str, Any]:
+    """What a host's report says: its status, changes with diffs, fingerprint, message."""
+    return {n: {k: h[k] for k in ("status", "fingerprint", "changes", "message")}
+            for n, h in report["hosts"].items()}
+
+
+@pytest.fixture(scope="module")
+def baseline(pets) -> tuple[int, dict[str, Any]]:
+    """A check with the defaults: Mitogen's strategy."""
+    code, report, _ = check(pets[2])
+    assert report["accelerator"]["strategy"] == "mitogen"
+    assert {n: h["status"] for n, h in report["hosts"].items()} == {"web1": CLEAN,
+                                                                    "web2": "drifted"}
+    return code, report
+
+
+@pytest.fixture
+def shadow(tmp_path: Path) -> Path:
+    """A folder whose ansible_mitogen shadows the installed one and cannot be imported."""
+    package = tmp_path / "shadow" / "ansible_mitogen"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(BROKEN_MITOGEN)
+    return package.parent
+
+
+def test_mitogen_gone_from_the_path_gives_the_same_report_one_warning_and_exit_code(
+        pets, baseline, shadow: Path, tmp_path: Path):
+    pool, remote, _ = pets
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", pool,
+                                ansible={"private_key_file": str(pool.client_key),
+                                         "known_hosts_file": str(pool.known_hosts),
+                                         "accelerator": "mitogen"})
+
+    code, report, stderr = check(config, {"PYTHONPATH": str(shadow)})
+
+    assert (code, hosts_of(report)) == (baseline[0], hosts_of(baseline[1])) == (2, ANY)
+    assert report["accelerator"]["strategy"] == "plain" and report["accelerator"]["warning"]
+    warnings = [line for line in stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and "Mitogen is not installed" in warnings[0]
+
+
+def test_mitogen_failing_to_load_in_ansible_runs_again_plain_with_one_warning(
+        pets, baseline, shadow: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture):
+    # Petkeeper finds Mitogen (this process's path), Ansible's import of it fails (its path).
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    caplog.set_level(logging.WARNING)
+
+    cycle = run_check(load_config(pets[2]))
+
+    report = cycle.as_json()
+    assert (cycle.exit_code, hosts_of(report)) == (baseline[0], hosts_of(baseline[1]))
+    assert report["accelerator"]["strategy"] == "plain" and report["accelerator"]["warning"]
+    assert "Mitogen was removed by the test" in report["accelerator"]["reason"]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "the run was repeated with the plain strategy" in warning
+    assert render_check(report).count("\nwarning: accelerator: ") == 1
+
+
+def test_a_strategy_failing_after_a_task_ran_is_not_run_again_and_no_host_is_clean(
+        pets, tmp_path: Path):
+    _, remote, config_path = pets
+    plugins = tmp_path / "strategy"
+    plugins.mkdir()
+    (plugins / "mitogen_linear.py").write_text(BROKEN_MID_RUN)
+    config = load_config(config_path)
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    accel = Accelerator(choose_strategy("mitogen", "0.3.54", "2.19.0"), plugins)
+    targets = Targets(("site.yml",), remote.work / "inventory/hosts.yml", ("web1",), "web1",
+                      accelerator=accel)
+
+    reports = check_drift(config, Source("0" * 40, remote.work), targets, state, "mid")
+
+    assert reports["web1"].status == UNKNOWN  # converged, yet never reported clean
+    assert "the test strategy broke after a task" in str(reports["web1"].message)
+    runs = sorted(p.name for p in (state.runner / "artifacts").iterdir())
+    assert runs == ["mid-check-0"]  # one run: none repeated with the plain strategy
+    assert accel.choice.strategy == "mitogen" and not accel.choice.warning
