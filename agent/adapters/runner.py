@@ -22,8 +22,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
-
 from agent.adapters.process import parents, read_proc, run_process, stop_process_tree
 from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
@@ -128,6 +126,10 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                         f"no end within {run.timeout:g}s" if late else "the agent is stopping",
                         ", ".join(names) or "nothing left")
         return bool(stopped)
+
+    # Imported here, where a run starts: the commands and the daemon's ticks that run no
+    # playbook (status, --help, the fetch tick) never load ansible-runner and ansible-core.
+    import ansible_runner
 
     try:
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

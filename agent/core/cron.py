@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 
 def parse_cron(expr: str, timezone: str) -> str | None:
@@ -27,4 +29,7 @@ def next_start(expr: str, timezone: str, after: datetime) -> datetime | None:
 
 @lru_cache(maxsize=64)
 def _trigger(expr: str, timezone: str) -> CronTrigger:
+    # Imported here: `status`, `--help` and the daemon's fetch tick have no window to compute.
+    from apscheduler.triggers.cron import CronTrigger
+
     return CronTrigger.from_crontab(expr, timezone=ZoneInfo(timezone))
