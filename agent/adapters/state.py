@@ -19,6 +19,7 @@ Layout (mode 0700)::
     metrics.json    counters and gauges behind every metrics exposition (agent.operate.metrics)
     notify.json     what was told per host, and the outbox of undelivered events
     repo.json       the repository (repo.url, credentials left out) this directory belongs to
+    inventory-listings.json  static inventories' listings (agent.adapters.inventory_cache)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import yaml
 
 from agent.adapters.accelerator import Accelerator, choose_accelerator
 from agent.adapters.inventory import Listing, NoHostMatches, list_hosts, list_inventory
+from agent.adapters.inventory_cache import cached_listing
 from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
 from agent.config import COMMAND_LINE, Config, origin
@@ -82,21 +83,40 @@ def select_targets(config: Config, source: Source, state: StateDir,
         inventory = resolve_in_tree(source.tree, config.inventory, f"{config.path}: inventory")
     else:
         inventory = write_local_inventory(state, names[1] if len(names) > 1 else names[0])
-    limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel)
+    # A static inventory's listing is kept between cycles of the same commit.
+    kept = Kept(state.root / "inventory-listings.json", source.sha)
+    limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel,
+                                  kept)
     return Targets(playbooks, inventory, tuple(listing.groups), limit, listing.groups,
                    choose_accelerator(config.ansible.accelerator))
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Where static inventories' listings are kept (agent.adapters.inventory_cache), and the
+    source commit they were listed at."""
+
+    cache: Path
+    commit: str
+
+
 def select_hosts(config: Config, tree: Path, inventory: Path, env: Mapping[str, str],
-                 names: list[str], cancel: Callable[[], bool] | None = None
-                 ) -> tuple[str, Listing]:
+                 names: list[str], cancel: Callable[[], bool] | None = None,
+                 kept: Kept | None = None) -> tuple[str, Listing]:
     """The limit (with none set: the first of this host's NAMES the inventory has, like
     ansible-pull) and the hosts it selects; RepoError if it selects none. CANCEL stops
-    ansible-inventory."""
+    ansible-inventory; with KEPT, a static inventory's listing comes from there."""
+    def listed(limit: str | None) -> Listing:
+        if kept is None:
+            return list_inventory(tree, inventory, limit, config.vault_password_file, env,
+                                  cancel=cancel)
+        return cached_listing(tree, inventory, limit, commit=kept.commit, cache=kept.cache,
+                              vault_password_file=config.vault_password_file, extra_env=env,
+                              cancel=cancel)
+
     limit = config.limit
     if limit is None:
-        everyone = list_inventory(tree, inventory, None, config.vault_password_file, env,
-                                  cancel=cancel)
+        everyone = listed(None)
         mine = [n for n in names if n in everyone.groups]
         if not mine:
             raise RepoError(f"{config.path}: limit: not set, and this host ({', '.join(names)}) "
@@ -104,8 +124,7 @@ def select_hosts(config: Config, tree: Path, inventory: Path, env: Mapping[str, 
                             "the inventory or set limit: to the hosts to check")
         return mine[0], everyone.only(mine[:1])  # the listing has it: no second ansible-inventory
     try:
-        listing = list_inventory(tree, inventory, limit, config.vault_password_file, env,
-                                 cancel=cancel)
+        listing = listed(limit)
     except NoHostMatches as e:
         raise _limit_error(config, tree, env, inventory, e.pattern) from None
     if not listing.groups:

@@ -15,7 +15,9 @@ from unittest.mock import ANY
 
 import pytest
 
+from agent.adapters import inventory_cache
 from agent.adapters.accelerator import Accelerator
+from agent.adapters.inventory import Listing
 from agent.adapters.state import StateDir
 from agent.config import load_config
 from agent.core.accelerator import choose_strategy
@@ -157,3 +159,26 @@ def test_a_strategy_failing_after_a_task_ran_is_not_run_again_and_no_host_is_cle
     runs = sorted(p.name for p in (state.runner / "artifacts").iterdir())
     assert runs == ["mid-check-0"]  # one run: none repeated with the plain strategy
     assert accel.choice.strategy == "mitogen" and not accel.choice.warning
+
+
+def test_a_no_change_cycle_runs_no_ansible_inventory_and_writes_no_facts(
+        pets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pool, remote, _ = pets
+    config = load_config(write_agent_config(tmp_path / "agent.yml", remote.url,
+                                            tmp_path / "state", pool))
+    real, listed = inventory_cache.list_inventory, []
+
+    def list_inventory(*args: Any, **kwargs: Any) -> Listing:
+        listed.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inventory_cache, "list_inventory", list_inventory)
+    first = run_check(config)
+    second = run_check(config)
+
+    assert listed == ["pets"]  # the real ansible-inventory, once: the second cycle kept it
+    assert second.targets is not None and first.targets is not None
+    assert second.targets.groups == first.targets.groups == {"web1": ("pets",),
+                                                             "web2": ("pets",)}
+    artifacts = tmp_path / "state" / "runner" / "artifacts"
+    assert not list(artifacts.glob("*/fact_cache")), "facts must stay in memory"
