@@ -4,20 +4,26 @@ Usage (as root, like the demo: needs unshare and /usr/sbin/sshd)::
 
     .venv/bin/python bench/bench_check.py --runs 5 --hosts 2
     .venv/bin/python bench/bench_check.py --scale 1,2,4 --runs 3
+    .venv/bin/python bench/bench_check.py --scale 1,2 --runs 5 --playbook wide \
+        --tools petkeeper,petkeeper-plain,ansible-playbook    # the accelerator (issue #20)
     .venv/bin/python bench/bench_check.py --scale 1,10,50,100,200 --runs 3 --playbook light \
         --tools petkeeper,ansible-playbook --forks 20      # beside mode: one agent, many pets
 
 It sets up what the demo sets up, in a temp workdir: a bare repo of this project's playbooks/
-and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/bench/`` and
-``soak/light.yml``, and test hosts bench1..N on 127.0.110.11.. (200 per /24, up to
-127.0.113.x; ``TestHostPool``), converged once so that every check is a no-change check. Then,
-for each host count (most first), the same commit, hosts, inventory, playbook (--playbook:
-playbooks/site.yml, or light: four tasks without facts) and limit are checked --runs times by
-each of (--tools), interleaved:
+and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/bench/``,
+``soak/light.yml`` and ``playbooks/bench.yml``, and test hosts bench1..N on 127.0.110.11..
+(200 per /24, up to 127.0.113.x; ``TestHostPool``), converged once so that every check is a
+no-change check. Then, for each host count (most first), the same commit, hosts, inventory,
+playbook (--playbook: playbooks/site.yml; light: four tasks without facts; wide: full facts,
+site.yml's roles and ten more tasks, 32 task results per host) and limit are checked --runs
+times by each of (--tools), interleaved:
 
   petkeeper         petkeeper -v --config agent-N.yml check      (the real CLI; exit 0 asserted)
+                    with the defaults: ansible.accelerator auto, Mitogen's strategy
+  petkeeper-plain   the same with ansible.accelerator: off (Ansible's own linear strategy)
   ansible-playbook  ansible-playbook --check --diff -i INV --limit L PLAYBOOK
-                    in a clone, with the environment Petkeeper gives Ansible (runner.build_env)
+                    in a clone, with the environment Petkeeper gives Ansible (runner.build_env:
+                    pipelining on, ControlPersist as Ansible sets it)
   ansible-pull      ansible-pull -U file://REPO -C main -d DIR -i DIR/INV -l L --check --diff
                     PLAYBOOK, same environment
 
@@ -63,6 +69,7 @@ from pathlib import Path
 import yaml
 
 import agent
+from agent.adapters.accelerator import mitogen_version
 from agent.adapters.inventory import list_hosts
 from agent.adapters.runner import PlaybookRun, build_env, close_control_masters, run_playbook
 from agent.adapters.state import StateDir
@@ -110,6 +117,52 @@ LIGHT_PLAYBOOK = """\
         mode: "0644"
       tags: [backup_job]
 """
+WIDE = "playbooks/bench.yml"
+# --playbook wide: what a pet's play often looks like: full facts, the project's roles, and
+# ten more tasks of the usual kinds (files, lines, blocks, reads). Check-mode honest and
+# idempotent like site.yml: after the converge, every check of it is a no-change check.
+WIDE_PLAYBOOK = """\
+---
+- name: Benchmark pets
+  hosts: pets
+  gather_facts: true
+  roles: [baseline, users, sshd, backup_job]
+  tasks:
+    - name: Create the bench folder
+      ansible.builtin.file: {path: /srv/bench, state: directory, mode: "0755"}
+    - name: Create the bench data folder
+      ansible.builtin.file: {path: /srv/bench/data, state: directory, mode: "0750"}
+    - name: Write the bench config
+      ansible.builtin.copy:
+        dest: /srv/bench/app.conf
+        content: "host = {{ ansible_hostname }}\\nworkers = {{ ansible_processor_vcpus }}\\n"
+        mode: "0644"
+    - name: Write the bench environment
+      ansible.builtin.copy: {dest: /srv/bench/env, content: "LANG=C.UTF-8\\n", mode: "0644"}
+    - name: Set the bench log level
+      ansible.builtin.lineinfile:
+        path: /srv/bench/log.conf
+        line: "log_level = info"
+        create: true
+        mode: "0644"
+    - name: Keep the bench limits
+      ansible.builtin.blockinfile:
+        path: /srv/bench/limits.conf
+        create: true
+        mode: "0644"
+        block: "nofile 65536\\nnproc 4096"
+    - name: Mark the bench as managed
+      ansible.builtin.replace: {path: /srv/bench/env, regexp: "^LANGUAGE=.*$", replace: ""}
+    - name: Read the password file's metadata
+      ansible.builtin.stat: {path: /etc/passwd}
+    - name: Look the admins up
+      ansible.builtin.getent: {database: passwd, key: alice}
+    - name: Read the hostname
+      ansible.builtin.command: cat /etc/hostname
+      changed_when: false
+      check_mode: false
+"""
+PLAYBOOKS = {"site": PLAYBOOK, "light": LIGHT, "wide": WIDE}
 
 
 INVENTORY = "inventories/bench/hosts.yml"
@@ -137,7 +190,8 @@ class Sample:
     cpu: float  # user + system seconds of the process and its reaped descendants (this side)
 
 
-TOOLS = ("petkeeper", "ansible-playbook", "ansible-pull")
+TOOLS = ("petkeeper", "petkeeper-plain", "ansible-playbook", "ansible-pull")
+PETKEEPERS = ("petkeeper", "petkeeper-plain")
 
 
 @dataclass
@@ -161,6 +215,13 @@ class Point:
 
     def median(self, tool: str) -> float:
         return statistics.median(self.wall(tool))
+
+    def cpu_ratio(self, tool: str, other: str, hosts: bool = False) -> float:
+        """TOOL's median CPU (on this side, or on the hosts) over OTHER's."""
+        def cpu(t: str) -> float:
+            return statistics.median(self.host_cpu[t] if hosts else
+                                     [s.cpu for s in self.runs[t]])
+        return cpu(tool) / max(cpu(other), 1e-9)
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -262,6 +323,7 @@ def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[s
         "pets": {"hosts": hosts, "vars": {"baseline_motd_purpose": "benchmark pet"}}}}}))
     (clone / LIGHT).parent.mkdir(parents=True, exist_ok=True)
     (clone / LIGHT).write_text(LIGHT_PLAYBOOK)
+    (clone / WIDE).write_text(WIDE_PLAYBOOK)
     git("add", "--all", cwd=clone)
     git("-c", "user.name=Bench", "-c", "user.email=bench@bench.invalid", "commit", "--quiet",
         "-m", "Benchmark inventory", cwd=clone)
@@ -270,13 +332,16 @@ def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[s
 
 
 def bench_config(workdir: Path, remote: Path, pool: TestHostPool, names: list[str],
-                 state: str, playbook: str = PLAYBOOK, forks: int = 5) -> Path:
+                 state: str, playbook: str = PLAYBOOK, forks: int = 5,
+                 accelerator: str = "auto") -> Path:
     """The demo's agent.yml (agent.demo.write_config), pointed at the bench inventory and
-    PLAYBOOK, limited to NAMES, FORKS hosts at a time, with state in WORKDIR/STATE."""
+    PLAYBOOK, limited to NAMES, FORKS hosts at a time, with state in WORKDIR/STATE and
+    ansible.accelerator set."""
     data = yaml.safe_load(write_config(workdir, remote, pool).read_text())
     data.update(inventory=INVENTORY, limit=",".join(names), state_dir=str(workdir / state),
                 playbooks=[playbook])
     data["ansible"]["forks"] = forks
+    data["ansible"]["accelerator"] = accelerator
     path = workdir / f"agent-{state}.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -319,9 +384,9 @@ class Bench:
     def pull_dir(self) -> Path:
         return self.workdir / "pull"
 
-    def config(self, names: list[str], state: str) -> Path:
+    def config(self, names: list[str], state: str, accelerator: str = "auto") -> Path:
         return bench_config(self.workdir, self.remote, self.pool, names, state,
-                            self.playbook, self.forks)
+                            self.playbook, self.forks, accelerator)
 
     def ansible_env(self, config: Config) -> dict[str, str]:
         """Petkeeper's Ansible environment (agent.adapters.runner.build_env) over the base one."""
@@ -336,6 +401,7 @@ class Bench:
         """Per tool: argv, environment and working directory of a check of NAMES (Petkeeper's
         with its state directory in WORKDIR/STATE)."""
         config_path = self.config(names, state)
+        plain_path = self.config(names, f"{state}-plain", "off")
         env = self.ansible_env(load_config(config_path))
         # ansible-pull's own git step limits to "localhost,<this host's names>,127.0.0.1",
         # which Petkeeper's strict ANSIBLE_HOST_PATTERN_MISMATCH=error turns into a failure.
@@ -344,6 +410,8 @@ class Bench:
         return {
             "petkeeper": ([str(BIN / "petkeeper"), "-v", "--config", str(config_path),
                            "check"], self.base_env, self.workdir),
+            "petkeeper-plain": ([str(BIN / "petkeeper"), "-v", "--config", str(plain_path),
+                                 "check"], self.base_env, self.workdir),
             "ansible-playbook": ([str(BIN / "ansible-playbook"), "--check", "--diff", "-i",
                                   INVENTORY, "--limit", limit, self.playbook], env,
                                  self.tree),
@@ -384,6 +452,7 @@ def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
     config = load_config(bench.config(names, f"state-{len(names)}"))
     state = StateDir(config.state_dir)
     shutil.copytree(bench.workdir / "state", state.root, symlinks=True)
+    shutil.copytree(bench.workdir / "state", f"{state.root}-plain", symlinks=True)
     point.artifacts_keep = config.ansible.artifacts_keep
     point.disk.append(disk_usage(state.root))
     point.parts.append(disk_by_part(state.root))
@@ -395,7 +464,7 @@ def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
             point.host_cpu[tool].append(sum(map(tree_cpu, pids)) - before)
             if tool == "petkeeper":
                 point.disk.append(disk_usage(state.root))
-            else:
+            elif tool not in PETKEEPERS:
                 expect_clean(sample, names)
             point.runs[tool].append(sample)
         say(f"{len(names)} host(s): run {i + 1}/{runs}: " + ", ".join(
@@ -410,7 +479,7 @@ def run_tool(tool: str, argv: list[str], env: dict[str, str], cwd: Path) -> Samp
     """Run one check. A bare tool gets what Petkeeper's runner gives each of its runs: a new
     SSH ControlPersist folder, its masters closed at the end (after the time is taken: left
     alone they would linger for 60 s, costing the bare tool nothing)."""
-    if tool == "petkeeper":
+    if tool in PETKEEPERS:
         return run_timed(argv, env, cwd)
     with tempfile.TemporaryDirectory(prefix="pk-cp-") as folder:
         try:
@@ -531,11 +600,12 @@ def print_point(p: Point) -> None:
         cpu = [s.cpu for s in p.runs[tool]]
         print(f"  {tool:18} {spread(p.wall(tool)):>22}   {spread(cpu):>22}   "
               f"{spread(p.host_cpu[tool]):>22}")
-    pk = p.median("petkeeper")
-    for other in p.tools[1:]:
-        paired = [a - b for a, b in zip(p.wall("petkeeper"), p.wall(other), strict=True)]
-        print(f"  ratio petkeeper/{other:19} {pk / p.median(other):6.2f}   (paired difference "
-              f"per round, median {statistics.median(paired):+.2f}s)")
+    for mine in (t for t in PETKEEPERS if t in p.tools):
+        for other in (t for t in p.tools if t not in PETKEEPERS):
+            paired = [a / b for a, b in zip(p.wall(mine), p.wall(other), strict=True)]
+            print(f"  {mine}/{other}: wall {p.median(mine) / p.median(other):.2f}x (per round "
+                  f"{spread(paired, 'x')}), CPU here {p.cpu_ratio(mine, other):.2f}x, "
+                  f"CPU on the hosts {p.cpu_ratio(mine, other, hosts=True):.2f}x")
     own_cpu = [s.own_cpu for s in p.runs["petkeeper"]]
     print(f"  petkeeper's own process CPU (imports, GitPython, runner events) {spread(own_cpu)}")
     print_split(p)
@@ -580,28 +650,29 @@ def print_disk(p: Point) -> None:
 
 
 def print_table(points: list[Point]) -> None:
-    print("\n== summary: medians of a no-change check; wall seconds, then CPU seconds on this "
-          "side")
     tools = points[0].tools
-    short = {"petkeeper": "pk", "ansible-playbook": "ap", "ansible-pull": "pull"}
-    names = [short[t] for t in tools]
-    head = (f"{'hosts':>5} " + " ".join(f"{n:>7}" for n in names) + " " +
-            " ".join(f"{'pk/' + n:>7}" for n in names[1:]) + " " +
-            " ".join(f"{n + ' CPU':>8}" for n in names) +
-            f" {'state B/cycle':>13} {'pk RSS MiB':>10}")
+    print("\n== summary: medians of a no-change check: wall seconds; CPU seconds on this side "
+          "and on the hosts; ratios to ansible-playbook --check --diff")
+    head = (f"{'hosts':>5} {'tool':18} {'wall':>7} {'CPU':>7} {'host CPU':>8} {'wall/ap':>8} "
+            f"{'CPU/ap':>7} {'host/ap':>8}")
     print(head)
     print("-" * len(head))
+    ap = "ansible-playbook"
     for p in points:
-        wall = [p.median(t) for t in tools]
-        cpu = [statistics.median(s.cpu for s in p.runs[t]) for t in tools]
-        grow = (p.disk[-1][0] - p.disk[0][0]) / (len(p.disk) - 1)
-        rss = max(s.own_rss_kb for s in p.runs["petkeeper"]) / 1024
-        print(f"{p.hosts:>5} " + " ".join(f"{w:>7.2f}" for w in wall) + " " +
-              " ".join(f"{wall[0] / w:>7.3f}" for w in wall[1:]) + " " +
-              " ".join(f"{c:>8.2f}" for c in cpu) + f" {grow:>13,.0f} {rss:>10.1f}")
-    print("pk: petkeeper check; ap: ansible-playbook --check --diff; pull: ansible-pull --check "
-          "--diff; state B/cycle: mean growth of the state directory (apparent bytes); pk RSS: "
-          "peak of petkeeper's own process (VmHWM)")
+        for tool in tools:
+            cpu = statistics.median(s.cpu for s in p.runs[tool])
+            print(f"{p.hosts:>5} {tool:18} {p.median(tool):>7.2f} {cpu:>7.2f} "
+                  f"{statistics.median(p.host_cpu[tool]):>8.2f} "
+                  f"{p.median(tool) / p.median(ap):>7.2f}x {p.cpu_ratio(tool, ap):>6.2f}x "
+                  f"{p.cpu_ratio(tool, ap, hosts=True):>7.2f}x")
+    grow = ", ".join(f"{p.hosts} host(s) {(p.disk[-1][0] - p.disk[0][0]) / (len(p.disk) - 1):,.0f}"
+                     for p in points)
+    rss = ", ".join(f"{p.hosts} host(s) {max(s.own_rss_kb for s in p.runs['petkeeper']) / 1024:.1f}"
+                    for p in points)
+    print(f"state directory growth per petkeeper cycle (apparent bytes): {grow}; petkeeper's own "
+          f"peak RSS (VmHWM, MiB): {rss}")
+    print("petkeeper: ansible.accelerator auto (Mitogen's strategy); petkeeper-plain: "
+          "ansible.accelerator off; ap: ansible-playbook --check --diff, pipelining on")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -613,12 +684,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", help="host counts to measure, e.g. 1,2,4 (overrides --hosts)")
     parser.add_argument("--cold", action="store_true",
                         help="no SSH connection reuse (ControlMaster=no) for all three tools")
-    parser.add_argument("--playbook", choices=("site", "light"), default="site",
-                        help=f"what is checked: {PLAYBOOK} (default) or {LIGHT} (four tasks, "
-                        "no facts)")
+    parser.add_argument("--playbook", choices=sorted(PLAYBOOKS), default="site",
+                        help=f"what is checked: {PLAYBOOK} (default), {LIGHT} (four tasks, "
+                        f"no facts) or wide, {WIDE} (32 tasks, full facts)")
     parser.add_argument("--tools", default=",".join(TOOLS),
-                        help="what is measured: petkeeper,ansible-playbook[,ansible-pull] "
-                        "(default all three)")
+                        help="what is measured: petkeeper,ansible-playbook and any of "
+                        "petkeeper-plain, ansible-pull (default all four)")
     parser.add_argument("--forks", type=int, default=5,
                         help="hosts checked in parallel by each tool (default 5)")
     parser.add_argument("--profile", type=Path, default=None,
@@ -632,10 +703,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--runs and host counts must be >= 1, host counts <= {most}")
     wanted = set(args.tools.split(","))
     if not {"petkeeper", "ansible-playbook"} <= wanted <= set(TOOLS):
-        parser.error(f"--tools: petkeeper and ansible-playbook, and optionally ansible-pull; "
-                     f"got {args.tools!r}")
+        parser.error("--tools: petkeeper and ansible-playbook, and optionally petkeeper-plain "
+                     f"and ansible-pull; got {args.tools!r}")
     args.tools = tuple(t for t in TOOLS if t in wanted)
-    args.playbook = LIGHT if args.playbook == "light" else PLAYBOOK
+    args.playbook = PLAYBOOKS[args.playbook]
     if args.forks < 1:
         parser.error("--forks must be >= 1")
     return args
@@ -651,8 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"agent from {Path(agent.__file__).parent}; workdir {workdir}; {args.playbook}, "
         f"forks {args.forks}; SSH connections "
         f"{'never reused' if args.cold else 'reused within each run'}; ansible-core "
-        f"{version('ansible-core')}; {os.cpu_count()} CPUs; load average "
-        f"{os.getloadavg()[0]:.1f}")
+        f"{version('ansible-core')}; Mitogen {mitogen_version() or 'not installed'}; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
     points = []
     try:
         remote = seed_repo(workdir / "pets.git", workdir / "seed")
