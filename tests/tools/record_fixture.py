@@ -18,6 +18,10 @@ beyond pyproject.toml's range): adding a version is this one command, then the u
 once and compared with the case's expected.json; ``--bless`` writes expected.json from it
 instead (for a new case: read it first).
 
+``--accelerator mitogen`` replays the cases' checks with Mitogen's strategy (the setup stays
+plain) and only compares: nothing is written. Every case must give its expected.json, the
+report the plain strategy recorded: the accelerator's parity on the golden cases (issue #20).
+
 scenario.yml keys: ``about``; ``hosts`` (test hosts to start: web1, web2, db1); ``ghost``
 (an unreachable host in the inventory); ``absent`` (inventory hosts no play targets);
 ``files`` (the project: playbooks, roles); ``setup`` (a playbook of it applied first, not
@@ -48,7 +52,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.adapters.runner import PlaybookRun, run_playbook  # noqa: E402
+from agent.adapters.accelerator import Accelerator, choose_accelerator  # noqa: E402
+from agent.adapters.runner import PlaybookRun, RunResult, run_playbook  # noqa: E402
 from agent.core.drift import build_host_reports  # noqa: E402
 from agent.testhosts import TestHostPool  # noqa: E402
 
@@ -77,7 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "ansible-core in recorded.json (each in its virtualenv under build/)")
     parser.add_argument("--bless", action="store_true", help="write expected.json from this "
                         "recording (with --every-version: from the first version's)")
+    parser.add_argument("--accelerator", choices=("mitogen",), help="replay the checks with "
+                        "Mitogen's strategy and compare with expected.json; write nothing")
     args = parser.parse_args(argv)
+    if args.accelerator:
+        cases = args.cases or sorted(p.parent.name for p in FIXTURES.glob("*/scenario.yml"))
+        differ = [case for case in cases if not replay_accelerated(case)]
+        print(f"{len(cases) - len(differ)} of {len(cases)} cases as expected with Mitogen"
+              + (f"; differ: {', '.join(differ)}" if differ else ""))
+        return 1 if differ else 0
     if args.every_version:
         known = json.loads(RECORDED.read_text())
         codes = [record_with(minor, find_python(".".join(v["python"].split(".")[:2])),
@@ -139,6 +152,39 @@ def record_case(case: str, bless: bool) -> bool:
     return same
 
 
+def replay_accelerated(case: str) -> bool:
+    """Check CASE with Mitogen's strategy; return whether it gives expected.json's report."""
+    scenario = yaml.safe_load((FIXTURES / case / "scenario.yml").read_text())
+    minor = ".".join(version("ansible-core").split(".")[:2])
+    accelerator = choose_accelerator("mitogen")
+    if not accelerator.choice.accelerated:
+        raise SystemExit(f"--accelerator mitogen: {accelerator.choice.reason}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="pk-replay-") as tmp:
+            events, facts = run_scenario(scenario, Path(tmp).resolve(), accelerator)
+    except (Exception, SystemExit) as e:
+        print(f"{case}: not replayed: {e}", file=sys.stderr)
+        return False
+    events = EDITS[scenario["edit"]](events) if scenario.get("edit") else events
+    facts = facts if scenario.get("facts", True) else []
+    reports = {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
+                      "fingerprint": r.fingerprint}
+               for name, r in build_host_reports(events, expected_hosts(scenario), TREE,
+                                                 facts).items()}
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())["hosts"]
+    same = matches(expected, reports, minor) and accelerator.choice.accelerated
+    summary = ", ".join(f"{name} {r['status']} ({len(r['changes'])} changes)"
+                        for name, r in reports.items())
+    print(f"{case} ({minor}, {accelerator.choice.strategy}): {summary}"
+          f"{'' if same else '  DIFFERS from expected.json'}")
+    if not same:
+        for name in sorted(set(expected) | set(reports)):
+            if expected.get(name) != reports.get(name):
+                print(f"  {name}: expected {json.dumps(expected.get(name))[:600]}\n"
+                      f"  {name}: got      {json.dumps(reports.get(name))[:600]}")
+    return same
+
+
 def matches(expected: dict[str, Any], reports: dict[str, Any], minor: str) -> bool:
     """Whether REPORTS are the EXPECTED ones for version MINOR (whose message may be given in
     a host's message_by_version, and a check-blind failure's error in its error_by_version:
@@ -153,9 +199,11 @@ def matches(expected: dict[str, Any], reports: dict[str, Any], minor: str) -> bo
     return {name: wanted(r) for name, r in expected.items()} == reports
 
 
-def run_scenario(scenario: dict[str, Any], work: Path) -> tuple[list[Any], list[Any]]:
-    """Start the scenario's hosts, apply its setup, run its checks; return the events and
-    facts with this run's own paths, addresses and keys replaced by the fixtures' ones."""
+def run_scenario(scenario: dict[str, Any], work: Path, accelerator: Accelerator | None = None
+                 ) -> tuple[list[Any], list[Any]]:
+    """Start the scenario's hosts, apply its setup, run its checks (with ACCELERATOR's
+    strategy, if given); return the events and facts with this run's own paths, addresses
+    and keys replaced by the fixtures' ones."""
     tree = work / "tree"
     for name, content in (scenario.get("files") or {}).items():
         target = (tree / name).resolve()
@@ -167,12 +215,14 @@ def run_scenario(scenario: dict[str, Any], work: Path) -> tuple[list[Any], list[
         for name in scenario.get("hosts") or ():
             pool.start(name, ADDRESSES[name], PORT)
 
-        def run(playbook: str, check: bool, ident: str, known_hosts: Path) -> Any:
-            return run_playbook(PlaybookRun(
+        def run(playbook: str, check: bool, ident: str, known_hosts: Path) -> RunResult:
+            planned = PlaybookRun(
                 tree=tree, playbook=playbook, inventory=inventory, limit="all", check=check,
                 ident=ident, timeout=float(scenario.get("timeout", 120)),
-                private_key_file=str(pool.client_key), known_hosts_file=str(known_hosts)),
-                work / "runner", keep_artifacts=1)
+                private_key_file=str(pool.client_key), known_hosts_file=str(known_hosts))
+            if accelerator is not None and check:
+                return accelerator.run(planned, work / "runner", keep_artifacts=1)
+            return run_playbook(planned, work / "runner", keep_artifacts=1)
 
         if scenario.get("setup"):
             result = run(scenario["setup"], False, "setup", pool.known_hosts)
