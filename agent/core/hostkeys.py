@@ -27,6 +27,8 @@ KEY_CHANGED_FOR = re.compile(r"Host key for (\S+) has changed")
 KEY_UNKNOWN = re.compile(r"No (\S+) host key is known for (\S+) and you have requested strict")
 # ssh -o LogLevel=DEBUG1 names the key the server offered before it is checked.
 KEY_OFFERED = re.compile(r"Server host key: (\S+) (SHA256:[A-Za-z0-9+/]+)")
+# Mitogen's strategy (agent.adapters.accelerator) keeps ssh's words and says only this.
+MITOGEN_REFUSED = "SSH reported an unrecognized or mismatching host key"
 SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[^\]]+\]|[^:/\s]+):(?!//)")
 KNOWN, UNKNOWN, CHANGED, REVOKED, CERTIFIED = "known", "unknown", "changed", "revoked", "ca"
 
@@ -71,6 +73,10 @@ def parse_host_key_refusal(text: str,
         kind, host = unknown.groups()
         offered = KEY_OFFERED.search(text)
         return unknown_key_line(host, kind, offered.group(2) if offered else None, add_to)
+    if MITOGEN_REFUSED in text:
+        return ("host key unknown or changed (Mitogen's strategy does not say which key the "
+                "host sent); refused, never trusted on first use: petkeeper doctor shows the "
+                "key the host sends and how to fix it")
     return None
 
 

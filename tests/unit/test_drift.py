@@ -271,6 +271,28 @@ def test_unknown_host_key_message_says_it_is_never_trusted_on_first_use():
         "(ansible.known_hosts_file)")
 
 
+@pytest.mark.parametrize("case", ["host_key_changed", "host_key_unknown"])
+def test_a_host_key_refused_under_mitogen_is_unreachable_with_the_same_fingerprint(case: str):
+    # Mitogen's strategy keeps ssh's words: its refusal names neither the key nor the host
+    # (a documented limit, docs/accelerator.md#parity). What counts is the same: unreachable,
+    # the same fingerprint, and a line that says it was refused and where to look.
+    events = load_events(case)
+    plain = build_host_reports(events, ["web1", "web2"], TREE)
+    find(events, "runner_on_unreachable", "Write the message of the day")["event_data"][
+        "res"]["msg"] = ("Host key checking is enabled, and SSH reported an unrecognized or "
+                         "mismatching host key.")
+
+    mitogen = build_host_reports(events, ["web1", "web2"], TREE)
+
+    assert mitogen["web2"].status == plain["web2"].status == "unreachable"
+    assert mitogen["web2"].fingerprint == plain["web2"].fingerprint
+    assert mitogen["web1"] == plain["web1"]
+    assert mitogen["web2"].message == (
+        "host key unknown or changed (Mitogen's strategy does not say which key the host "
+        "sent); refused, never trusted on first use: petkeeper doctor shows the key the host "
+        "sends and how to fix it")
+
+
 def test_changed_host_key_without_its_fingerprint_still_names_the_host_and_the_fix():
     text = "\r\n".join(line for line in refusal("host_key_changed").replace("\r\n", "\n")
                         .splitlines() if "SHA256:" not in line and "key sent by" not in line)
