@@ -18,6 +18,8 @@ MITOGEN, PLAIN = "mitogen", "plain"
 # into the next). A newer ansible-core than this table knows is not accelerated.
 MITOGEN_FOR = {(2, 19): (0, 3, 44), (2, 20): (0, 3, 44), (2, 21): (0, 3, 50)}
 STRATEGY = "mitogen_linear"  # plays that name another strategy (free, host_pinned) keep it
+# Mitogen's words for an SSH connection that failed: ssh's own last lines after this.
+MITOGEN_EOF = re.compile(r"EOF on stream; last \d+ lines received:\s*\n(.*)", re.S)
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,16 @@ def _numbers(text: str) -> tuple[int, ...]:
     """"0.3.54" -> (0, 3, 54); "2.21.0rc1" -> (2, 21, 0); what is not a number stops it."""
     found = re.match(r"\d+(?:\.\d+)*", text.strip())
     return tuple(int(part) for part in found[0].split(".")) if found else ()
+
+
+def plain_words(msg: str) -> str:
+    """An unreachable host's MSG as the plain strategy words it: Mitogen's "EOF on stream;
+    last 100 lines received: <ssh's lines>" becomes "Failed to connect to the host via ssh:
+    <ssh's last line>", so reports read the same with and without the accelerator."""
+    found = MITOGEN_EOF.search(msg)
+    if found is None:
+        return msg
+    lines = [line.strip() for line in found.group(1).splitlines() if line.strip()]
+    said = f"Failed to connect to the host via ssh: {lines[-1]}" if lines else \
+        "Failed to connect to the host via ssh"
+    return msg[:found.start()] + said

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from agent.core.accelerator import plain_words
 from agent.core.diffs import clean_text, render_diff
 from agent.core.hostkeys import parse_host_key_refusal
 from agent.core.wording import task_title
@@ -177,8 +178,9 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally, run: str
         task=str(data.get("task") or module), module=action,
         tags=tuple(sorted(set(fact.get("tags") or ()))) if fact else ())
     if kind == "runner_on_unreachable":
-        tally.unreachable = parse_host_key_refusal(str(res.get("msg") or "")) or \
-            _message(res, "unreachable")
+        msg = plain_words(str(res.get("msg") or ""))  # Mitogen's words, as plain ones
+        tally.unreachable = parse_host_key_refusal(msg) or \
+            _message({**res, "msg": msg} if msg else res, "unreachable")
     elif kind == "runner_item_on_failed":  # before its task's runner_on_failed
         tally.item_errors.setdefault(str(data.get("task_uuid", "")), []).append(
             _item_message(res))

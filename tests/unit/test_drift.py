@@ -293,6 +293,25 @@ def test_a_host_key_refused_under_mitogen_is_unreachable_with_the_same_fingerpri
         "sends and how to fix it")
 
 
+@pytest.mark.parametrize("case", ["unreachable_host", "real_check_run"])
+def test_a_refused_connection_reads_the_same_under_mitogen(case: str):
+    # Mitogen words it "EOF on stream; last 100 lines received:" and ssh's lines (the golden
+    # cases replayed with tests/tools/record_fixture.py --accelerator mitogen).
+    events = load_events(case)
+    plain = build_host_reports(events, ["web1", "ghost"], TREE, load_facts(case))
+    unreachable = next(e for e in events if e["event"] == "runner_on_unreachable")
+    res = unreachable["event_data"]["res"]
+    res["msg"] = ("Task failed: EOF on stream; last 100 lines received:\nssh: connect to host "
+                  "127.0.97.99 port 2222: Connection refused")
+
+    mitogen = build_host_reports(events, ["web1", "ghost"], TREE, load_facts(case))
+
+    assert mitogen == plain
+    assert mitogen["ghost"].message == ("Task failed: Failed to connect to the host via ssh: ssh: "
+                                        "connect to host 127.0.97.99 port 2222: Connection "
+                                        "refused")
+
+
 def test_changed_host_key_without_its_fingerprint_still_names_the_host_and_the_fix():
     text = "\r\n".join(line for line in refusal("host_key_changed").replace("\r\n", "\n")
                         .splitlines() if "SHA256:" not in line and "key sent by" not in line)
