@@ -29,6 +29,9 @@ KEY_UNKNOWN = re.compile(r"No (\S+) host key is known for (\S+) and you have req
 KEY_OFFERED = re.compile(r"Server host key: (\S+) (SHA256:[A-Za-z0-9+/]+)")
 # Mitogen's strategy (agent.adapters.accelerator) keeps ssh's words and says only this.
 MITOGEN_REFUSED = "SSH reported an unrecognized or mismatching host key"
+MITOGEN_KEY_LINE = ("host key unknown or changed (Mitogen's strategy does not say which key the "
+                    "host sent); refused, never trusted on first use: petkeeper doctor shows the "
+                    "key the host sends and how to fix it")
 SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[^\]]+\]|[^:/\s]+):(?!//)")
 KNOWN, UNKNOWN, CHANGED, REVOKED, CERTIFIED = "known", "unknown", "changed", "revoked", "ca"
 
@@ -74,9 +77,7 @@ def parse_host_key_refusal(text: str,
         offered = KEY_OFFERED.search(text)
         return unknown_key_line(host, kind, offered.group(2) if offered else None, add_to)
     if MITOGEN_REFUSED in text:
-        return ("host key unknown or changed (Mitogen's strategy does not say which key the "
-                "host sent); refused, never trusted on first use: petkeeper doctor shows the "
-                "key the host sends and how to fix it")
+        return MITOGEN_KEY_LINE
     return None
 
 

@@ -16,7 +16,8 @@ from agent.adapters.inventory_cache import cached_listing
 from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook
 from agent.adapters.state import StateDir, write_atomic
 from agent.config import COMMAND_LINE, Config, origin
-from agent.core.drift import UNKNOWN, HostReport, build_host_reports, mask_reports
+from agent.core.drift import UNKNOWN, UNREACHABLE, HostReport, build_host_reports, mask_reports
+from agent.core.hostkeys import MITOGEN_KEY_LINE
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
 
@@ -187,7 +188,27 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
         events.extend(result.events)
         facts.extend(result.facts)
     reports = build_host_reports(events, targets.hosts, str(source.tree), facts)
+    reports = _refusals_told(config, source, targets, state, run_id, reports, cancel)
     return mask_reports(_with_reason(reports, broken), source.mask)
+
+
+def _refusals_told(config: Config, source: Source, targets: Targets, state: StateDir,
+                   run_id: str, reports: dict[str, HostReport],
+                   cancel: Callable[[], bool] | None) -> dict[str, HostReport]:
+    """Mitogen keeps ssh's words when it refuses a host key: the hosts it refused are checked
+    again with the plain strategy, alone, for ssh's refusal (which key the host sent, the fix).
+    Nothing runs on a host whose key is refused; only the message changes."""
+    refused = [n for n, r in reports.items()
+               if r.status == UNREACHABLE and r.message == MITOGEN_KEY_LINE]
+    if not refused:
+        return reports
+    run = replace(playbook_run(config, source, targets, targets.playbooks[0],
+                               f"{run_id}-refused"), limit=",".join(refused))
+    result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
+    told = build_host_reports(result.events, tuple(refused), str(source.tree), result.facts)
+    return {n: replace(r, message=told[n].message)
+            if n in refused and told[n].status == UNREACHABLE else r
+            for n, r in reports.items()}
 
 
 def _finished(result: RunResult) -> bool:

@@ -202,3 +202,55 @@ def test_the_same_failure_without_mitogen_is_the_plays_and_keeps_the_accelerator
 
     assert accel.run(RUN, Path("/w")) is STRATEGY_BROKE
     assert len(made) == 2 and accel.choice.strategy == MITOGEN and not accel.choice.warning
+
+
+# --- a host key Mitogen refused: its refusal read again from a plain run of that host alone --
+
+GOLDEN = Path(__file__).parent / "fixtures" / "drift"
+TREE = "/var/lib/petkeeper/trees/8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"  # test_drift's
+
+
+def golden_events(case: str) -> list[dict[str, Any]]:
+    import json
+    return json.loads((GOLDEN / case / "2.19" / "events.json").read_text())
+
+
+def test_a_host_key_mitogen_refused_is_told_by_a_plain_run_of_that_host_alone(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from agent.adapters.state import StateDir
+    from agent.config import load_config
+    from agent.core.hostkeys import MITOGEN_KEY_LINE
+    from agent.cycle import detect
+    from agent.cycle.source import Source
+
+    plain = golden_events("host_key_changed")
+    mitogen = golden_events("host_key_changed")
+    for event in mitogen:
+        if event["event"] == "runner_on_unreachable":
+            event["event_data"]["res"]["msg"] = ("Host key checking is enabled, and SSH "
+                                                 "reported an unrecognized or mismatching "
+                                                 "host key.")
+    runs: list[PlaybookRun] = []
+
+    def run_playbook(run: PlaybookRun, *args: Any, **kwargs: Any) -> RunResult:
+        runs.append(run)
+        return RunResult(4 if run.ident.endswith("-refused") else 2, "failed",
+                         plain if run.ident.endswith("-refused") else mitogen)
+
+    monkeypatch.setattr(detect, "run_playbook", run_playbook)
+    config_file = tmp_path / "agent.yml"
+    config_file.write_text(f"repo: {{url: 'file:///nowhere', branch: main}}\n"
+                           f"state_dir: {tmp_path / 'state'}\nplaybooks: [site.yml]\n")
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    targets = detect.Targets(("site.yml",), Path(TREE) / "inventory.yml", ("web1", "web2"),
+                             "pets")
+
+    reports = detect.check_drift(load_config(config_file), Source("0" * 40, Path(TREE)),
+                                 targets, state, "k")
+
+    assert [(r.ident, r.limit) for r in runs] == [("k-check-0", "pets"), ("k-refused", "web2")]
+    assert reports["web2"].status == "unreachable"
+    assert reports["web2"].message.startswith("host key changed: [127.0.97.12]:2222 now sends ")
+    assert reports["web2"].message != MITOGEN_KEY_LINE
+    assert reports["web1"].status == "drifted"
