@@ -37,6 +37,9 @@ class Change:
     diff: str
     check_blind: bool = False
     tags: tuple[str, ...] = ()  # the task's tags, for the policy; not part of the fingerprint
+    # Where the task is written, repo-relative "FILE:LINE" ("" outside the repo), for CI
+    # annotations; not part of the fingerprint: moving a task does not void an approval.
+    task_path: str = ""
     # A task that failed in check mode after an earlier change (agent.core.drift's partial
     # checks): Ansible's error, and which earlier change it may wait for. Empty otherwise.
     error: str = ""
@@ -176,7 +179,8 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally, run: str
     where: dict[str, Any] = dict(
         play=str(data.get("play") or ""), role=data.get("role") or None,
         task=str(data.get("task") or module), module=action,
-        tags=tuple(sorted(set(fact.get("tags") or ()))) if fact else ())
+        tags=tuple(sorted(set(fact.get("tags") or ()))) if fact else (),
+        task_path=repo_task_path(str(data.get("task_path") or ""), tree_root))
     if kind == "runner_on_unreachable":
         msg = plain_words(str(res.get("msg") or ""))  # Mitogen's words, as plain ones
         tally.unreachable = parse_host_key_refusal(msg) or \
@@ -307,6 +311,15 @@ def _item_message(item: Mapping[str, Any]) -> str:
 
 def _capped(msg: str) -> str:
     return msg if len(msg) <= MAX_MESSAGE else msg[:MAX_MESSAGE] + "..."
+
+
+def repo_task_path(task_path: str, tree_root: str) -> str:
+    """Ansible's "/abs/FILE:LINE" as "FILE:LINE" relative to TREE_ROOT; "" for a task outside
+    it (a Galaxy role, say): no controller path reaches a report."""
+    root = tree_root.rstrip("/") + "/"
+    if tree_root and task_path.startswith(root):
+        return task_path[len(root):]
+    return ""
 
 
 def mask_reports(reports: Mapping[str, HostReport],

@@ -30,6 +30,7 @@ from agent.core.drift import (
     mask_reports,
     parse_host_key_refusal,
     render_diff,
+    repo_task_path,
     short_module,
 )
 
@@ -679,3 +680,20 @@ def test_userdel_with_the_home_kept_makes_the_old_users_role_partial_not_failed(
     assert (ssh_folder.task, ssh_folder.check_blind) == ("Create the admins' .ssh folders", True)
     assert ssh_folder.error == "bob: chown failed: failed to look up user bob"
     assert "'users | Create or remove the admin users'" in ssh_folder.message
+
+# --- task_path -------------------------------------------------------------------------------
+
+def test_task_path_is_stored_relative_to_the_tree_with_its_line():
+    assert repo_task_path(f"{TREE}/roles/web/tasks/main.yml:12", TREE) == \
+        "roles/web/tasks/main.yml:12"
+
+
+def test_task_path_outside_the_tree_is_left_out_so_no_controller_path_is_reported():
+    assert repo_task_path("/root/.ansible/roles/galaxy.role/tasks/main.yml:3", TREE) == ""
+    assert repo_task_path(f"{TREE}-other/site.yml:3", TREE) == ""
+
+
+def test_task_path_stays_out_of_the_fingerprint():
+    change = Change("p", "r", "t", "copy", "-a\n+b\n", task_path="roles/r/tasks/main.yml:1")
+    moved = Change("p", "r", "t", "copy", "-a\n+b\n", task_path="roles/r/tasks/main.yml:9")
+    assert fingerprint(DRIFTED, [change]) == fingerprint(DRIFTED, [moved])

@@ -86,9 +86,10 @@ def test_build_report_holds_the_host_report_and_the_run():
         "changes": [
             {"play": "Baseline", "role": "base", "task": "Write motd",
              "module": "ansible.builtin.copy", "diff": MOTD.diff, "check_blind": False,
-             "tags": []},
+             "tags": [], "task_path": ""},
             {"play": "Baseline", "role": None, "task": "Run a command",
-             "module": "ansible.builtin.command", "diff": "", "check_blind": True, "tags": []}],
+             "module": "ansible.builtin.command", "diff": "", "check_blind": True, "tags": [],
+             "task_path": ""}],
         "source_sha": SHA, "run_id": "20261125T203622Z-a1b2c3",
         "checked_at": "2026-11-25T20:36:22+00:00", "checked_by": "pet1"}
 
