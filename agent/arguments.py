@@ -55,6 +55,7 @@ def build_parser() -> Parser:
                              "and Python")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_cycle_commands(sub, common)
+    _add_ci_commands(sub, common, playbooks_parser("the checkout"))
     _add_approval_commands(sub, common)
     _add_reading_commands(sub, common)
     _add_service_commands(sub, common)
@@ -92,17 +93,17 @@ def _pull_options() -> argparse.ArgumentParser:
 
 def _add_cycle_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pull = _pull_options()
-    playbooks = argparse.ArgumentParser(add_help=False)
-    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
-                           help="playbooks to run instead of the configured ones, relative to "
-                                "the repository (like ansible-pull)")
-    _command(sub, "check", [common, playbooks, pull],
+    playbooks = playbooks_parser("the repository (or the checkout, with --tree)")
+    check = _command(sub, "check", [common, playbooks, pull],
              "one detect-only cycle; exit 0 clean, 2 drift, 1 error",
              "Fetch the repo, check every host in check + diff mode, and commit the reports. "
              "Exit 0: all clean; 2: drift; 1: an error, or a host failed, unreachable or "
              "unknown.",
              ["petkeeper check", "petkeeper check --limit web1 --tags sshd site.yml",
-              "petkeeper check --json | jq '.hosts[].status'"])
+              "petkeeper check --json | jq '.hosts[].status'",
+              "petkeeper check --tree . -i inventory/hosts.yml --limit web1 --private-key "
+              "~/.ssh/ci_key"])
+    _add_tree_options(check, required=False)
     _command(sub, "plan", [common, playbooks, pull],
              "a check showing each host's plan id, decision and diffs",
              "A check that shows, per host, the plan id to approve, which policy rule decided, "
@@ -124,6 +125,74 @@ def _add_cycle_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                      ["petkeeper apply 30c4aa367513c4ee", "petkeeper apply"])
     apply.add_argument("plan_id", nargs="?", metavar="PLAN_ID",
                        help="the plan to apply, as plan or status shows it")
+
+
+def playbooks_parser(where: str) -> argparse.ArgumentParser:
+    playbooks = argparse.ArgumentParser(add_help=False)
+    playbooks.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
+                           help="playbooks to run instead of the configured ones, relative to "
+                                f"{where} (like ansible-pull)")
+    return playbooks
+
+
+def _add_tree_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """What a check of a checkout takes: the folder, and what agent.yml would say."""
+    tree = parser.add_argument_group("checking a checkout (CI)")
+    tree.add_argument("--tree", type=Path, metavar="DIR", default=None if not required
+                      else Path("."),
+                      help="check the playbooks and inventory of this folder as they are: no "
+                           "mirror, no branch; never applies, pushes reports or notifies"
+                           + (" (default: .)" if required else ""))
+    tree.add_argument("-i", "--inventory", metavar="PATH",
+                      help="inventory, relative to the checkout (default: inventory in the "
+                           "config)")
+    tree.add_argument("--policy", metavar="PATH",
+                      help="policy file, relative to the checkout (default "
+                           "petkeeper/policy.yml)")
+    tree.add_argument("--private-key", metavar="FILE",
+                      help="SSH key for the hosts (ansible.private_key_file)")
+    tree.add_argument("--known-hosts", metavar="FILE",
+                      help="the hosts' known_hosts file (ansible.known_hosts_file)")
+    tree.add_argument("--state-dir", type=Path, metavar="DIR",
+                      help="state directory of this check (default: a temporary one, removed "
+                           "afterwards)")
+
+
+def _add_ci_commands(sub: Any, common: argparse.ArgumentParser,
+                     playbooks: argparse.ArgumentParser) -> None:
+    preview = _command(
+        sub, "preview", [common, playbooks, _pull_options()],
+        "what a pull request would do to each host: introduced, existing, resolved",
+        "Check the checkout (--tree, default .) like check --tree, then compare, per host and "
+        "per task, with the newest report of each host that checked the base commit: each "
+        "change is introduced (the pull request causes it), existing (the host already drifts "
+        "there on the base) or resolved; a host with no report for the base says base "
+        "unknown. Exit 1 on an error (or a host failed, unreachable or unknown), 2 when "
+        "changes of the kinds --fail-on names exist, else 0. Writes JUnit, GitHub, GitLab "
+        "and Markdown reports for CI systems.",
+        ["petkeeper preview --base origin/main -i inventory/hosts.yml --junit preview.xml",
+         "petkeeper preview --base \"$GITHUB_BASE_SHA\" --github --reports-url "
+         "ssh://git@git.example.com/pets.git",
+         "petkeeper preview --base \"$CI_MERGE_REQUEST_DIFF_BASE_SHA\" "
+         "--gitlab-codequality gl-code-quality-report.json"])
+    preview.add_argument("--base", required=True, metavar="REF",
+                         help="the commit the pull request goes into: a commit id or a ref "
+                              "of the checkout (origin/main)")
+    preview.add_argument("--fail-on", choices=("introduced", "drift"), default="introduced",
+                         help="exit 2 for introduced changes (default), or for any drift")
+    preview.add_argument("--reports-url", metavar="URL",
+                         help="where the agents push their reports (default: reports.url of "
+                              "--config, else the checkout's origin)")
+    preview.add_argument("--junit", type=Path, metavar="FILE",
+                         help="write JUnit XML: a testsuite per host, a failure per change")
+    preview.add_argument("--github", action="store_true",
+                         help="in GitHub Actions: append the summary to $GITHUB_STEP_SUMMARY "
+                              "and annotate each change at its task's line")
+    preview.add_argument("--gitlab-codequality", type=Path, metavar="FILE",
+                         help="write GitLab's Code Quality JSON")
+    preview.add_argument("--markdown", type=Path, metavar="FILE",
+                         help="write the summary as Markdown, for a pull-request comment")
+    _add_tree_options(preview, required=True)
 
 
 def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -20,11 +20,12 @@ from agent.arguments import build_parser
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.errors import AgentError, ConfigError
-from agent.operate import commands, output
+from agent.operate import ci, commands, output
 from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
 from agent.operate.output import color_wanted
 from agent.operate.progress import ProgressLine
+from agent.operate.summary import render_preview, without_commands
 from agent.operate.tell import prepare_tell
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """check, plan, run and apply: one cycle each, differing in steps and what they print."""
-    overrides = Overrides(
-        playbooks=tuple(getattr(args, "playbooks", ())), limit=args.limit,
-        tags=tuple(_split(args.tags)),
-        skip_tags=tuple(_split(args.skip_tags)),
-        extra_vars=tuple(_absolute_var_file(v) for v in args.extra_vars),
-        vault_password_file=_absolute(args.vault_password_file))
+    overrides = _overrides(args)
     if getattr(args, "now", False):
         return cmd_run_now(args)
+    if getattr(args, "tree", None) is not None:
+        return cmd_check_tree(args, overrides)
     config = load_config(_config_path(args), overrides)
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
     with progress_line(args) as watch:
@@ -90,6 +88,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(output.render_plan(data, color=use_color(args)))
     return cycle.exit_code
+
+
+def cmd_check_tree(args: argparse.Namespace, overrides: Overrides) -> int:
+    with progress_line(args) as watch:
+        data, code = ci.check_checkout(_tree_options(args, overrides), watch)
+    print(json.dumps(data, indent=2) if args.json
+          else output.render_check(data, color=use_color(args)))
+    return code
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    formats = ci.Formats(junit=args.junit, github=args.github,
+                         codequality=args.gitlab_codequality, markdown=args.markdown)
+    with progress_line(args) as watch:
+        done = ci.preview(_tree_options(args, _overrides(args)), args.base, formats, os.environ,
+                          reports_url=args.reports_url, fail_on=args.fail_on, watch=watch)
+    if args.json:
+        print(json.dumps(done.data, indent=2))
+    else:
+        text = render_preview(done.data, color=use_color(args))
+        print(without_commands(text) if args.github else text)
+    for line in done.annotations:
+        print(line)
+    return done.exit_code
+
+
+def _tree_options(args: argparse.Namespace, overrides: Overrides) -> ci.TreeOptions:
+    return ci.TreeOptions(tree=args.tree, config=ci.config_for_tree(
+                              getattr(args, "config", None), os.environ),
+                          overrides=overrides, inventory=args.inventory, policy=args.policy,
+                          state_dir=args.state_dir, wait=args.wait,
+                          private_key=_absolute(args.private_key),
+                          known_hosts=_absolute(args.known_hosts))
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -275,13 +306,22 @@ def use_color(args: argparse.Namespace) -> bool:
     return color_wanted(getattr(args, "color", "auto"), sys.stdout.isatty(), os.environ)
 
 
-RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo"})
+RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo", "preview"})
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
                             "notify": cmd_notify, "adopt": cmd_adopt, "doctor": cmd_doctor,
-                            "init": cmd_init}
+                            "init": cmd_init, "preview": cmd_preview}
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        playbooks=tuple(getattr(args, "playbooks", ())), limit=args.limit,
+        tags=tuple(_split(args.tags)),
+        skip_tags=tuple(_split(args.skip_tags)),
+        extra_vars=tuple(_absolute_var_file(v) for v in args.extra_vars),
+        vault_password_file=_absolute(args.vault_password_file))
 
 
 def _config_path(args: argparse.Namespace, prefix: Path = Path("/")) -> Path:

@@ -536,6 +536,52 @@ class Mirror:
         return proc.returncode, out, err
 
 
+class Checkout(Mirror):
+    """A work tree someone else checked out (a CI job's), read only: nothing in it is written,
+    its hooks and fsmonitor never run, and its own config cannot start a program."""
+
+    def __init__(self, repo: _Repo, timeout: float) -> None:
+        self.repo, self.timeout, self.cancel, self.keys = repo, timeout, None, {}
+        self.path = Path(repo.working_tree_dir or repo.git_dir)
+        self.url = str(self.path)
+        settings = {"core.fsmonitor": "false", "core.hooksPath": os.devnull,
+                    "safe.directory": str(self.path)}  # a job's checkout may be another user's
+        env = {"GIT_CONFIG_COUNT": str(len(settings)), "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}  # status writes no index
+        for i, (key, value) in enumerate(settings.items()):
+            env |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
+        self.repo.git.update_environment(**env)
+
+    @classmethod
+    def open(cls, folder: Path, timeout: float = 60.0) -> Checkout | None:
+        """The Git work tree FOLDER is in (or is), or None when it is in none."""
+        try:
+            repo = _Repo(folder, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            return None
+        if repo.bare:
+            repo.close()
+            return None
+        return cls(repo, timeout)
+
+    def head(self) -> str | None:
+        """HEAD's commit, or None before the first commit."""
+        return self._rev("HEAD")
+
+    def changes_under(self, folder: Path) -> list[str]:
+        """What differs from HEAD under FOLDER (edited, staged or untracked, not ignored), as
+        `git status --porcelain` lines."""
+        out = self._git("status", "--porcelain", "--untracked-files=all", "--", str(folder))
+        return [line for line in out.splitlines() if line.strip()]
+
+    def origin_url(self) -> str | None:
+        """The URL of the remote named origin, or None."""
+        try:
+            return self._git("remote", "get-url", "origin").strip() or None
+        except RepoError:
+            return None
+
+
 class _Rejected(Exception):
     def __init__(self, stdout: str, stderr: str) -> None:
         super().__init__(stderr)
