@@ -117,6 +117,11 @@ def _add_cycle_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    ["petkeeper run", "petkeeper run --now    # ask the running daemon instead"])
     run.add_argument("--now", action="store_true",
                      help="ask the running daemon for a cycle now instead (exit 1 if none runs)")
+    run.add_argument("--state-dir", type=Path, metavar="DIR",
+                     help="in a CI pipeline: this persistent state directory (a temporary one "
+                          "is refused), and no host another agent manages")
+    run.add_argument("--take-over", action="store_true",
+                     help="with --state-dir: apply hosts whose reports show another agent, too")
     apply = _command(sub, "apply", [common, pull],
                      "like run; with PLAN_ID, apply that plan alone",
                      "Like run. With PLAN_ID, apply only that plan: it must be a plan of the "

@@ -11,6 +11,7 @@ import pwd
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from agent.adapters.runner import Watcher, warn_untested_ansible
 from agent.adapters.state import StateDir
 from agent.arguments import build_parser
 from agent.config import DEFAULT_PATH, Overrides, load_config
+from agent.cycle.pipeline import pipeline_run
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
 from agent.errors import AgentError, ConfigError
 from agent.operate import ci, commands, output
@@ -74,12 +76,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         return cmd_run_now(args)
     if getattr(args, "tree", None) is not None:
         return cmd_check_tree(args, overrides)
+    if args.command == "check":
+        ci.require_tree(args.inventory, args.policy, args.private_key, args.known_hosts,
+                        args.state_dir)
     config = load_config(_config_path(args), overrides)
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
     with progress_line(args) as watch:
-        cycle = run_cycle(config, steps, args.command, wait=args.wait,
-                          only_plan=getattr(args, "plan_id", None), finish=prepare_tell(config),
-                          watch=watch)
+        if args.command == "run" and args.state_dir is not None:  # run in a pipeline
+            config = replace(config, state_dir=args.state_dir.absolute())
+            cycle = pipeline_run(config, os.environ, take_over=args.take_over, wait=args.wait,
+                                 finish=prepare_tell(config), watch=watch)
+        else:
+            cycle = run_cycle(config, steps, args.command, wait=args.wait,
+                              only_plan=getattr(args, "plan_id", None),
+                              finish=prepare_tell(config), watch=watch)
     data = cycle.as_json()
     if args.json:
         print(json.dumps(data, indent=2))

@@ -31,8 +31,9 @@ class Preview:
     exit_code: int
 
 
-def resolve_base(tree: Path, ref: str) -> str:
-    """The commit REF names in the checkout TREE; RepoError naming --base when none."""
+def resolve_base(tree: Path, ref: str) -> tuple[str, str]:
+    """The commit REF names in the checkout TREE, and TREE's folder in its repository ("" at
+    its top); RepoError naming --base when there is no such commit."""
     checkout = Checkout.open(tree)
     if checkout is None:
         raise RepoError(f"{COMMAND_LINE}: --base {ref}: {tree} is not a Git checkout, so no "
@@ -40,13 +41,14 @@ def resolve_base(tree: Path, ref: str) -> str:
                         "pull request")
     try:
         sha = checkout.resolve_commit(ref)
+        folder = tree.relative_to(checkout.path.resolve()).as_posix()
     finally:
         checkout.close()
     if sha is None:
         raise RepoError(f"{COMMAND_LINE}: --base {ref}: no such commit in the checkout {tree}; "
                         "fetch it first (git fetch origin main; actions/checkout: fetch-depth: "
                         "0) or give the base commit's id")
-    return sha
+    return sha, "" if folder == "." else folder
 
 
 def reports_url(config: Config, tree: Path, given: str | None) -> str:
@@ -67,14 +69,12 @@ def reports_url(config: Config, tree: Path, given: str | None) -> str:
     return url
 
 
-class BaseReports:
-    """The reports branch, fetched into the preview's own state directory, read for one base
-    commit. The shared-branch layout is read through agent.cycle.record."""
+class Reports:
+    """The reports branch as MIRROR holds it, read per host. The shared-branch layout is read
+    through agent.cycle.record."""
 
-    def __init__(self, config: Config, url: str) -> None:
-        self.branch = config.reports.branch
-        self.mirror = Mirror(StateDir(config.state_dir).mirror, url, config.repo.timeout,
-                             keys={url: "--reports-url"})
+    def __init__(self, mirror: Mirror, branch: str) -> None:
+        self.mirror, self.branch = mirror, branch
 
     def fetch(self) -> None:
         self.mirror.fetch_reports(self.mirror.url, self.branch)
@@ -82,10 +82,18 @@ class BaseReports:
             log.warning("no reports branch %s in %s: every host's base is unknown",
                         self.branch, redact_text(self.mirror.url))
 
+    def newest(self, host: str) -> dict[str, Any] | None:
+        """HOST's newest report, or None."""
+        return self._first(host, lambda entry: True)
+
     def report_of_source(self, host: str, sha: str) -> dict[str, Any] | None:
         """The newest report of HOST that checked commit SHA, or None."""
+        return self._first(host, lambda e: e["trailers"].get("Petkeeper-Source") == sha)
+
+    def _first(self, host: str, wanted: Callable[[dict[str, Any]], bool]
+               ) -> dict[str, Any] | None:
         for entry in report_history(self.mirror, self.branch, host):
-            if entry["trailers"].get("Petkeeper-Source") != sha:
+            if not wanted(entry):
                 continue
             try:
                 data = load_yaml(self.mirror.read_blob(entry["sha"], report_path(host)) or b"")
@@ -94,18 +102,18 @@ class BaseReports:
             return {**data, "commit": entry["sha"]} if isinstance(data, dict) else None
         return None
 
-    def close(self) -> None:
-        self.mirror.close()
-
 
 def preview_tree(config: Config, tree: Path, base_ref: str, *, url: str | None = None,
                  fail_on: str = "introduced", wait: float = 0.0,
                  cancel: Callable[[], bool] | None = None,
                  watch: Watcher | None = None) -> Preview:
     """Check the checkout TREE and compare each host with its report of BASE_REF's commit."""
-    base_sha = resolve_base(tree, base_ref)
+    base_sha, folder = resolve_base(tree, base_ref)
     StateDir(config.state_dir).ensure()
-    reports = BaseReports(config, reports_url(config, tree, url))
+    where = reports_url(config, tree, url)
+    mirror = Mirror(StateDir(config.state_dir).mirror, where, config.repo.timeout,
+                    keys={where: "--reports-url"})
+    reports = Reports(mirror, config.reports.branch)
     try:
         reports.fetch()  # before the check: a wrong URL is said at once
         cycle = check_tree(config, tree, wait=wait, cancel=cancel, watch=watch)
@@ -114,9 +122,9 @@ def preview_tree(config: Config, tree: Path, base_ref: str, *, url: str | None =
         data["hosts"] = {name: with_base(host, reports.report_of_source(name, base_sha))
                          for name, host in data["hosts"].items()}
     finally:
-        reports.close()
+        mirror.close()
     code = preview_exit(data["hosts"], fail_on)
-    data.update(counts=counts(data["hosts"]), fail_on=fail_on, exit_code=code)
+    data.update(counts=counts(data["hosts"]), fail_on=fail_on, exit_code=code, folder=folder)
     return Preview(data, code)
 
 

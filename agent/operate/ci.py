@@ -118,6 +118,14 @@ def _tree_state(o: TreeOptions) -> Iterator[Config]:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def require_tree(*given: object) -> None:
+    """The options of a check of a checkout mean nothing without --tree: say so."""
+    if any(value is not None for value in given):
+        raise RepoError(f"{COMMAND_LINE}: -i, --policy, --private-key, --known-hosts and "
+                        "--state-dir go with --tree DIR (check a checkout); without it, check "
+                        "reads them from the config")
+
+
 def config_for_tree(option: Path | None, environ: Mapping[str, str]) -> Path | None:
     """--tree reads agent.yml only when --config or $PETKEEPER_CONFIG names one."""
     if option is not None:

@@ -18,12 +18,13 @@ SEVERITY = {INTRODUCED: "major", BASE_UNKNOWN: "major", EXISTING: "minor"}
 NO_FILE = "."  # a task outside the repository: the issue is the repository's
 
 
-def split_task_path(task_path: str) -> tuple[str, int]:
-    """"FILE:LINE" as (FILE, LINE); (NO_FILE, 1) when not known."""
+def split_task_path(task_path: str, folder: str = "") -> tuple[str, int]:
+    """"FILE:LINE" as (FILE, LINE), FILE under FOLDER (the checked folder's place in the
+    repository, where the CI system looks); (FOLDER or NO_FILE, 1) when not known."""
     path, _, line = (task_path or "").rpartition(":")
     if not path or not line.isdigit():
-        return NO_FILE, 1
-    return path, max(int(line), 1)
+        return folder or NO_FILE, 1
+    return (f"{folder}/{path}" if folder else path), max(int(line), 1)
 
 
 def render_codequality(preview: Mapping[str, Any]) -> str:
@@ -33,12 +34,12 @@ def render_codequality(preview: Mapping[str, Any]) -> str:
         for change in host.get("changes") or []:
             if change["kind"] not in SEVERITY:
                 continue  # resolved: no longer an issue
-            issues.append(_issue(name, change))
+            issues.append(_issue(name, change, preview.get("folder") or ""))
     return json.dumps(issues, indent=2) + "\n"
 
 
-def _issue(host: str, change: Mapping[str, Any]) -> dict[str, Any]:
-    path, line = split_task_path(change.get("task_path") or "")
+def _issue(host: str, change: Mapping[str, Any], folder: str) -> dict[str, Any]:
+    path, line = split_task_path(change.get("task_path") or "", folder)
     blind = bool(change.get("check_blind"))
     what = "may change (check mode cannot tell)" if blind else "would change"
     identity = json.dumps([host, *(change.get(k) for k in ("play", "role", "task", "module",

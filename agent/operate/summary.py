@@ -123,7 +123,8 @@ def render_annotations(preview: Mapping[str, Any]) -> list[str]:
             if change["kind"] == RESOLVED:
                 continue
             level = "notice" if change["kind"] == EXISTING else "warning"
-            path, line = split_task_path(change.get("task_path") or "")
+            path, line = split_task_path(change.get("task_path") or "",
+                                         preview.get("folder") or "")
             title = f"{name}: {change['kind']}: {change_label(change)}"
             diff = terminal_safe(change.get("diff") or "", newlines=True).splitlines()
             cut = ["..."] if len(diff) > MAX_ANNOTATION_LINES else []

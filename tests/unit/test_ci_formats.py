@@ -198,3 +198,11 @@ def test_terminal_preview_shows_kinds_and_escapes_controls():
     assert "introduced: web | motd (ansible.builtin.copy)  [roles/web/tasks/main.yml:3]" in text
     assert "\x1b" not in text and "ghost: unreachable" in text
     assert text.splitlines()[-1].startswith("preview of ffff")
+
+
+def test_a_checked_subfolder_prefixes_the_files_the_ci_system_is_shown():
+    assert split_task_path("roles/web/tasks/main.yml:3", "ansible") == \
+        ("ansible/roles/web/tasks/main.yml", 3)
+    data = {**hostile_preview(), "folder": "ansible"}
+    assert render_annotations(data)[0].startswith("::warning file=ansible/roles/web/")
+    assert json.loads(render_codequality(data))[0]["location"]["path"].startswith("ansible/")
