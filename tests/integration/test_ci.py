@@ -51,7 +51,7 @@ NOTES_TASKS = f"""\
 # Markdown fences, HTML, an @mention, and the vaulted canary (masked in every output).
 HOSTILE = ("percent 100% done, a:b, c,d\n::error file=x,line=1::forged\n"
            "::stop-commands::forged\n```\n</details><script>alert(1)</script> & ]]> "
-           "@octocat | cell |\ntoken={{ ci_token }}\n")
+           "@octocat | cell |\n")
 # A hand edit with a carriage return and a terminal escape, on beta's /etc/motd.
 HAND_MOTD = b"hand edit 50%\r\n::warning::forged, really: yes\n\x1b[31mred\n"
 
@@ -77,7 +77,7 @@ def scene(host_pool: TestHostPool, tmp_path_factory: pytest.TempPathFactory) -> 
     files["site.yml"] += "\n- name: Keep the CI notes\n  hosts: all\n  gather_facts: false\n" \
                         "  roles:\n    - notes\n"
     files |= {"roles/notes/tasks/main.yml": NOTES_TASKS,
-              "roles/notes/templates/notes.j2": "notes v1\n" + HOSTILE,
+              "roles/notes/templates/notes.j2": "notes v1 token={{ ci_token }}\n" + HOSTILE,
               "inventory/group_vars/pets.yml": encrypt_string(CANARY, "ci_token", password)}
     base = remote.commit(files, "Base")
     converge_with_vault(host_pool, remote, tmp, password)
@@ -91,7 +91,8 @@ def scene(host_pool: TestHostPool, tmp_path_factory: pytest.TempPathFactory) -> 
     # The pull request: alpha's hand value becomes the repo's, the notes template changes.
     head = remote.commit({"roles/motd/defaults/main.yml": 'motd_text: "Managed by Petkeeper'
                           '\\n"\npet_mode: hand\n',
-                          "roles/notes/templates/notes.j2": "notes v2\n" + HOSTILE},
+                          "roles/notes/templates/notes.j2": "notes v2 token={{ ci_token }}\n"
+                          + HOSTILE},
                          "Head", branch="feature")
     checkout = tmp / "checkout"
     git("clone", "--quiet", "--branch", "feature", remote.url, str(checkout))
@@ -191,14 +192,14 @@ def test_annotations_point_at_the_real_task_line_of_the_role_escaped(scene: Scen
     assert task_line == "- name: Write the CI notes"
     assert "%3A" in props and "%2C" not in props.split("title=")[0]
     assert "\n" not in message and "%0A" in message and "100%25 done" in message
-    # Every line a host gave is inside ::stop-commands:: ... ::<token>::, or escaped.
+    # A host's lines are inside ::stop-commands:: ... ::<token>::; outside, only annotations.
     start = next(i for i, ln in enumerate(lines) if ln.startswith("::stop-commands::"))
     token = lines[start].split("::")[2]
     end = lines.index(f"::{token}::")
-    forged = [i for i, ln in enumerate(lines) if ln.startswith(("::error file=x",
-                                                                "::stop-commands::forged",
-                                                                "::warning::forged"))]
-    assert forged and all(start < i < end for i in forged)
+    assert any("::warning::forged" in ln for ln in lines[start + 1:end])
+    outside = [ln for ln in lines[:start] + lines[end + 1:] if ln.strip().startswith("::")]
+    assert outside and all(ln.startswith(("::warning file=", "::notice file="))
+                           for ln in outside)
 
 
 def test_github_summary_is_appended_with_details_and_host_text_as_code(github: dict[str, Any]):
@@ -229,7 +230,7 @@ def test_no_output_holds_the_secret_canary(github: dict[str, Any]):
     outputs = [r.stdout, r.stderr, github["summary"], github["junit"], github["markdown"]]
     assert all(CANARY not in text for text in outputs)
     texts = "".join(f.text or "" for f in ET.fromstring(github["junit"]).iter("failure"))
-    assert re.search(r"^\+token=<secret:[0-9a-f]{10}>$", texts, re.MULTILINE)
+    assert re.search(r"^\+notes v2 token=<secret:[0-9a-f]{10}>$", texts, re.MULTILINE)
 
 
 @pytest.mark.parametrize("system", ["gitlab", "jenkins"])
