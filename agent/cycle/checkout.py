@@ -17,6 +17,8 @@ from agent.adapters.gitrepo import Checkout
 from agent.adapters.runner import Watcher
 from agent.config import COMMAND_LINE, Config, RepoConfig
 from agent.core.ansible_cfg import check_ansible_cfg
+from agent.core.policy import decide_change, decide_host
+from agent.cycle.decide import load_policy
 from agent.cycle.source import Source, secret_masker
 from agent.cycle.steps import Cycle, Stage, Step, check_step, run_cycle, target_step
 from agent.cycle.trust import TrustError
@@ -130,9 +132,24 @@ def checkout_step(tree: Path) -> Step:
         env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
                                    c.config.ansible.timeout, c.cancel)
         c.source = replace(source, env=env, mask=secret_masker(c.config, c.state, source.tree))
+        load_policy(c.config, c.source)  # a broken policy is said before anything runs
         c.advance(Stage.FETCHED)
 
     return step
+
+
+def tree_policy(cycle: Cycle) -> dict[str, dict[str, str]]:
+    """What the checkout's policy would decide for each host that has changes: the most
+    careful mode of its changes and the rule that chose it."""
+    assert cycle.source is not None and cycle.targets is not None
+    policy = load_policy(cycle.config, cycle.source)
+    decided = {}
+    for host, report in cycle.hosts.items():
+        groups = cycle.targets.groups.get(host, ())
+        mode = decide_host(decide_change(policy, host, groups, c.tags) for c in report.changes)
+        if mode is not None:
+            decided[host] = {"mode": mode.mode, "rule": mode.rule}
+    return decided
 
 
 def check_tree(config: Config, tree: Path, *, wait: float = 0.0,

@@ -18,7 +18,7 @@ from agent.config import COMMAND_LINE, Config
 from agent.core.delta import compare_changes, counts, preview_exit
 from agent.core.redact import redact_text
 from agent.core.schema import load_yaml
-from agent.cycle.checkout import check_tree
+from agent.cycle.checkout import check_tree, tree_policy
 from agent.cycle.record import report_history, report_path
 from agent.errors import RepoError
 
@@ -119,6 +119,7 @@ def preview_tree(config: Config, tree: Path, base_ref: str, *, url: str | None =
         cycle = check_tree(config, tree, wait=wait, cancel=cancel, watch=watch)
         data = cycle.as_json()
         data["base"] = {"ref": base_ref, "sha": base_sha}
+        data["policy"] = tree_policy(cycle)
         data["hosts"] = {name: with_base(host, reports.report_of_source(name, base_sha))
                          for name, host in data["hosts"].items()}
     finally:

@@ -13,7 +13,13 @@ from typing import Any
 from agent.adapters.runner import Watcher
 from agent.adapters.state import write_atomic
 from agent.config import COMMAND_LINE, Config, Overrides, apply_overrides, load_config
-from agent.cycle.checkout import check_tree, open_tree, temporary_state_dir, tree_config
+from agent.cycle.checkout import (
+    check_tree,
+    open_tree,
+    temporary_state_dir,
+    tree_config,
+    tree_policy,
+)
 from agent.cycle.preview import Preview, preview_tree
 from agent.errors import RepoError
 from agent.operate.codequality import render_codequality
@@ -57,7 +63,7 @@ def check_checkout(o: TreeOptions, watch: Watcher | None = None) -> tuple[dict[s
     tree = open_tree(o.tree)
     with _tree_state(o) as config:
         cycle = check_tree(config, tree, wait=o.wait, watch=watch)
-        return cycle.as_json(), cycle.exit_code
+        return {**cycle.as_json(), "policy": tree_policy(cycle)}, cycle.exit_code
 
 
 def preview(o: TreeOptions, base: str, formats: Formats, env: Mapping[str, str], *,

@@ -54,7 +54,7 @@ def render_markdown(preview: Mapping[str, Any]) -> str:
     """Given preview data, return the Markdown summary."""
     out = list(_head(preview))
     for name, host in preview["hosts"].items():
-        out.extend(_host(name, host))
+        out.extend(_host(name, host, (preview.get("policy") or {}).get(name)))
     text = "\n".join(out) + "\n"
     if len(text) > MAX_SUMMARY:
         cut = text[:MAX_SUMMARY].rsplit("\n<details>", 1)[0]
@@ -83,11 +83,16 @@ def _head(preview: Mapping[str, Any]) -> Iterator[str]:
                f"{kinds.count(EXISTING)} | {kinds.count(RESOLVED)} |")
 
 
-def _host(name: str, host: Mapping[str, Any]) -> Iterator[str]:
+def _host(name: str, host: Mapping[str, Any], policy: Mapping[str, str] | None
+          ) -> Iterator[str]:
     yield ""
     base = "base unknown: no report of this host checked the base commit" \
         if host.get("base") is None else f"base: {host['base'].get('status')}"
     yield f"### {code_span(name)}: {host['status']} ({base})"
+    if policy:
+        yield ""
+        yield f"After merge, the policy says {code_span(policy['mode'])} " \
+              f"({code_span(policy['rule'])})."
     if host.get("message"):
         yield ""
         yield code_span(str(host["message"]))

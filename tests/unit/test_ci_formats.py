@@ -206,3 +206,8 @@ def test_a_checked_subfolder_prefixes_the_files_the_ci_system_is_shown():
     data = {**hostile_preview(), "folder": "ansible"}
     assert render_annotations(data)[0].startswith("::warning file=ansible/roles/web/")
     assert json.loads(render_codequality(data))[0]["location"]["path"].startswith("ansible/")
+
+
+def test_markdown_says_what_the_policy_would_do_after_merge():
+    data = {**hostile_preview(), "policy": {"web1": {"mode": "approve", "rule": "rules[0]"}}}
+    assert "After merge, the policy says `approve` (`rules[0]`)." in render_markdown(data)
