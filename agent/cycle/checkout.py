@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 TREE = "--tree"
 DIRTY = "-dirty"  # after the commit id of a checkout with changes, as `git describe --dirty`
-PREVIEW_HOLD = "a check of a checkout (--tree): nothing is applied"
 
 
 def open_tree(directory: Path) -> Path:
@@ -79,7 +78,9 @@ def checkout_source(config: Config, tree: Path) -> Source:
             checkout.close()
     check_ansible_cfg(tree)
     log.info("checking the checkout %s as %s", tree, sha)
-    return Source(sha=sha, tree=tree, hold=PREVIEW_HOLD)
+    dirty = " (its files differ from that commit)" if sha.endswith(DIRTY) else ""
+    return Source(sha=sha, tree=tree, hold=f"a check of the checkout {tree} at {sha}{dirty}: "
+                                           "nothing is applied, reported or notified")
 
 
 def _dirty_mark(config: Config, checkout: Checkout, tree: Path, head: str) -> str:
