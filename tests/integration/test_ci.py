@@ -103,7 +103,11 @@ def scene(host_pool: TestHostPool, tmp_path_factory: pytest.TempPathFactory) -> 
     for name in ("GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "PETKEEPER_CONFIG"):
         env.pop(name, None)
     yield Scene(host_pool, remote, checkout, base, head, remote.refs(), env)
-    for name in ("alpha", "beta"):  # leave the pool's hosts as other modules expect them
+    # Leave the pool's hosts as other modules expect them: the plain pets repo, converged.
+    remote.commit({**pets_repo_files(pet_hosts(host_pool, "alpha", "beta")),
+                   "roles/notes/tasks/main.yml": None, "roles/notes/templates/notes.j2": None,
+                   "inventory/group_vars/pets.yml": None}, "Restore")
+    for name in ("alpha", "beta"):
         host_pool.run(name, f"rm -f {NOTES}")
     converge(host_pool, remote, "pets", tmp)
 
