@@ -14,6 +14,7 @@ import yaml
 from agent.cli import main
 from agent.config import Config, RepoConfig
 from agent.cycle.checkout import checkout_source, hash_files, tree_config
+from tests.signing import SshKeys, ssh_keys  # noqa: F401 (a fixture)
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -147,3 +148,19 @@ def test_source_id_is_the_commit_dirty_said_or_a_hash_of_the_files(checkout: Pat
 def test_without_agent_yml_an_inventory_means_all_its_hosts(tmp_path: Path):
     config = tree_config(None, tmp_path, "inventory/hosts.yml", None)
     assert (config.limit, config.inventory, config.repo.url) == ("all", "inventory/hosts.yml", "")
+
+
+def test_with_verify_on_a_head_signed_by_an_allowed_key_is_checked_as_it_is(
+        checkout: Path, ssh_keys: SshKeys):  # noqa: F811 (the fixture)
+    config = Config(repo=RepoConfig(url="", verify="head",
+                                    allowed_signers=str(ssh_keys.allowed)))
+    for key, trusted in ((ssh_keys.alice, True), (ssh_keys.mallory, False)):
+        git(checkout, *ssh_keys.signing(key), "commit", "--quiet", "--allow-empty", "-S", "-m",
+            f"signed by {key.name}")
+        head = git(checkout, "rev-parse", "HEAD").strip()
+        if trusted:
+            assert checkout_source(config, checkout).sha == head
+        else:
+            with pytest.raises(Exception, match=f"commit {head[:12]} is not trusted: signed by "
+                                                "a key not in"):
+                checkout_source(config, checkout)
