@@ -14,6 +14,7 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
+import yaml
 
 from agent.adapters import inventory_cache
 from agent.adapters.accelerator import Accelerator
@@ -24,7 +25,7 @@ from agent.core.accelerator import choose_strategy
 from agent.core.drift import CLEAN, UNKNOWN
 from agent.cycle.detect import Targets, check_drift
 from agent.cycle.source import Source
-from agent.cycle.steps import run_check
+from agent.cycle.steps import RUN_STEPS, Cycle, run_check, run_cycle
 from agent.operate.output import render_check
 from agent.testhosts import TestHostPool
 from tests.conftest import (
@@ -182,3 +183,55 @@ def test_a_no_change_cycle_runs_no_ansible_inventory_and_writes_no_facts(
                                                              "web2": ("pets",)}
     artifacts = tmp_path / "state" / "runner" / "artifacts"
     assert not list(artifacts.glob("*/fact_cache")), "facts must stay in memory"
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHostPool, GitRemote,
+                                                                        Path]]:
+    """web3 and web4, both fresh (the same drift), and a policy that heals them (auto)."""
+    require_test_hosts()
+    tmp = tmp_path_factory.mktemp("twins")
+    with TestHostPool(tmp / "hosts") as pool:
+        pool.start("web3", "127.0.101.13")
+        pool.start("web4", "127.0.101.14")
+        remote = GitRemote(tmp / "git")
+        remote.commit({**pets_repo_files({n: (h.address, h.port) for n, h in pool.hosts.items()}),
+                       "petkeeper/policy.yml": yaml.safe_dump({"rules": [
+                           {"name": "heal", "hosts": ["web3", "web4"], "mode": "auto"}]})})
+        yield pool, remote, tmp
+
+
+def same_apart_from_the_host(cycle: Cycle) -> dict[str, Any]:
+    """What must not depend on the strategy: the exit code, the host's report, its applies."""
+    report = cycle.as_json()
+    [host] = report["hosts"]
+    applies = [{k: a[k] for k in ("result", "approved_by", "before_status", "after_status",
+                                  "leftovers", "message")} for a in report["applies"]]
+    return {"exit_code": cycle.exit_code, "host": report["hosts"][host], "applies": applies}
+
+
+def test_an_apply_with_mitogen_gives_the_plain_ones_result_and_ledger(twins):
+    # web3 is healed with Mitogen's strategy, web4 with the plain one, from the same drift:
+    # the re-check before, the apply, the re-check after (the report the run ends with). The
+    # test playbook's "Refresh the package cache" (a command) changes on every apply and is
+    # blind in check mode: its leftovers and ledger entry (flapping tasks) must match too.
+    pool, remote, tmp = twins
+    seen = {}
+    for host, setting in (("web3", "mitogen"), ("web4", "off")):
+        config = load_config(write_agent_config(
+            tmp / f"{host}.yml", remote.url, tmp / f"state-{host}", pool, limit=host,
+            ansible={"private_key_file": str(pool.client_key),
+                     "known_hosts_file": str(pool.known_hosts), "accelerator": setting}))
+        ran = run_cycle(config, RUN_STEPS, "run")
+        ledger = json.loads((tmp / f"state-{host}" / "ledger.json").read_text())
+        seen[host] = (ran.as_json()["accelerator"]["strategy"], same_apart_from_the_host(ran),
+                      ledger[host].get("flapping"))
+
+    (mitogen, *accelerated), (plain, *not_accelerated) = seen["web3"], seen["web4"]
+    assert (mitogen, plain) == ("mitogen", "plain")
+    assert accelerated == not_accelerated
+    ran, _ = accelerated
+    assert [(a["result"], a["before_status"], a["after_status"]) for a in ran["applies"]] == [
+        ("converged", "drifted", CLEAN)]
+    assert (ran["host"]["status"], ran["exit_code"]) == (CLEAN, 0)
+    assert "Managed by Petkeeper" in pool.run("web3", "cat /etc/motd").stdout
