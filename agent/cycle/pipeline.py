@@ -26,7 +26,7 @@ from agent.cycle.steps import (
     decide_step,
     run_cycle,
 )
-from agent.errors import RepoError
+from agent.errors import FetchError, RepoError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ def owner_step(take_over: bool) -> Step:
     before this cycle's reports are written."""
     def step(c: Cycle) -> None:
         assert c.mirror is not None
-        reports = Reports(c.mirror, c.config.reports.branch)
+        reports = Reports(c.mirror, c.config)
+        try:
+            reports.fetch()
+        except FetchError as e:
+            log.warning("%s; the agents that checked each host are read as last fetched", e)
         owners = {}
         for host in c.plans:
             report: dict[str, Any] | None = reports.newest(host)

@@ -9,17 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.adapters.gitrepo import Checkout, Mirror
+from agent.adapters.reportstore import HostReports, ReportReader
 from agent.adapters.runner import Watcher
 from agent.adapters.state import StateDir
 from agent.config import COMMAND_LINE, Config
 from agent.core.delta import compare_changes, counts, preview_exit
-from agent.core.redact import redact_text
-from agent.core.schema import load_yaml
 from agent.cycle.checkout import check_tree, tree_policy
-from agent.cycle.record import report_history, report_path
+from agent.cycle.record import layout_of
 from agent.errors import RepoError
 
 log = logging.getLogger(__name__)
@@ -70,37 +67,36 @@ def reports_url(config: Config, tree: Path, given: str | None) -> str:
 
 
 class Reports:
-    """The reports branch as MIRROR holds it, read per host. The shared-branch layout is read
-    through agent.cycle.record."""
+    """Each host's reports as the reports remote has them, read into MIRROR through
+    agent.adapters.reportstore (every host's branch, and the shared branch of before)."""
 
-    def __init__(self, mirror: Mirror, branch: str) -> None:
-        self.mirror, self.branch = mirror, branch
+    def __init__(self, mirror: Mirror, config: Config, url: str | None = None) -> None:
+        self.reader = ReportReader(mirror, url or config.reports_url, layout_of(config),
+                                   shallow=False)  # MIRROR may be an agent's: never shallow
+        self._latest: dict[str, HostReports] | None = None
 
     def fetch(self) -> None:
-        self.mirror.fetch_reports(self.mirror.url, self.branch)
-        if self.mirror.remote_reports(self.branch) is None:
-            log.warning("no reports branch %s in %s: every host's base is unknown",
-                        self.branch, redact_text(self.mirror.url))
+        """Fetch every host's reports; FetchError when the remote does not answer."""
+        try:
+            self.reader.fetch()
+        except RepoError as e:  # no reports at all yet
+            log.warning("%s: every host's base is unknown", e)
 
     def newest(self, host: str) -> dict[str, Any] | None:
         """HOST's newest report, or None."""
-        return self._first(host, lambda entry: True)
+        if self._latest is None:
+            self._latest = {r.host: r for r in self.reader.latest()}
+        return _with_commit(self._latest.get(host))
 
     def report_of_source(self, host: str, sha: str) -> dict[str, Any] | None:
         """The newest report of HOST that checked commit SHA, or None."""
-        return self._first(host, lambda e: e["trailers"].get("Petkeeper-Source") == sha)
+        return _with_commit(self.reader.report_of_source(host, sha))
 
-    def _first(self, host: str, wanted: Callable[[dict[str, Any]], bool]
-               ) -> dict[str, Any] | None:
-        for entry in report_history(self.mirror, self.branch, host):
-            if not wanted(entry):
-                continue
-            try:
-                data = load_yaml(self.mirror.read_blob(entry["sha"], report_path(host)) or b"")
-            except yaml.YAMLError:
-                return None
-            return {**data, "commit": entry["sha"]} if isinstance(data, dict) else None
+
+def _with_commit(found: HostReports | None) -> dict[str, Any] | None:
+    if found is None or found.report is None:
         return None
+    return {**found.report, "commit": found.commit}
 
 
 def preview_tree(config: Config, tree: Path, base_ref: str, *, url: str | None = None,
@@ -113,7 +109,7 @@ def preview_tree(config: Config, tree: Path, base_ref: str, *, url: str | None =
     where = reports_url(config, tree, url)
     mirror = Mirror(StateDir(config.state_dir).mirror, where, config.repo.timeout,
                     keys={where: "--reports-url"})
-    reports = Reports(mirror, config.reports.branch)
+    reports = Reports(mirror, config, where)
     try:
         reports.fetch()  # before the check: a wrong URL is said at once
         cycle = check_tree(config, tree, wait=wait, cancel=cancel, watch=watch)

@@ -7,7 +7,8 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.adapters.gitrepo import Author, Mirror
+from agent.adapters.gitrepo import Mirror
+from agent.config import Config, RepoConfig, ReportsConfig
 from agent.core.drift import DRIFTED, Change, HostReport, fingerprint
 from agent.cycle.preview import Reports
 from agent.cycle.record import RunInfo, publish_reports
@@ -25,14 +26,14 @@ def test_the_newest_report_of_the_base_commit_is_found_and_the_newest_of_all(tmp
     subprocess.run(["git", "init", "--quiet", "--bare", str(remote)], check=True)
     url = f"file://{remote}"
     agent = Mirror(tmp_path / "agent.git", url, 30)
+    config = Config(repo=RepoConfig(url=url), reports=ReportsConfig(heartbeat=1))
     for i, (sha, diff) in enumerate([(BASE, "-a\n+b\n"), (BASE, "-a\n+c\n"),
                                      (HEAD, "-a\n+d\n")]):
         run = RunInfo(f"run{i}", sha, datetime(2026, 12, 1, 10, i, tzinfo=UTC), "pet1")
-        publish_reports(agent, {"web1": report(diff)}, run, url=url,
-                        branch="petkeeper/reports", author=Author("P", "p@x"), heartbeat=1)
+        publish_reports(agent, config, {"web1": report(diff)}, run)
     agent.close()
 
-    reader = Reports(Mirror(tmp_path / "preview.git", url, 30), "petkeeper/reports")
+    reader = Reports(Mirror(tmp_path / "preview.git", url, 30), config)
     reader.fetch()
 
     base = reader.report_of_source("web1", BASE)
