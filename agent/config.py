@@ -93,6 +93,14 @@ class DaemonConfig:
     check_interval: float = 900.0  # a cycle at least this often, even with nothing new
     splay: float = 30.0  # the first cycle waits a random [0, splay): pets don't stampede
     backoff_max: float = 1800.0  # cap of the retry delay after a transient failure
+    # The file watch (agent.daemon.watch): None is "on for hosts managed with the local
+    # connection", the daemon's own pet; SSH hosts are never watched.
+    watch: bool | None = None
+    watch_debounce: float = 5.0  # a burst of events ends after this much quiet
+    watch_min_interval: float = 60.0  # at most one triggered cycle this often
+    watch_max_delay: float = 120.0  # a steady stream of events cannot postpone a check more
+    watch_grace: float = 300.0  # a triggered auto correction waits, and is re-checked first
+    watch_max: int = 4096  # inotify watches at most; beyond, the scheduled check alone
 
 
 @dataclass(frozen=True)
@@ -348,14 +356,24 @@ def _parse_approvals(p: Problems, data: dict[str, Any]) -> ApprovalsConfig:
     return approvals
 
 
+WATCH_KEYS = ("watch", "watch_debounce", "watch_min_interval", "watch_max_delay", "watch_grace",
+              "watch_max")
+
+
 def _parse_daemon(p: Problems, data: dict[str, Any]) -> DaemonConfig:
     d = Section(p, data, "daemon.", {"fetch_interval", "check_interval", "splay",
-                                     "backoff_max"})
+                                     "backoff_max", *WATCH_KEYS})
     daemon = DaemonConfig(fetch_interval=d.duration("fetch_interval", 60.0),
                           check_interval=d.duration("check_interval", 900.0),
                           splay=d.duration("splay", 30.0),
-                          backoff_max=d.duration("backoff_max", 1800.0))
-    for key in ("fetch_interval", "check_interval", "backoff_max"):
+                          backoff_max=d.duration("backoff_max", 1800.0),
+                          watch=None if data.get("watch") is None else d.boolean("watch", False),
+                          watch_debounce=d.duration("watch_debounce", 5.0),
+                          watch_min_interval=d.duration("watch_min_interval", 60.0),
+                          watch_max_delay=d.duration("watch_max_delay", 120.0),
+                          watch_grace=d.duration("watch_grace", 300.0),
+                          watch_max=d.integer("watch_max", 4096, minimum=1))
+    for key in ("fetch_interval", "check_interval", "backoff_max", "watch_max_delay"):
         if key in data and getattr(daemon, key) <= 0:
             p.add(f"daemon.{key}", f"must be more than 0, got {data[key]!r}",
                   'set a positive duration, e.g. "1m"')

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from agent.core.redact import redact_text
 from agent.errors import LockedError, StalledError, TransientError
@@ -108,6 +109,16 @@ class StateDir:
     @property
     def repo_file(self) -> Path:
         return self.root / "repo.json"
+
+    @property
+    def managed_dir(self) -> Path:
+        """Per host, the paths its last check found managed (the daemon's file watch reads it)."""
+        return self.root / "managed"
+
+    @property
+    def watch_file(self) -> Path:
+        """The daemon's file watch, as `petkeeper status` shows it."""
+        return self.root / "watch.json"
 
     def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""
@@ -381,3 +392,24 @@ def cycle_lock(state: StateDir, command: str, wait: float = 0.0) -> Iterator[Non
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_managed_paths(state: StateDir, host: str, data: dict[str, Any]) -> None:
+    """Keep DATA (paths, local, source_sha, checked_at) as HOST's managed paths."""
+    write_json(state.managed_dir / f"{quote(host, safe='')}.json", data)
+
+
+def read_managed_paths(state: StateDir) -> dict[str, dict[str, Any]]:
+    """Every host's managed paths as its last check recorded them; unreadable files are left
+    out (the next check writes them again)."""
+    found: dict[str, dict[str, Any]] = {}
+    if not state.managed_dir.is_dir():
+        return found
+    for path in sorted(state.managed_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("paths"), list):
+            found[unquote(path.stem)] = data
+    return found

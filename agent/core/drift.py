@@ -108,7 +108,8 @@ def build_host_reports(events: Iterable[Mapping[str, Any]], expected: Iterable[s
 
     A host is UNKNOWN, never CLEAN, when it has no result or any run ended without stats."""
     tallies: dict[str, _HostTally] = {name: _HostTally() for name in expected}
-    known: Facts = {(str(f.get("task_uuid")), str(f.get("host"))): f for f in facts}
+    known: Facts = {(str(f.get("task_uuid")), str(f.get("host"))): f for f in facts
+                    if f.get("event") != "paths"}  # the file watch's, not drift's
     conditional: dict[str, bool] = {}
     started, finished = set(), set()
     for event in events:

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,9 +15,17 @@ from agent.adapters.accelerator import Accelerator, choose_accelerator
 from agent.adapters.inventory import Listing, NoHostMatches, list_hosts, list_inventory
 from agent.adapters.inventory_cache import cached_listing
 from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook
-from agent.adapters.state import StateDir, write_atomic
+from agent.adapters.state import StateDir, write_atomic, write_managed_paths
 from agent.config import COMMAND_LINE, Config, origin
-from agent.core.drift import UNKNOWN, UNREACHABLE, HostReport, build_host_reports, mask_reports
+from agent.core.drift import (
+    CLEAN,
+    DRIFTED,
+    UNKNOWN,
+    UNREACHABLE,
+    HostReport,
+    build_host_reports,
+    mask_reports,
+)
 from agent.core.hostkeys import MITOGEN_KEY_LINE
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
@@ -189,7 +198,9 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
         facts.extend(result.facts)
     reports = build_host_reports(events, targets.hosts, str(source.tree), facts)
     reports = _refusals_told(config, source, targets, state, run_id, reports, cancel)
-    return mask_reports(_with_reason(reports, broken), source.mask)
+    reports = mask_reports(_with_reason(reports, broken), source.mask)
+    record_managed_paths(state, facts, reports, source.sha)
+    return reports
 
 
 def _refusals_told(config: Config, source: Source, targets: Targets, state: StateDir,
@@ -222,6 +233,24 @@ def _with_reason(reports: dict[str, HostReport], broken: list[str]) -> dict[str,
     why = "; ".join(broken)
     return {name: replace(r, message=f"{r.message}: {why}") if r.status == UNKNOWN else r
             for name, r in reports.items()}
+
+
+def record_managed_paths(state: StateDir, facts: list[dict[str, Any]],
+                         reports: Mapping[str, HostReport], sha: str) -> None:
+    """Keep, per host whose check ran through, the paths its playbooks manage (the callback's
+    "paths" facts): the daemon's file watch follows them. A host that failed keeps the last."""
+    paths: dict[str, set[str]] = {}
+    local: dict[str, bool] = {}
+    for fact in facts:
+        if fact.get("event") == "paths" and isinstance(fact.get("paths"), list):
+            host = str(fact.get("host"))
+            paths.setdefault(host, set()).update(str(p) for p in fact["paths"])
+            local[host] = local.get(host, True) and bool(fact.get("local"))
+    for host, report in reports.items():
+        if report.status in (CLEAN, DRIFTED):
+            write_managed_paths(state, host, {"paths": sorted(paths.get(host, ())),
+                                              "local": local.get(host, False),
+                                              "source_sha": sha})
 
 
 def playbook_run(config: Config, source: Source, targets: Targets, playbook: str,

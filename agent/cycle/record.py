@@ -44,6 +44,7 @@ class RunInfo:
     checked_at: datetime
     agent: str  # the machine that ran the check
     paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
+    trigger: str | None = None  # the daemon's file watch: "check triggered by a change of X"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
             "checked_at": _iso(run.checked_at), "checked_by": run.agent}
     if run.paused:  # only while paused: reports of an agent never paused keep their shape
         data["paused"] = {k: run.paused[k] for k in ("by", "at", "reason", "checks")}
+    if run.trigger:  # only a check the file watch triggered: not in the fingerprint
+        data["trigger"] = run.trigger
     return data
 
 
@@ -87,6 +90,8 @@ def render_report(data: Mapping[str, Any]) -> str:
              f"checked {data['checked_at']} by {data['checked_by']}"]
     if data.get("message"):
         lines.append(f"# {_one_line(str(data['message']))}")
+    if data.get("trigger"):
+        lines.append(f"# {_one_line(str(data['trigger']))}")
     if pause := data.get("paused"):
         lines.append(f"# paused by {pause['by']} since {pause['at']}: "
                      f"{_one_line(str(pause['reason']))}; nothing is applied until "
@@ -129,7 +134,8 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
 def build_message(data: Mapping[str, Any], reason: str) -> str:
     return format_message(
         summary_line(data),
-        f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason}).",
+        f"Check of {str(data['source_sha'])[:12]} by {data['checked_by']} ({reason})." +
+        (f"\n{_sentence(str(data['trigger']))}" if data.get("trigger") else ""),
         {"Source": data["source_sha"], "Run": data["run_id"], "Host": data["host"],
          "Status": data["status"],
          **({"Paused": data["paused"]["reason"]} if data.get("paused") else {})})
@@ -236,6 +242,11 @@ def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any
 
 def _iso(when: datetime) -> str:
     return when.isoformat(timespec="seconds")
+
+
+def _sentence(text: str) -> str:
+    line = _one_line(text)
+    return f"{line[:1].upper()}{line[1:]}."
 
 
 def _one_line(text: str) -> str:

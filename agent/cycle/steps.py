@@ -100,6 +100,7 @@ class Cycle:
     checked: dict[str, str] = field(default_factory=dict)  # host -> when its last check ended
     clock: Callable[[], datetime] = field(default=lambda: _now())
     command: str = ""  # what ran it: check, plan, run, apply, "daemon run", ...
+    trigger: str | None = None  # what made the daemon check: "check triggered by a change of X"
     began: float = field(default_factory=time.monotonic)
 
     def advance(self, stage: Stage) -> None:
@@ -262,7 +263,7 @@ Finish = Callable[[Cycle, BaseException | None], None]
 def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: float = 0.0,
               now: datetime | None = None, only_plan: str | None = None,
               cancel: Callable[[], bool] | None = None, finish: Finish | None = None,
-              watch: Watcher | None = None) -> Cycle:
+              watch: Watcher | None = None, trigger: str | None = None) -> Cycle:
     """Run STEPS under the state directory's lock; return the cycle's record. With NOW, the
     clock is frozen there (tests control time); WATCH sees each Ansible event. FINISH runs
     last, under the lock, also after a step failed (with the error), and must not raise:
@@ -277,7 +278,7 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
                   cancel=cancel, watch=watch, clock=(lambda: now) if now else _now,
-                  command=command)
+                  command=command, trigger=trigger)
     with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
         note_cycle(state, cycle.run_id, f"petkeeper {command}")
         error: BaseException | None = None
@@ -306,7 +307,8 @@ def new_run_id(when: datetime) -> str:
 
 def _publish(c: Cycle) -> None:
     assert c.mirror is not None and c.source is not None
-    run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state))
+    run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state),
+                  c.trigger)
     pending, c.pending = c.pending, []
     mirror, hosts, heartbeat = c.mirror, c.hosts, c.config.reports.heartbeat
     result = publish(mirror, c.config, [*hosts, *(r.host for r in pending)],

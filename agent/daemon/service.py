@@ -17,8 +17,8 @@ import gc
 import logging
 import os
 import random
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +28,21 @@ from typing import Any
 
 from agent.adapters.state import StateDir, cycle_lock, read_pause, running_daemon
 from agent.config import Config, load_config
+from agent.core.schema import printable_key as printable
+from agent.cycle.decide import APPLY
 from agent.cycle.source import fetch_source, open_mirror
-from agent.cycle.steps import RUN_STEPS, Cycle, Step, record_applies_step, run_cycle
+from agent.cycle.steps import (
+    RUN_STEPS,
+    Cycle,
+    Step,
+    apply_step,
+    record_applies_step,
+    run_cycle,
+)
 from agent.daemon.isolate import ChildFailed, run_isolated
 from agent.daemon.sd_notify import notify, watchdog_interval
 from agent.daemon.ticker import Ticker
+from agent.daemon.trigger import Triggers, Window
 from agent.errors import (
     AgentError,
     ConfigError,
@@ -99,7 +109,7 @@ class Daemon:
         self.config_path, self.config = config_path, config
         self.state = StateDir(config.state_dir)
         self.env = dict(os.environ if env is None else env)
-        self.wake = threading.Event()
+        self.wake = Wake()
         self.stopping = self.reload_asked = self.forced = False
         self.busy, self.last_tick_end = False, time.monotonic()
         self.last: Inputs | None = None
@@ -112,6 +122,7 @@ class Daemon:
         self.ticker = Ticker(self.tick, config.daemon.fetch_interval,
                              random.uniform(0, config.daemon.splay))
         self.metrics_server: Any = None
+        self.triggers: Triggers | None = None  # the file watch: made in run(), main thread's
 
     # -- main thread -----------------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class Daemon:
                              (signal.SIGHUP, self._on_reload), (signal.SIGUSR1, self._on_now)):
             signal.signal(sig, handler)
         self.metrics_server = serve_metrics(self.config, self.state)  # /metrics, a thread
+        triggers = self.triggers = Triggers(self.config, self.state)
         self.ticker.start()
         notify("READY=1\nSTATUS=waiting for the first cycle", self.env)
         log.info("daemon started (pid %d): fetch every %gs, cycle at least every %gs",
@@ -127,8 +139,11 @@ class Daemon:
                  self.config.daemon.check_interval)
         watchdog, pinged = watchdog_interval(self.env), 0.0
         while not self.stopping:
-            self.wake.wait(min(watchdog or 1.0, 1.0))
+            self.wake.wait(min(watchdog or 1.0, 1.0, triggers.timeout(time.monotonic())),
+                           triggers.fds())
             self.wake.clear()
+            if triggers.turn(time.monotonic(), self.busy) and not self.stopping:
+                self.ticker.poke()
             if self.reload_asked:
                 self.reload_asked = False
                 self.reload()
@@ -140,6 +155,7 @@ class Daemon:
         notify("STOPPING=1\nSTATUS=stopping", self.env)
         log.info("stopping: %s", "waiting for the current step to stop" if self.busy else "idle")
         self.ticker.shutdown()
+        triggers.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -170,6 +186,8 @@ class Daemon:
             self.ticker.reschedule(config.daemon.fetch_interval)
         self.config, self.stalled_on = config, None
         self.failures, self.retry_at = 0, 0.0
+        if self.triggers is not None:
+            self.triggers.reconfigure(config)
         log.info("reloaded %s", self.config_path)
         self.ticker.poke()
 
@@ -222,6 +240,7 @@ class Daemon:
 
     def _tick(self, config: Config) -> None:
         forced, self.forced = self.forced, False
+        trigger, grace = self.triggers.take() if self.triggers else (None, False)
         pause = read_pause(self.state)
         if pause and pause["checks"]:
             self._log_pause(pause, "skipping whole cycles")
@@ -235,18 +254,44 @@ class Daemon:
                      tuple(sorted(pause.items())) if pause else None)
         since = None if self.last_cycle_at is None else time.monotonic() - self.last_cycle_at
         why = cycle_due(self.last, now, since, config.daemon.check_interval, forced)
+        named = f"check triggered by a change of {printable(trigger['path'])}" if trigger \
+            else None
+        hold = bool(named and not forced and config.daemon.watch_grace > 0)
+        if named and not forced:
+            why = f"{named} (file watch)"
+        elif why is None and grace:
+            why = "the file watch's grace is over: check again, then apply what may be applied"
         if why is None:
             return
         if pause:  # the cycle reads it again under its lock and decides; this is the log
             self._log_pause(pause, "checks go on, nothing is applied")
         log.info("cycle due: %s", why)
-        result = run_isolated(daemon_cycle, (config,), self.cancelled)
+        result = self._run_watched(config, named, hold)
         self.last, self.last_cycle_at, self.stalled_on = now, time.monotonic(), None
         notify(f"STATUS={result['status']}", self.env)
         if result["fetch_error"]:
             self._back_off(FetchError(result["fetch_error"]))
         elif self.retry_at:
             self.failures, self.retry_at = 0, 0.0
+
+    def _run_watched(self, config: Config, trigger: str | None, hold: bool) -> dict[str, Any]:
+        """Run a daemon cycle; the file watch knows when it ran and when it applied."""
+        if self.triggers is None:
+            return run_isolated(daemon_cycle, (config, trigger, hold), self.cancelled)
+        self.triggers.cycle_started()
+        windows: list[Window] | None = None
+        held = False
+        try:
+            result = run_isolated(daemon_cycle, (config, trigger, hold), self.cancelled)
+            windows = [(a, b) for a, b in result.get("applied", [])]
+            held = bool(result.get("held"))
+        finally:
+            self.triggers.cycle_ended(windows, held)
+            self.wake.set()
+        if held:
+            log.info("a correction waits daemon.watch_grace (%gs), then is checked again "
+                     "before it applies", config.daemon.watch_grace)
+        return result
 
     def _peek(self, config: Config) -> str | None:
         """The cheap fetch: the source branch's head, without a cycle."""
@@ -299,13 +344,29 @@ class Daemon:
         self.paused_logged = key
 
 
-def daemon_cycle(cancelled: Callable[[], bool], config: Config) -> dict[str, Any]:
-    """One daemon cycle, in its own process (agent.daemon.isolate): return its status line
-    and fetch error."""
-    cycle = run_cycle(config, until_cancelled(RUN_STEPS, cancelled), "daemon run",
-                      cancel=cancelled, finish=tell_after)
+def daemon_cycle(cancelled: Callable[[], bool], config: Config, trigger: str | None = None,
+                 hold: bool = False) -> dict[str, Any]:
+    """One daemon cycle, in its own process (agent.daemon.isolate): return its status line,
+    fetch error, when it applied (monotonic, for the file watch) and whether it HOLD-s a
+    correction (a check TRIGGER-ed by the file watch applies nothing: its grace runs)."""
+    applied: list[tuple[float, float]] = []
+
+    def timed_apply(c: Cycle) -> None:
+        start = time.monotonic()
+        try:
+            apply_step(c)
+        finally:
+            applied.append((start, time.monotonic()))
+
+    timed_apply.__name__ = apply_step.__name__
+    steps = tuple(timed_apply if s is apply_step else s for s in RUN_STEPS
+                  if not (hold and s is apply_step))
+    cycle = run_cycle(config, until_cancelled(steps, cancelled), "daemon run",
+                      cancel=cancelled, finish=tell_after, trigger=trigger)
     return {"status": describe(cycle),
-            "fetch_error": cycle.source.fetch_error if cycle.source else None}
+            "fetch_error": cycle.source.fetch_error if cycle.source else None,
+            "applied": applied,
+            "held": hold and any(p.action == APPLY for p in cycle.plans.values())}
 
 
 def check_notify(config: Config, stop: Callable[[], bool]) -> None:
@@ -341,6 +402,28 @@ def describe(cycle: Cycle) -> str:
     if cycle.source is not None and cycle.source.hold:
         line += f"; applies held: {cycle.source.hold}"
     return line + (f"; paused: {cycle.pause['reason']}" if cycle.pause else "")
+
+
+class Wake:
+    """threading.Event's set, clear and wait, over a pipe: the main loop waits for it and for
+    the file watch's descriptor in one select (a signal handler's set() ends the wait too)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: it is set already
+            os.write(self._write, b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+    def wait(self, timeout: float, fds: list[int] | None = None) -> bool:
+        """Until set, an FDS is readable, or TIMEOUT seconds; True when set."""
+        ready, _, _ = select.select([self._read, *(fds or [])], [], [], timeout)
+        return self._read in ready
 
 
 def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:

@@ -17,6 +17,7 @@ from agent.adapters.state import (
     clear_pause,
     cycle_lock,
     pause_applies,
+    read_json,
     read_pause,
     read_status,
 )
@@ -124,7 +125,10 @@ def read_state_status(config: Config) -> tuple[dict[str, Any] | None, dict[str, 
     """The last cycle's status (None: none ran) and the pause in force (None: not paused)."""
     state = StateDir(config.state_dir)
     claim_repo(state, config.repo.url, config.path, write=False)
-    return read_status(state), read_pause(state)
+    status = read_status(state)
+    if status is not None and (watch := read_json(state.watch_file, None)) is not None:
+        status = {**status, "watch": watch}  # the daemon's file watch, as it last wrote it
+    return status, read_pause(state)
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,23 @@ def render_status(status: Mapping[str, Any]) -> str:
         if applied := host.get("last_apply"):
             lines.append(f"  last apply {applied['at']}: {applied['result']} (plan "
                          f"{applied['plan_id']}, approved by {applied['approved_by']})")
+    if isinstance(watch := status.get("watch"), Mapping):
+        lines.extend(render_watch(watch))
     return "\n".join(lines)
+
+
+def render_watch(watch: Mapping[str, Any]) -> list[str]:
+    """Given the daemon's watch.json, the status lines of its file watch."""
+    if not watch.get("on"):
+        problem = watch.get("problem")
+        return [f"watch: off ({problem})" if problem else "watch: off"]
+    lines = [f"watch: on, {watch.get('paths', 0)} path(s) in {watch.get('watches', 0)} "
+             "watched folder(s)"]
+    if last := watch.get("last_trigger"):
+        lines.append(f"  last trigger {last.get('at')}: {last.get('path')}")
+    if watch.get("problem"):
+        lines.append(f"  {watch['problem']}")
+    return lines
 
 
 def render_pause(pause: Mapping[str, Any], running: Mapping[str, Any] | None,

@@ -9,12 +9,19 @@ outcome in check mode (results carried the module's arguments in `invocation` un
 ansible-core 2.21 stopped sending them). This plugin writes exactly those facts,
 one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
 never a value, an argument or any output of a task.
+
+One more fact, for the daemon's file watch (agent.daemon.watch): the paths each task manages on
+its host (`path`/`dest` of file-like modules, the account files behind user and group, sudoers
+and authorized keys files, the package database, unit files), and whether the host is reached
+with the local connection (only then can the daemon watch them). Paths only, never content.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+from typing import Any
 
 from ansible.plugins.callback import CallbackBase
 
@@ -37,6 +44,8 @@ class CallbackModule(CallbackBase):
         super().__init__()
         path = os.environ.get("PETKEEPER_FACTS_FILE")
         self._out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._play: Any = None  # the play running: its variables say each host's connection
+        self._local: dict[str, bool] = {}
 
     def _write(self, result, **facts) -> None:
         if self._out is None:
@@ -62,11 +71,37 @@ class CallbackModule(CallbackBase):
             self._write(result, event="failed")
 
     def v2_runner_on_ok(self, result) -> None:
+        if not result._task.loop:  # a loop's own result: its items were seen one by one
+            self._write_paths(result)
         changed = bool(result._result.get("changed"))
         if result._task.no_log or result._result.get("_ansible_no_log"):
             self._write(result, event="hidden", changed=changed)
         elif changed:
             self._write(result, event="changed", changed=True, predicted=_predicted(result))
+
+    def v2_playbook_on_play_start(self, play) -> None:
+        self._play, self._local = play, {}
+
+    def v2_runner_item_on_ok(self, result) -> None:
+        self._write_paths(result)  # in a loop, each item's arguments are templated here
+
+    def _write_paths(self, result) -> None:
+        res = result._result
+        if self._out is None or res.get("_ansible_delegated_vars"):  # another host's files
+            return
+        paths = managed_paths(result._task.action, result._task.args or {}, res)
+        if paths:
+            self._write(result, event="paths", paths=paths, local=self._is_local(result._host))
+
+    def _is_local(self, host) -> bool:
+        name = host.get_name()
+        if name not in self._local:
+            try:
+                hostvars = self._play.get_variable_manager().get_vars(play=self._play, host=host)
+                self._local[name] = hostvars.get("ansible_connection") == "local"
+            except Exception:  # unknown means not watched, never a failed run
+                self._local[name] = False
+        return self._local[name]
 
     def v2_playbook_on_stats(self, stats) -> None:
         if self._out is not None:
@@ -93,3 +128,70 @@ def _skip_reason(task, res, falses) -> str:
                                  for c in task.changed_when):
         return "never_changes"
     return "module"
+
+
+# Modules whose path argument (first key present) is the file they manage.
+FILE_MODULES = {
+    "file": ("path", "dest", "name"), "copy": ("dest",), "template": ("dest",),
+    "lineinfile": ("path", "dest", "name", "destfile"), "blockinfile": ("path", "dest", "name"),
+    "replace": ("path", "dest", "name"), "assemble": ("dest",), "ini_file": ("path", "dest"),
+    "xml": ("path",), "get_url": ("dest",), "unarchive": ("dest",), "known_hosts": ("path",),
+    "patch": ("dest",), "htpasswd": ("path", "dest"), "pam_limits": ("dest",),
+    "sysctl": ("sysctl_file",), "mount": ("fstab",), "cron": ("cron_file",),
+    "community.general.ini_file": ("path", "dest"),
+}
+DEFAULTS = {"pam_limits": "/etc/security/limits.conf", "sysctl": "/etc/sysctl.conf",
+            "mount": "/etc/fstab", "known_hosts": "~/.ssh/known_hosts"}
+ACCOUNT_FILES = {"user": ("/etc/passwd", "/etc/shadow", "/etc/group"),
+                 "group": ("/etc/group", "/etc/gshadow")}
+PACKAGE_MODULES = {"package", "apt", "dnf", "dnf5", "yum", "apk", "pacman", "zypper", "apt_rpm",
+                   "rpm_key", "deb822_repository", "apt_repository"}
+PACKAGE_DATABASES = ("/var/lib/dpkg/status", "/var/lib/rpm/rpmdb.sqlite",
+                     "/var/lib/rpm/Packages", "/lib/apk/db/installed", "/var/lib/pacman/local")
+SERVICE_MODULES = {"service", "systemd", "systemd_service", "sysvinit"}
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
+             "/lib/systemd/system")
+
+
+def managed_paths(action: str, args: dict, res: dict) -> list[str]:
+    """The absolute paths a task of ACTION with (templated) ARGS and result RES manages on its
+    host; [] for a module that manages no file Petkeeper knows of."""
+    module = action.rsplit(".", 1)[-1]
+    if module in FILE_MODULES or action in FILE_MODULES:
+        keys = FILE_MODULES.get(action) or FILE_MODULES[module]
+        found = next((args[k] for k in keys if isinstance(args.get(k), str) and args[k]),
+                     DEFAULTS.get(module))
+        if module == "cron":
+            found = f"/etc/cron.d/{found}" if found and "/" not in found else found
+        paths = [found] if found else []
+    elif module in ACCOUNT_FILES:
+        paths = list(ACCOUNT_FILES[module])
+    elif module == "authorized_key":
+        paths = [args.get("path") or res.get("keyfile") or _home_file(args.get("user"))]
+    elif module == "sudoers":
+        name = args.get("name")
+        paths = [f"{args.get('sudoers_path') or '/etc/sudoers.d'}/{name}"] if name else []
+    elif module in PACKAGE_MODULES:
+        paths = [p for p in PACKAGE_DATABASES if os.path.exists(p)]
+    elif module in SERVICE_MODULES:
+        paths = _unit_files(args.get("name"))
+    else:
+        paths = []
+    return sorted({os.path.normpath(os.path.expanduser(p)) for p in paths
+                   if isinstance(p, str) and p and os.path.isabs(os.path.expanduser(p))})
+
+
+def _home_file(user) -> str:
+    try:
+        return os.path.join(pwd.getpwnam(str(user)).pw_dir, ".ssh", "authorized_keys")
+    except KeyError:
+        return ""
+
+
+def _unit_files(name) -> list[str]:
+    """The unit's files that exist, and /etc/systemd/system's (where a local override lands)."""
+    if not isinstance(name, str) or not name or "/" in name:
+        return []
+    unit = name if "." in name else f"{name}.service"
+    found = [os.path.join(d, unit) for d in UNIT_DIRS if os.path.exists(os.path.join(d, unit))]
+    return [*found, os.path.join(UNIT_DIRS[0], unit), os.path.join(UNIT_DIRS[0], unit + ".d")]

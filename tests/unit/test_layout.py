@@ -29,6 +29,7 @@ OWNERS = {
     "apprise": {"agent.adapters.apprise_send"},
     "prometheus_client": {"agent.operate.metrics"},
     "paramiko": {"agent.adapters.ssh"},
+    "inotify_simple": {"agent.daemon.watch"},
 }
 PRINTERS = {"agent.cli", "agent.demo", "agent.testhosts"}  # the faces: a command, the demo, a tool
 
