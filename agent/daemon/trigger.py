@@ -45,12 +45,7 @@ class Triggers:
         self.info: dict[str, Any] = {"on": False, "paths": 0, "watches": 0,
                                      "last_trigger": None, "problem": None}
         self.warned: str | None = None
-        if d.watch is not False:
-            try:
-                self.watch = FileWatch()
-            except WatchUnavailable as e:
-                self._problem("unavailable", f"{e}; only the scheduled check "
-                              "(daemon.check_interval) finds drift")
+        self._switch()
         self.rebuild()
 
     # -- the main thread ----------------------------------------------------------------
@@ -107,11 +102,27 @@ class Triggers:
         self._save()
 
     def reconfigure(self, config: Config) -> None:
+        """A reloaded config: its settings, and the watch turned on or off."""
         d = config.daemon
         self.config = config
         self.debounce.debounce, self.debounce.min_interval, self.debounce.max_delay = (
             d.watch_debounce, d.watch_min_interval, d.watch_max_delay)
+        self._switch()
         self.rebuild()
+
+    def _switch(self) -> None:
+        """Open the inotify instance when the watch may be on, close it when it is off."""
+        if self.config.daemon.watch is False:
+            if self.watch is not None:
+                self.watch.close()
+            self.watch = None
+            self.info.update(on=False, paths=0, watches=0, problem="daemon.watch is off")
+        elif self.watch is None:
+            try:
+                self.watch = FileWatch()
+            except WatchUnavailable as e:
+                self._problem("unavailable", f"{e}; only the scheduled check "
+                              "(daemon.check_interval) finds drift")
 
     def close(self) -> None:
         if self.watch is not None:

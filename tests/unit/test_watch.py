@@ -4,6 +4,7 @@ what the callback records, and how status and reports show it."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -312,3 +313,17 @@ def test_watch_off_watches_nothing(made, tmp_path):
 
     assert triggers.fds() == [] and not triggers.turn(1000.0, busy=False)
     assert json.loads(triggers.state.watch_file.read_text())["on"] is False
+
+
+def test_a_reload_turns_the_watch_on_and_off(made, tmp_path):
+    triggers, motd = triggers_on(made, tmp_path, watch=False)
+    on = dataclasses.replace(triggers.config, daemon=dataclasses.replace(
+        triggers.config.daemon, watch=None))
+
+    triggers.reconfigure(on)
+    motd.write_text("by hand\n")
+    triggers.turn(0.0, busy=False)
+    assert triggers.fds() and triggers.turn(5.0, busy=False)
+    triggers.reconfigure(dataclasses.replace(on, daemon=dataclasses.replace(on.daemon,
+                                                                             watch=False)))
+    assert triggers.fds() == [] and triggers.info["on"] is False
