@@ -7,11 +7,12 @@ So each cycle runs in a child that exits after it; the parent only waits, forwar
 reads the result.
 
 The child is a new interpreter (``python -c``, started by subprocess's fork+exec), not a fork()
-of the daemon: the daemon has threads (the scheduler's; a metrics server's or a file watch's may
-join it), Python 3.12+ warns on fork() in a threaded process, and such a child can deadlock on a
-lock another thread held at the fork. A fresh interpreter costs about 0.3 s of CPU a cycle, and
-keeps nothing between cycles: no fork server or tracker process beside the daemon
-(bench/isolate_start.py compares the ways; docs/daemon.md says why this one).
+of the daemon: the daemon has threads (the scheduler's; a metrics server's may join it; the file
+watch has none, the main loop reads it), Python 3.12+ warns on fork() in a threaded process,
+and such a child can deadlock on a lock another thread held at the fork. A fresh interpreter
+costs about 0.3 s of CPU a cycle, and keeps nothing between cycles: no fork server or tracker
+process beside the daemon (bench/isolate_start.py compares the ways; docs/daemon.md says why
+this one).
 
 The job crosses as a pickle on the child's stdin (the work function by reference, its
 arguments, the parent's sys.path and log levels); the child's log records and its result come
