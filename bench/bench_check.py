@@ -714,6 +714,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a timeout, a kill) leaves through the finally blocks: hosts stopped, workdir gone.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_check: terminated"))
     workdir = Path(tempfile.mkdtemp(prefix="pkbench-", dir="/tmp"))
     base_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     if args.cold:
