@@ -675,6 +675,22 @@ def print_table(points: list[Point]) -> None:
           "ansible.accelerator off; ap: ansible-playbook --check --diff, pipelining on")
 
 
+def code_commit() -> str:
+    """The commit of the agent/ this imports, and whether agent/ differs from it."""
+    root = Path(agent.__file__).resolve().parents[1]
+
+    def out(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip()
+
+    try:
+        sha = out("rev-parse", "--short=12", "HEAD")
+        dirty = out("status", "--porcelain", "--untracked-files=no", "--", "agent")
+    except (subprocess.CalledProcessError, OSError):
+        return "unknown"
+    return sha + (" (with uncommitted changes to agent/)" if dirty else "")
+
+
 # -- main ------------------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -721,8 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cold:
         base_env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=no"
     began = time.monotonic()
-    say(f"agent from {Path(agent.__file__).parent}; workdir {workdir}; {args.playbook}, "
-        f"forks {args.forks}; SSH connections "
+    say(f"agent from {Path(agent.__file__).parent} at {code_commit()}; workdir {workdir}; "
+        f"{args.playbook}, forks {args.forks}; SSH connections "
         f"{'never reused' if args.cold else 'reused within each run'}; ansible-core "
         f"{version('ansible-core')}; Mitogen {mitogen_version() or 'not installed'}; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")

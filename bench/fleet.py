@@ -69,10 +69,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_check, run as a script too
 
-from bench_check import tree_cpu
+from bench_check import code_commit, tree_cpu
 from fleet_figures import Figures, measure, print_figures, read_fleet
 
-import agent
 from agent.demo import seed_repo
 
 ADDRESS = "127.0.94.1"
@@ -435,17 +434,6 @@ def disk_size(path: Path) -> int:
 
 def say(text: str) -> None:
     print(f"fleet: {text}", flush=True)
-
-
-def code_commit() -> str:
-    root = Path(agent.__file__).resolve().parents[1]
-    try:
-        sha = git_out("rev-parse", "--short=12", "HEAD", cwd=root)
-        dirty = git_out("status", "--porcelain", "--untracked-files=no", "--", "agent",
-                        cwd=root)
-    except (subprocess.CalledProcessError, OSError):
-        return "unknown"
-    return sha + (" (with uncommitted changes to agent/)" if dirty else "")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

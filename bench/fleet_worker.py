@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -141,8 +142,15 @@ class Worker:
 
         return (fetch_step, detect, record, save_step)
 
-    def warm_up(self, agent: Agent) -> None:
-        """The agent's mirror as a running daemon has it: the old source fetched."""
+    def warm_up(self, agent: Agent, seed: Agent | None = None) -> None:
+        """The agent's mirror as a running daemon has it: the old source fetched. With SEED
+        (an agent already warm), its mirror is copied first, so that the fetch finds nothing
+        new: a thousand clones of one repository only cost the warm-up time."""
+        if seed is not None:
+            root = Path(agent.config.state_dir)
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copytree(Path(seed.config.state_dir) / "mirror.git", root / "mirror.git",
+                            symlinks=True)
         self.cycle(agent, (fetch_step,), 0.0)
 
     def run_agent_cycle(self, agent: Agent, due: float) -> None:
@@ -195,8 +203,8 @@ class Worker:
 
     def tick(self, agent: Agent, now: float) -> bool:
         """Decide at sim time NOW whether AGENT's daemon starts a cycle."""
-        if now >= float(self.spec["duration"]) and not agent.queued and agent.last is not None:
-            agent.done = True  # the measured span is over and nothing waits to be pushed
+        if self.over(agent, now):
+            agent.done = True
             return False
         if now >= float(self.spec["give_up"]):
             agent.done = True
@@ -217,7 +225,15 @@ class Worker:
     def finished(self, agent: Agent, future: Any) -> None:
         with self.lock:
             agent.busy = False
+            if self.over(agent, self.sim()):
+                agent.done = True  # what its next tick would decide: the run ends sooner
+                return
             self.schedule(agent, self.sim())
+
+    def over(self, agent: Agent, now: float) -> bool:
+        """The measured span is over for AGENT and nothing waits in its queue."""
+        return now >= float(self.spec["duration"]) and not agent.queued and \
+            agent.last is not None
 
     def run(self, pool: ThreadPoolExecutor) -> None:
         with self.lock:
@@ -270,7 +286,9 @@ def main(argv: list[str]) -> int:
         worker = Worker(spec, log, load_agents(spec))
         with ThreadPoolExecutor(int(spec["threads"]), thread_name_prefix="agent") as pool:
             if not spec.get("restart"):
-                list(pool.map(worker.warm_up, worker.agents))
+                first, *others = worker.agents
+                worker.warm_up(first)
+                list(pool.map(lambda a: worker.warm_up(a, first), others))
                 print("warm", flush=True)
                 go = sys.stdin.readline().split()  # "go T0 SHA BASE"
                 if not go or go[0] != "go":
