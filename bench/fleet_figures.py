@@ -245,7 +245,9 @@ def measure(args: argparse.Namespace, workdir: Path, remote: Path, names: list[s
                                   if e.get("fetch_error")))
 
     started = {e["run"]: e["t"] for e in log if e["kind"] == "record"}
-    committed = {(host, e["run"]) for e in cycles for host in e.get("committed", [])}
+    # committed: host names, or (host, file) pairs of the per-host layout's record step
+    committed = {(c if isinstance(c, str) else c[0], e["run"]) for e in cycles
+                 for c in e.get("committed", [])}
     for name in names:  # commits a killed cycle made but could not log
         committed |= own_reports(workdir / "agents" / name / "mirror.git", name)
     committed = {r for r in committed if r[1] in started}  # this run's, not the warm-up's
