@@ -133,7 +133,7 @@ def latency(work: Path, edits: int) -> list[float]:
             wait("the report", lambda b=before: reports_head(bare) not in (None, b) and
                  "check triggered by a change of" in git(
                      "--git-dir", str(bare), "log", "-1", "--format=%B",
-                     "petkeeper/reports"))
+                     "petkeeper/reports").lower())
             times.append(time.monotonic() - began)
             print(f"edit {i + 1}: {times[-1]:.2f}s to the committed report", flush=True)
             wait("the correction", lambda r=run: (n := last_run(state)).get("run_id") != r
@@ -145,9 +145,6 @@ def latency(work: Path, edits: int) -> list[float]:
 
 
 def idle_cost(work: Path, idle: float) -> dict[str, tuple[int, float]]:
-    (work / "idle").mkdir()
-    (work / "idle-pet").mkdir()
-    url = make_remote(work / "idle", work / "idle-pet")
     paths = []
     for d in range(100):
         folder = work / "many" / f"d{d:03}"
@@ -156,7 +153,10 @@ def idle_cost(work: Path, idle: float) -> dict[str, tuple[int, float]]:
             (folder / f"f{f}").write_text("x\n")
             paths.append(str(folder / f"f{f}"))
     procs = {}
-    for mode, watch in (("on", True), ("off", False)):
+    for mode, watch in (("on", True), ("off", False)):  # each its own remote and pet
+        (work / f"idle-{mode}").mkdir()
+        (work / f"pet-{mode}").mkdir()
+        url = make_remote(work / f"idle-{mode}", work / f"pet-{mode}")
         state = work / f"state-{mode}"
         config = write_config(work / f"idle-{mode}.yml", url, state, {
             "check_interval": "1h", "splay": 0, "watch": watch})

@@ -327,3 +327,33 @@ def test_a_reload_turns_the_watch_on_and_off(made, tmp_path):
     triggers.reconfigure(dataclasses.replace(on, daemon=dataclasses.replace(on.daemon,
                                                                              watch=False)))
     assert triggers.fds() == [] and triggers.info["on"] is False
+
+
+def test_a_triggered_cycle_holds_the_correction_and_the_grace_cycle_applies(
+        made, tmp_path, monkeypatch):
+    from agent.daemon import service
+
+    triggers, motd = triggers_on(made, tmp_path, watch_grace="30s")
+    daemon = service.Daemon(tmp_path / "agent.yml", triggers.config, env={})
+    daemon.triggers = triggers
+    ran: list[tuple[Any, ...]] = []
+
+    def run_isolated(work: Any, args: tuple[Any, ...], stop: Any) -> dict[str, Any]:
+        ran.append(args[1:])
+        return {"status": "ok", "fetch_error": None, "applied": [], "held": args[2]}
+
+    monkeypatch.setattr(service, "run_isolated", run_isolated)
+    monkeypatch.setattr(daemon, "_peek", lambda config: "a" * 40)
+    daemon.tick()  # the first cycle: nothing triggered it, nothing is held
+    motd.write_text("by hand\n")
+    triggers.turn(0.0, busy=False)
+    assert triggers.turn(5.0, busy=False)
+    daemon.tick()
+
+    assert ran == [(None, False), (f"check triggered by a change of {motd}", True)]
+    assert triggers.grace_at is not None
+    assert triggers.turn(triggers.grace_at + 0.1, busy=False)
+    daemon.tick()  # the grace is over: a cycle that may apply, re-checked first
+    assert ran[-1] == (None, False)
+    daemon.tick()  # and then nothing is due
+    assert len(ran) == 3
