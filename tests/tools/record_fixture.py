@@ -180,10 +180,27 @@ def replay_accelerated(case: str) -> bool:
           f"{'' if same else '  DIFFERS from expected.json'}")
     if not same:
         for name in sorted(set(expected) | set(reports)):
-            if expected.get(name) != reports.get(name):
-                print(f"  {name}: expected {json.dumps(expected.get(name))[:600]}\n"
-                      f"  {name}: got      {json.dumps(reports.get(name))[:600]}")
+            print_difference(name, expected.get(name) or {}, reports.get(name) or {})
     return same
+
+
+def print_difference(name: str, expected: dict[str, Any], got: dict[str, Any]) -> None:
+    """What differs in host NAME's report: each top-level key, and each change by its index."""
+    for key in sorted(set(expected) | set(got)):
+        want, have = expected.get(key), got.get(key)
+        if want == have:
+            continue
+        if key == "changes" and isinstance(want, list) and isinstance(have, list):
+            for i in range(max(len(want), len(have))):
+                w = want[i] if i < len(want) else None
+                h = have[i] if i < len(have) else None
+                if w != h:
+                    keys = sorted({*(w or {}), *(h or {})})
+                    diff = {k: ((w or {}).get(k), (h or {}).get(k)) for k in keys
+                            if (w or {}).get(k) != (h or {}).get(k)}
+                    print(f"  {name}: changes[{i}] expected/got: {json.dumps(diff)[:1500]}")
+            continue
+        print(f"  {name}: {key}: expected {json.dumps(want)[:700]}; got {json.dumps(have)[:700]}")
 
 
 def within_limits(expected: dict[str, Any], got: dict[str, Any] | None) -> dict[str, Any]:
