@@ -146,3 +146,56 @@ def test_a_failed_galaxy_install_is_one_clear_error_and_changes_nothing(pets, re
     assert [p for p in (tmp_path / "state" / "galaxy").iterdir()
             if not p.name.startswith(".")] == []
     assert len(remote.log()) == 1
+
+
+def collection_tarball(tmp: Path, text: str) -> bytes:
+    """acme.pets 1.0.0, whose role `banner` writes TEXT to /etc/from-collection: each build
+    has the same file name, as a vendored tarball rebuilt in place has."""
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([bin_dir / "ansible-galaxy", "collection", "init", "acme.pets", "--force",
+                    "--init-path", str(tmp / "coll")], check=True, capture_output=True)
+    tasks = tmp / "coll" / "acme" / "pets" / "roles" / "banner" / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    (tasks / "main.yml").write_text(
+        "- name: Write the vendored collection's banner\n  ansible.builtin.copy:\n"
+        f"    content: \"{text}\\n\"\n    dest: /etc/from-collection\n    mode: \"0644\"\n")
+    subprocess.run([bin_dir / "ansible-galaxy", "collection", "build", "--force",
+                    str(tmp / "coll" / "acme" / "pets"), "--output-path", str(tmp)],
+                   check=True, capture_output=True)
+    return (tmp / "acme-pets-1.0.0.tar.gz").read_bytes()
+
+
+def test_vendored_requirements_are_installed_again_when_they_change_and_keep_the_repo_paths(
+        host_pool, remote, tmp_path):
+    """Issue 22, items 4 and 5: a vendored tarball rebuilt under the same name is installed
+    again (it was served from the cache), and the installed requirements come before the
+    repo's own collections_path (they replaced it: a playbook in a subfolder could not find
+    the repo's collection)."""
+    remote.commit({
+        **pets_repo_files(pet_hosts(host_pool, "beta")),
+        "ansible.cfg": "[defaults]\ncollections_path = ./collections\n",
+        "collections/ansible_collections/local/tools/roles/note/tasks/main.yml":
+            "- name: Write the repo collection's note\n  ansible.builtin.copy:\n"
+            "    content: \"from the repo\\n\"\n    dest: /etc/from-repo\n    mode: \"0644\"\n",
+        "vendor/acme-pets-1.0.0.tar.gz": collection_tarball(tmp_path / "v1", "build one"),
+        "requirements.yml": yaml.safe_dump({"collections": [
+            {"name": "vendor/acme-pets-1.0.0.tar.gz", "type": "file"}]}),
+        "plays/content.yml": "- hosts: pets\n  roles:\n    - local.tools.note\n"
+                             "    - acme.pets.banner\n"})
+    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
+                                host_pool, limit="beta", playbooks=["plays/content.yml"])
+
+    code, checked = run_json(config, "check")
+    changes = {c["task"]: c["diff"] for c in checked["hosts"]["beta"]["changes"]}
+    assert code == 2, checked
+    assert list(changes) == ["Write the repo collection's note",
+                             "Write the vendored collection's banner"]
+    assert "+build one" in changes["Write the vendored collection's banner"]
+
+    remote.commit({"vendor/acme-pets-1.0.0.tar.gz": collection_tarball(tmp_path / "v2",
+                                                                       "build two")})
+    code, checked = run_json(config, "check")
+    changes = {c["task"]: c["diff"] for c in checked["hosts"]["beta"]["changes"]}
+    assert "+build two" in changes["Write the vendored collection's banner"], changes
+    assert len([p for p in (tmp_path / "state" / "galaxy").iterdir()
+                if not p.name.startswith(".")]) == 2
