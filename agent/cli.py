@@ -20,7 +20,7 @@ from agent.adapters.state import StateDir
 from agent.arguments import build_parser
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.pipeline import pipeline_run
-from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, run_cycle
+from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, Cycle, run_cycle
 from agent.errors import AgentError, ConfigError
 from agent.operate import ci, commands, output
 from agent.operate.logs import setup_logging
@@ -79,20 +79,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.command == "check":
         ci.require_tree(args.inventory, args.policy, args.private_key, args.known_hosts,
                         args.state_dir)
-    config = load_config(_config_path(args), overrides)
     steps = CHECK_STEPS if args.command in ("check", "plan") else RUN_STEPS
-    with progress_line(args) as watch:
-        if args.command == "run" and args.state_dir is not None:  # run in a pipeline
-            config = replace(config, state_dir=args.state_dir.absolute())
-            cycle = pipeline_run(config, os.environ, take_over=args.take_over, wait=args.wait,
-                                 finish=prepare_tell(config), watch=watch)
-        else:
-            cycle = run_cycle(config, steps, args.command, wait=args.wait,
-                              only_plan=getattr(args, "plan_id", None),
-                              finish=prepare_tell(config), watch=watch)
+    seen: list[Cycle] = []  # the cycle, also when it ends in an error (for --json)
+    try:
+        config = load_config(_config_path(args), overrides)
+        tell = prepare_tell(config)
+
+        def finish(c: Cycle, error: BaseException | None) -> None:
+            seen.append(c)
+            tell(c, error)
+
+        with progress_line(args) as watch:
+            if args.command == "run" and args.state_dir is not None:  # run in a pipeline
+                config = replace(config, state_dir=args.state_dir.absolute())
+                cycle = pipeline_run(config, os.environ, take_over=args.take_over,
+                                     wait=args.wait, finish=finish, watch=watch)
+            else:
+                cycle = run_cycle(config, steps, args.command, wait=args.wait,
+                                  only_plan=getattr(args, "plan_id", None), finish=finish,
+                                  watch=watch)
+    except AgentError as e:
+        if args.json:  # scripts read the error from stdout too
+            print(json.dumps(output.cycle_json(seen[0].as_json() if seen else None, e), indent=2))
+        raise
     data = cycle.as_json()
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(output.cycle_json(data), indent=2))
     elif args.command == "check":
         print(output.render_check(data, color=use_color(args)))
     else:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.core.wording import change_counts, task_title
+from agent.errors import ConfigError
 
 COLORS = {"clean": "32", "drifted": "33", "failed": "31", "unreachable": "31", "unknown": "35",
           "+": "32", "-": "31", "@": "36"}
@@ -42,6 +43,18 @@ def _safe(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [_safe(v, key) for v in value]
     return value
+
+
+def cycle_json(data: Mapping[str, Any] | None, error: BaseException | None = None
+               ) -> dict[str, Any]:
+    """check, plan, run and apply --json: the cycle's DATA with `error`, None or what ended the
+    cycle early (a config error's problems joined by "; "). With no cycle (the config or the
+    lock stopped it first), its parts are empty."""
+    base = dict(data) if data is not None else {
+        "run_id": None, "source_sha": None, "hosts": {}, "plans": {}, "applies": [],
+        "reports": None}
+    problems = error.problems if isinstance(error, ConfigError) else [str(error)]
+    return {**base, "error": "; ".join(problems) if error is not None else None}
 
 
 def render_check(report: Mapping[str, Any], color: bool = False) -> str:
