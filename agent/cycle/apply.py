@@ -28,9 +28,11 @@ from agent.adapters.state import (
 )
 from agent.adapters.verify import run_host_tests
 from agent.config import Config
+from agent.core.applied import parse_applied
 from agent.core.approval import Approval
 from agent.core.drift import CLEAN, HostReport, build_host_reports
 from agent.core.ledger import record_apply
+from agent.core.wording import task_title
 from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
 from agent.cycle.record import Record, format_message, host_path
@@ -59,14 +61,16 @@ class ApplyResult:
     run_id: str = ""
     message: str = ""
     tests: dict[str, Any] | None = None  # the repo's post-apply tests (agent.adapters.verify)
+    changed: tuple[dict[str, Any], ...] = ()  # the tasks the apply changed (agent.core.applied)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "leftovers": list(self.leftovers)}
+        return {**asdict(self), "leftovers": list(self.leftovers), "changed": list(self.changed)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ApplyResult:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**{**known, "leftovers": tuple(known.get("leftovers") or ())})
+        return cls(**{**known, "leftovers": tuple(known.get("leftovers") or ()),
+                      "changed": tuple(known.get("changed") or ())})
 
 
 def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
@@ -101,8 +105,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         write_json(state.journal / f"{plan.plan_id}.json", {**common, "state": "applying"})
         if plan.approval is not None:
             mark_used(state, plan.approval)
-        failed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}", cancel,
-                            watch)
+        failed, changed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}",
+                                     cancel, watch)
     finally:
         note_applying(state, None)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
@@ -125,7 +129,7 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
         FAILED_APPLY if failed else NOT_CONVERGED), after_status=after.status,
         leftovers=leftovers, finished=now().isoformat(timespec="seconds"),
         message=failed and source.mask(failed),
-        tests=tests)
+        tests=tests, changed=tuple(changed))
     journal_done(state, result)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
     return result, after
@@ -196,6 +200,11 @@ def apply_record(result: ApplyResult) -> Record:
         t = result.tests
         body += (f"\nPost-apply tests: {'passed' if t['passed'] else 'FAILED'} ({t['tests']} "
                  f"run, {t['failures'] + t['errors']} failed)")
+    if result.changed:
+        body += "\nChanged: " + "; ".join(
+            task_title(c.get("role"), str(c.get("task"))) + (
+                f" ({len(c['items'])} item(s))" if c.get("items") else "")
+            for c in result.changed)
     if result.leftovers:
         body += "\nStill changing: " + ", ".join(result.leftovers)
     message = format_message(subject, body, {
@@ -233,11 +242,16 @@ def _post_apply_tests(config: Config, source: Source, targets: Targets, host: st
 
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,
-               cancel: Callable[[], bool] | None, watch: Watcher | None = None) -> str:
-    """Apply every playbook to the one host; return why it failed ('' when it did not)."""
+               cancel: Callable[[], bool] | None, watch: Watcher | None = None
+               ) -> tuple[str, list[dict[str, Any]]]:
+    """Apply every playbook to the one host; return why it failed ('' when it did not) and
+    the tasks that changed it (masked), also those before a failure."""
+    changed: list[dict[str, Any]] = []
     for i, playbook in enumerate(targets.playbooks):
         run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
         result = targets.run(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
+        changed += parse_applied(result.events, targets.hosts[0], str(source.tree),
+                                 result.facts, source.mask)
         if result.status != "successful":
             reports = build_host_reports(result.events, targets.hosts, str(source.tree),
                                          result.facts)
@@ -245,6 +259,7 @@ def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir
             if not any(e.get("event") == "playbook_on_stats" for e in result.events):
                 why.append(result.error)  # Ansible stopped before its recap: say how
             return f"{playbook}: " + ("; ".join(w for w in why if w) or
-                                      f"ansible-playbook {result.status} (rc {result.rc})")
-    return ""
+                                      f"ansible-playbook {result.status} (rc {result.rc})"), \
+                changed
+    return "", changed
 

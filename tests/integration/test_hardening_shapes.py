@@ -148,6 +148,10 @@ def test_a_partial_plan_applies_once_an_approval_acknowledges_it(shapes: Shapes)
     assert (applied["plan_id"], applied["result"], code) == (pid, "converged", 0)
     assert shapes.pool.run("pet1", "id carol", check=False).returncode == 0
     assert HAND_EDIT not in shapes.pool.run("pet1", f"cat {LIMITS}").stdout  # the apply saw it
+    # Its record (applies/pet1.yml holds this result) names what it changed (issue 22, 9).
+    done = {(c["role"], c["task"]): c for c in applied["changed"]}
+    assert {ACCOUNT, SSH_FOLDER, ("hardening", HIDDEN)} <= set(done), list(done)
+    assert f"-{HAND_EDIT}" in done[("hardening", HIDDEN)]["diff"]
     # Converged, the host lists exactly one entry: the task check mode never sees.
     host = after["hosts"]["pet1"]
     assert (host["status"], host["partial"]) == ("clean", False)

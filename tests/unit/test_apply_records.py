@@ -113,6 +113,22 @@ def test_an_apply_records_content_loads_back_to_the_result_under_a_comment():
     assert yaml.safe_load(content)["approval"]["comment"] == "ticket OPS-42"
 
 
+def test_an_apply_record_names_each_task_it_changed_with_items_and_diff():
+    changed = ({"role": "ssh", "task": "Regenerate the host key",
+                "module": "ansible.builtin.command"},
+               {"role": "users", "task": "Create the admins", "module": "ansible.builtin.user",
+                "items": ["alice", "bob"]},
+               {"role": None, "task": "Write motd", "module": "ansible.builtin.template",
+                "diff": "--- before\n+++ after\n-old\n+new\n"})
+    result = dataclasses.replace(RESULT, changed=changed)
+    record = apply_record(result)
+
+    assert yaml.safe_load(record.content)["changed"] == list(changed)
+    assert "\nChanged: ssh | Regenerate the host key; users | Create the admins (2 item(s)); " \
+           "Write motd\n" in record.message
+    assert ApplyResult.from_dict(result.as_dict()) == result  # through the journal
+
+
 # --- approval_record -------------------------------------------------------------------------
 
 def test_an_approval_record_is_the_hosts_file_under_approvals_committed_when_approved():
