@@ -45,6 +45,7 @@ class RunInfo:
     agent: str  # the machine that ran the check
     paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
     trigger: str | None = None  # the daemon's file watch: "check triggered by a change of X"
+    refused: str | None = None  # the newest source commit was refused: why (Source.rejected)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
         data["paused"] = {k: run.paused[k] for k in ("by", "at", "reason", "checks")}
     if run.trigger:  # only a check the file watch triggered: not in the fingerprint
         data["trigger"] = run.trigger
+    if run.refused:  # only then, as paused
+        data["source_refused"] = run.refused
     return data
 
 
@@ -92,6 +95,8 @@ def render_report(data: Mapping[str, Any]) -> str:
         lines.append(f"# {_one_line(str(data['message']))}")
     if data.get("trigger"):
         lines.append(f"# {_one_line(str(data['trigger']))}")
+    if refused := data.get("source_refused"):
+        lines.append(f"# newest source refused, this is the last good one: {_one_line(refused)}")
     if pause := data.get("paused"):
         lines.append(f"# paused by {pause['by']} since {pause['at']}: "
                      f"{_one_line(str(pause['reason']))}; nothing is applied until "
@@ -123,6 +128,8 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
             return f"{key} changed"
     if previous.get("paused") != current.get("paused"):
         return "resumed" if current.get("paused") is None else "paused"
+    if previous.get("source_refused") != current.get("source_refused"):
+        return "source refused" if current.get("source_refused") else "source accepted"
     try:
         age = (datetime.fromisoformat(current["checked_at"]) -
                datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()
@@ -138,7 +145,8 @@ def build_message(data: Mapping[str, Any], reason: str) -> str:
         (f"\n{_sentence(str(data['trigger']))}" if data.get("trigger") else ""),
         {"Source": data["source_sha"], "Run": data["run_id"], "Host": data["host"],
          "Status": data["status"],
-         **({"Paused": data["paused"]["reason"]} if data.get("paused") else {})})
+         **({"Paused": data["paused"]["reason"]} if data.get("paused") else {}),
+         **({"Source-Refused": data["source_refused"]} if data.get("source_refused") else {})})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from agent.adapters.vault import vault_values
 from agent.config import Config, parse_extra_var
 from agent.core.ansible_cfg import check_ansible_cfg
 from agent.core.redact import Masker, leaf_strings, url_secrets
-from agent.cycle.trust import rewind_hold, trusted_head
+from agent.cycle.trust import read_trust, rewind_hold, trusted_head, write_trust
 from agent.errors import FetchError, RepoError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ class Source:
     sha: str
     tree: Path
     fetch_error: str | None = None  # the fetch failed: this is the last good commit
-    rejected: str | None = None  # the head's signatures failed: this is the last verified one
+    # The head was refused (its signatures failed, or its content, e.g. its ansible.cfg): this
+    # is the last verified or good one, and why.
+    rejected: str | None = None
     hold: str | None = None  # why no correction may be applied from this commit
     env: Mapping[str, str] = field(default_factory=dict)  # for Ansible: Galaxy requirements
     mask: Callable[[str], str] = field(default=lambda text: text)  # hides secrets in reports
@@ -103,9 +105,31 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
     elif hold:
         log.warning("%s", hold)
     tree = mirror.materialise(sha, state.trees / sha)
+    try:
+        check_ansible_cfg(tree)
+    except RepoError as e:  # the last good commit is still checked, as after a failed fetch
+        sha, tree, rejected = _last_good(state, mirror, sha, e)
+        hold = f"{rejected}; checking the last good commit {sha[:12]}, applying nothing"
+    else:
+        if read_trust(state).get("content_ok") != sha:
+            write_trust(state, {**read_trust(state), "content_ok": sha})
     prune_trees(state.trees, keep=sha)
-    check_ansible_cfg(tree)
     return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
+
+
+def _last_good(state: StateDir, mirror: Mirror, head: str,
+               error: RepoError) -> tuple[str, Path, str]:
+    """HEAD's content was refused (ERROR): return the last commit whose content passed, its
+    tree and why HEAD was refused. With none (a first run), ERROR itself."""
+    good = read_trust(state).get("content_ok")
+    if not good or good == head or not mirror.has_commit(good):
+        raise error
+    shutil.rmtree(state.trees / head, ignore_errors=True)  # refused: none of it is used
+    problem = f"source commit {head[:12]} refused: {error}"
+    log.error("%s; checking the last good commit %s", problem, good[:12])
+    tree = mirror.materialise(good, state.trees / good)
+    check_ansible_cfg(tree)
+    return good, tree, problem
 
 
 def secret_masker(config: Config, state: StateDir, tree: Path) -> Masker:

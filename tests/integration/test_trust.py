@@ -84,7 +84,8 @@ def test_unsigned_head_on_the_first_run_is_refused_before_any_file_is_written(
     code, report, stderr = cli(config, "check")
 
     head = remote.rev("main")
-    assert code == 1 and report == {}
+    assert code == 1 and report["hosts"] == {}  # --json: the error as JSON too
+    assert f"petkeeper: error: {report['error']}" == stderr.strip().splitlines()[0]
     assert stderr.strip().splitlines() == [
         f"petkeeper: error: source commit {head[:12]} (head) is not trusted: unsigned; sign it "
         "with a key in repo.allowed_signers or repo.gpg_home, or push a signed fix"]
@@ -285,7 +286,8 @@ def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checkin
 
     code, report, stderr = cli(config, "check")
 
-    assert code == 1 and report == {}
+    assert code == 1 and report["hosts"] == {}  # --json: the error as JSON too
+    assert f"petkeeper: error: {report['error']}" == stderr.strip().splitlines()[0]
     assert stderr.splitlines() == [
         "petkeeper: error: ansible.cfg: [defaults] log_path: not allowed in a Petkeeper repo "
         "(Ansible's log would hold diffs with secrets in clear); remove it (docs/security.md "
@@ -297,6 +299,28 @@ def test_a_committed_ansible_cfg_cannot_log_secrets_or_turn_off_host_key_checkin
     code, _, stderr = cli(config, "check")
     assert code == 1 and "host_key_checking = False: host keys are always checked" in stderr
     assert not remote.log()  # no report
+
+    # Once a commit passed, a refused one leaves a trace (issue 22, item 6): the last good
+    # commit is still checked, and the reports, status and the exit code say why.
+    good = remote.commit({"ansible.cfg": "[defaults]\nforks = 2\nansible_managed = Ours\n"
+                                         "[galaxy]\nserver_list = release_galaxy\n"})
+    code, report, stderr = cli(config, "check")
+    assert code in (0, 2) and report["source_sha"] == good, stderr
+    bad = remote.commit({"ansible.cfg": f"[defaults]\nforks = 2\nlog_path = {log}\n"})
+    code, report, stderr = cli(config, "check")
+
+    why = (f"source commit {bad[:12]} refused: ansible.cfg: [defaults] log_path: not allowed "
+           "in a Petkeeper repo")
+    assert code == 1 and report["source_sha"] == good and report["error"] is None
+    assert report["source_rejected"].startswith(why)
+    assert report["hosts"]["alpha"]["status"] in ("clean", "drifted")
+    assert report["plans"]["alpha"]["action"] != "apply"
+    hosts_file = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
+    assert hosts_file["source_sha"] == good and hosts_file["source_refused"].startswith(why)
+    assert "Petkeeper-Source-Refused: " + why in remote.log("alpha", fmt="%B%x00")[0]
+    status = petkeeper(config, "status")
+    assert f"  source head rejected: {why}" in status.stdout
+    assert not log.exists() and not (tmp_path / "state" / "trees" / bad).exists()
 
 
 def test_git_runs_no_hook_and_fetches_no_submodule(remote, tmp_path):
@@ -353,7 +377,8 @@ def test_git_over_ssh_refuses_an_unknown_or_changed_host_key_and_shows_its_finge
 
     code, report, stderr = cli(config, "check")
 
-    assert code == 1 and report == {}
+    assert code == 1 and report["hosts"] == {}  # --json: the error as JSON too
+    assert f"petkeeper: error: {report['error']}" == stderr.strip().splitlines()[0]
     assert stderr.splitlines() == [
         f"petkeeper: error: git fetch {safe}/tmp/pets-ssh.git: host key unknown: no ED25519 "
         f"key for {spec} in known_hosts (it sends {host.fingerprint}); refused, never trusted "

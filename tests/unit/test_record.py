@@ -334,6 +334,28 @@ def test_pausing_and_resuming_each_commit_the_report_once():
     assert commit_reason(as_read_back(paused), data_of(host(), other), DAY) == "paused"
 
 
+# --- a refused source commit ------------------------------------------------------------------
+
+WHY = ("source commit 0123456789ab refused: ansible.cfg: [defaults] log_path: not allowed in a "
+       "Petkeeper repo (Ansible's log would hold diffs with secrets in clear); remove it")
+REFUSED = RunInfo(RUN.run_id, SHA, WHEN, "pet1", refused=WHY)
+
+
+def test_a_refused_source_is_in_the_report_its_summary_and_its_commit(tmp_path: Path):
+    data = data_of(host(), REFUSED)
+
+    assert data["source_refused"] == WHY
+    assert "source_refused" not in data_of(host())  # never refused: no key at all
+    text = render_report(data)
+    assert f"# newest source refused, this is the last good one: {WHY}" in text.splitlines()
+    assert parse_trailers(build_message(data, "source refused"), tmp_path)[-1] == \
+        f"Petkeeper-Source-Refused: {WHY}"
+    plain = data_of(host())
+    assert commit_reason(as_read_back(plain), data, DAY) == "source refused"
+    assert commit_reason(as_read_back(data), data_of(host(), REFUSED), DAY) is None
+    assert commit_reason(as_read_back(data), plain, DAY) == "source accepted"
+
+
 # --- publish: what the reports of a cycle became, each host once ------------------------------
 
 def test_publish_says_whether_it_pushed_had_nothing_to_push_or_could_not(tmp_path: Path):
