@@ -114,8 +114,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
             **common, result=INTERRUPTED, after_status="unknown",
             finished=now().isoformat(timespec="seconds"),
             message="the agent was stopped during this apply; it will not be re-applied "
-                    "without a new approval")), replace(report, status="unknown",
-                                                         message="apply interrupted")
+                    "without a new approval", changed=tuple(changed))), \
+            replace(report, status="unknown", message="apply interrupted")
     after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
                         cancel, watch)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
