@@ -138,10 +138,7 @@ def record_case(case: str, bless: bool) -> bool:
     (folder / "facts.json").unlink(missing_ok=True)
     if facts:
         write_json(folder / "facts.json", facts)
-    reports = {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
-                      "fingerprint": r.fingerprint, **({"partial": True} if r.partial else {})}
-               for name, r in build_host_reports(events, expected_hosts(scenario), TREE,
-                                                 facts).items()}
+    reports = report_dicts(events, scenario, facts)
     path = FIXTURES / case / "expected.json"
     if bless:
         write_json(path, {"about": scenario["about"], "hosts": reports})
@@ -150,6 +147,15 @@ def record_case(case: str, bless: bool) -> bool:
                         for name, r in reports.items())
     print(f"{case} ({minor}): {summary}{'' if same else '  DIFFERS from expected.json'}")
     return same
+
+
+def report_dicts(events: list[Any], scenario: dict[str, Any], facts: list[Any]
+                 ) -> dict[str, dict[str, Any]]:
+    """The reports of EVENTS as expected.json holds them."""
+    return {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
+                   "fingerprint": r.fingerprint, **({"partial": True} if r.partial else {})}
+            for name, r in build_host_reports(events, expected_hosts(scenario), TREE,
+                                              facts).items()}
 
 
 def replay_accelerated(case: str) -> bool:
@@ -167,10 +173,7 @@ def replay_accelerated(case: str) -> bool:
         return False
     events = EDITS[scenario["edit"]](events) if scenario.get("edit") else events
     facts = facts if scenario.get("facts", True) else []
-    reports = {name: {"status": r.status, "message": r.message, "changes": r.as_dict()["changes"],
-                      "fingerprint": r.fingerprint}
-               for name, r in build_host_reports(events, expected_hosts(scenario), TREE,
-                                                 facts).items()}
+    reports = report_dicts(events, scenario, facts)
     expected = json.loads((FIXTURES / case / "expected.json").read_text())["hosts"]
     expected = {name: within_limits(r, reports.get(name)) for name, r in expected.items()}
     same = matches(expected, reports, minor) and accelerator.choice.accelerated
