@@ -282,7 +282,7 @@ class _Terminal:
     def ask(self, question: str, default: str) -> str:
         print(f"{question}{f' [{default}]' if default else ''}: ", end="", file=sys.stderr,
               flush=True)
-        line = sys.stdin.readline()
+        line = self._answer()
         if not line:
             raise AgentError(f"init: no answer to {question!r} (end of input); pass it as an "
                              "option")
@@ -290,7 +290,14 @@ class _Terminal:
 
     def confirm(self, question: str) -> bool:
         print(f"{question} [yes/no]: ", end="", file=sys.stderr, flush=True)
-        return sys.stdin.readline().strip().lower() in ("y", "yes")
+        return self._answer().strip().lower() in ("y", "yes")
+
+    def _answer(self) -> str:
+        """A line of stdin; from a pipe, shown after the question, as a terminal echoes it."""
+        line = sys.stdin.readline()
+        if not self.interactive:
+            print(line.strip(), file=sys.stderr)
+        return line
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -72,6 +72,10 @@ def ssh_options(key: str | None, known_hosts: str | None) -> tuple[str, ...]:
             (("-o", f"UserKnownHostsFile={known_hosts}") if known_hosts else ()))
 
 
+class MissingBranchError(RepoError):
+    """The remote has no repo.branch: the message names the branches it has, and the fix."""
+
+
 def fetch_source(config: Config, mirror: Mirror) -> None:
     """Fetch the source branch; a missing branch is repo.branch's fault, named with the
     branches the remote has."""
@@ -80,7 +84,7 @@ def fetch_source(config: Config, mirror: Mirror) -> None:
     except MissingBranch as e:
         fix = "set repo.branch to one of them" if e.available else \
             "set repo.branch to an existing branch, or push it"
-        raise RepoError(f"{config.path}: repo.branch: {e}; {fix}") from None
+        raise MissingBranchError(f"{config.path}: repo.branch: {e}; {fix}") from None
 
 
 def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:

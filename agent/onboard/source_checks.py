@@ -27,7 +27,7 @@ from agent.core.redact import redact_text
 from agent.cycle.decide import load_policy
 from agent.cycle.detect import select_playbooks, this_host_names
 from agent.cycle.record import layout_of, probe_reports_push
-from agent.cycle.source import Source, remote_ssh
+from agent.cycle.source import MissingBranchError, Source, fetch_source, remote_ssh
 from agent.cycle.trust import check_signatures, read_trust
 from agent.errors import AgentError, FetchError, HostKeyError, RepoError
 from agent.onboard.findings import FAIL, OK, WARN, Finding
@@ -57,9 +57,9 @@ def check_source(config: Config, tmp: Path, findings: list[Finding]) -> Fetched:
     if not check_git_host_key(repo.url, repo.known_hosts, "repo", findings):
         return fetched
     try:
-        mirror.fetch(repo.branch)
+        fetch_source(config, mirror)
     except AgentError as e:
-        findings.append(Finding("source", FAIL, _fetch_problem(config, mirror, e)))
+        findings.append(Finding("source", FAIL, _fetch_problem(config, e)))
         return fetched
     sha = fetched.sha = mirror.resolve(repo.branch)
     assert sha is not None  # the fetch of the branch succeeded
@@ -208,16 +208,9 @@ def _playbooks(config: Config, tree: Path) -> Finding:
     return Finding("playbooks", OK, f"{', '.join(playbooks)}{how}")
 
 
-def _fetch_problem(config: Config, mirror: Mirror, error: AgentError) -> str:
+def _fetch_problem(config: Config, error: AgentError) -> str:
     repo = config.repo
-    if isinstance(error, RepoError) and "not found" in str(error):
-        branches: list[str] = []
-        with contextlib.suppress(AgentError):
-            branches = mirror.remote_branches()
-        has = f"; it has: {', '.join(branches[:10])}" if branches else "; it has no branch yet"
-        return (f"{config.path}: repo.branch: {error}{has}; set repo.branch to one of them, "
-                "or push the branch")
-    if isinstance(error, HostKeyError):
+    if isinstance(error, (MissingBranchError, HostKeyError)):  # each names its fix
         return str(error)
     key = f"; the Git server must accept {repo.ssh_key} (add {repo.ssh_key}.pub as a " \
           "read-only deploy key)" if repo.ssh_key else ""
