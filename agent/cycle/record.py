@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ from agent.errors import FetchError
 
 log = logging.getLogger(__name__)
 
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2  # 2: the plan (id, action, reason, rule) is in the report
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class RunInfo:
     paused: Mapping[str, Any] | None = None  # `petkeeper pause` in force: by, at, reason, checks
     trigger: str | None = None  # the daemon's file watch: "check triggered by a change of X"
     refused: str | None = None  # the newest source commit was refused: why (Source.rejected)
+    plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # host -> Plan.as_dict
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,18 @@ def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
         data["trigger"] = run.trigger
     if run.refused:  # only then, as paused
         data["source_refused"] = run.refused
+    if plan := run.plans.get(report.name):
+        data["plan"] = report_plan(plan)
     return data
+
+
+def report_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """What a report says of its host's plan (outside the fingerprint): enough for the fleet
+    view to show what waits, and for a person to approve it from anywhere."""
+    approval = plan.get("approval") or {}
+    return {"id": plan["plan_id"], "action": plan["action"], "reason": plan["reason"],
+            "mode": plan.get("mode"), "rule": plan.get("rule") or None,
+            "approved_by": approval.get("approver")}
 
 
 def render_report(data: Mapping[str, Any]) -> str:
@@ -101,6 +113,8 @@ def render_report(data: Mapping[str, Any]) -> str:
         lines.append(f"# paused by {pause['by']} since {pause['at']}: "
                      f"{_one_line(str(pause['reason']))}; nothing is applied until "
                      "petkeeper resume")
+    if (plan := data.get("plan")) and plan["action"] != "nothing":
+        lines.append(f"# plan {plan['id']} [{plan['action']}] {_one_line(str(plan['reason']))}")
     for c in data.get("changes") or []:
         mark = "?" if c["check_blind"] else "~"
         lines.append(f"#   {mark} {_one_line(task_title(c.get('role'), c['task']))} "
@@ -130,6 +144,9 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
         return "resumed" if current.get("paused") is None else "paused"
     if previous.get("source_refused") != current.get("source_refused"):
         return "source refused" if current.get("source_refused") else "source accepted"
+    before, now = previous.get("plan") or {}, current.get("plan") or {}
+    if (before.get("action"), before.get("reason")) != (now.get("action"), now.get("reason")):
+        return "plan changed"  # a window opened, an approval came, an apply was refused
     try:
         age = (datetime.fromisoformat(current["checked_at"]) -
                datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()

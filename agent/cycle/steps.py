@@ -308,7 +308,8 @@ def new_run_id(when: datetime) -> str:
 def _publish(c: Cycle) -> None:
     assert c.mirror is not None and c.source is not None
     run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state),
-                  c.trigger, c.source.rejected and c.source.mask(c.source.rejected))
+                  c.trigger, c.source.rejected and c.source.mask(c.source.rejected),
+                  plans={h: p.as_dict() for h, p in c.plans.items()})
     pending, c.pending = c.pending, []
     mirror, hosts, heartbeat = c.mirror, c.hosts, c.config.reports.heartbeat
     result = publish(mirror, c.config, [*hosts, *(r.host for r in pending)],

@@ -81,7 +81,7 @@ def test_build_report_holds_the_host_report_and_the_run():
     report = host(DRIFTED, (MOTD, PROBE))
 
     assert build_report(report, RUN) == {
-        "schema": 1, "host": "web1", "status": DRIFTED, "fingerprint": report.fingerprint,
+        "schema": 2, "host": "web1", "status": DRIFTED, "fingerprint": report.fingerprint,
         "message": None, "partial": False,
         "changes": [
             {"play": "Baseline", "role": "base", "task": "Write motd",
@@ -133,7 +133,7 @@ def test_render_report_starts_with_the_summary_then_only_comments_before_the_yam
     lines = render_report(data).splitlines()
 
     assert lines[0] == f"# {summary_line(data)}"
-    head = lines[:lines.index("schema: 1")]
+    head = lines[:lines.index("schema: 2")]
     assert head and all(line.startswith("# ") for line in head)
     assert lines[1] == (f"# source {SHA[:12]}, run {data['run_id']}, checked "
                         f"{data['checked_at']} by pet1")
@@ -392,3 +392,44 @@ def test_publish_says_whether_it_pushed_had_nothing_to_push_or_could_not(tmp_pat
     assert failed.error and failed.error.startswith(f"git push {gone} failed: ")
     queue = mirror.rev("refs/petkeeper/queue/petkeeper/hosts/web1")
     assert queue and len(mirror.unpushed(queue)) == 2  # nothing lost
+
+
+# --- the plan in the report ------------------------------------------------------------------
+
+def plan_of(action: str, reason: str, approver: str | None = None) -> dict[str, Any]:
+    """A Plan.as_dict() as decide gives it."""
+    return {"plan_id": "30c4aa367513c4ee", "source_sha": SHA, "fingerprint": "f" * 64,
+            "status": DRIFTED, "action": action, "reason": reason, "mode": "approve",
+            "rule": "default", "decisions": [["approve", "default"]],
+            "approval": {"approver": approver} if approver else None}
+
+
+WAITING = plan_of("wait", "awaiting approval: petkeeper approve 30c4aa367513c4ee")
+
+
+def planned(plan: dict[str, Any], minutes: float = 0) -> dict[str, Any]:
+    run = RunInfo("r", SHA, WHEN + timedelta(minutes=minutes), "pet1", plans={"web1": plan})
+    return data_of(host(DRIFTED, (MOTD,)), run)
+
+
+def test_the_report_carries_its_plan_outside_the_fingerprint():
+    data = planned(WAITING)
+
+    assert data["plan"] == {"id": "30c4aa367513c4ee", "action": "wait",
+                            "reason": "awaiting approval: petkeeper approve 30c4aa367513c4ee",
+                            "mode": "approve", "rule": "default", "approved_by": None}
+    assert data["fingerprint"] == data_of(host(DRIFTED, (MOTD,)))["fingerprint"]
+    assert "# plan 30c4aa367513c4ee [wait] awaiting approval: petkeeper approve " \
+           "30c4aa367513c4ee" in render_report(data).splitlines()
+    assert yaml.safe_load(render_report(data))["plan"] == data["plan"]
+
+
+def test_a_changed_plan_action_or_reason_is_committed_and_an_unchanged_one_is_not():
+    before = as_read_back(planned(WAITING))
+    approved = plan_of("apply", "approved by alice (git)", "alice")
+    window = plan_of("wait", "approved by alice; outside maintenance windows", "alice")
+
+    assert commit_reason(before, planned(WAITING, 30), DAY) is None
+    assert commit_reason(before, planned(approved, 30), DAY) == "plan changed"
+    assert commit_reason(before, planned(window, 30), DAY) == "plan changed"
+    assert planned(approved)["plan"]["approved_by"] == "alice"
