@@ -209,7 +209,8 @@ def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "recorded. The next run (or the daemon) applies them.",
                        ["sudo petkeeper approve 30c4aa367513c4ee --expires 2h --comment "
                         "\"bob's note goes\"",
-                        "sudo petkeeper approve 30c4aa367513c4ee 8381b01fc31e59fe"])
+                        "sudo petkeeper approve 30c4aa367513c4ee 8381b01fc31e59fe",
+                        "petkeeper approve 30c4aa367513c4ee --via-git --sign    # a workstation"])
     approve.add_argument("plan_ids", nargs="+", metavar="PLAN_ID",
                          help="the plans to approve, as plan or status shows them")
     approve.add_argument("--expires", default=None, metavar="DURATION",
@@ -218,6 +219,14 @@ def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     approve.add_argument("--partial", action="store_true",
                          help="approve a partial plan, knowing that its check stopped at a task "
                               "that failed in check mode (the tasks after it were not checked)")
+    approve.add_argument("--via-git", action="store_true",
+                         help="from anywhere, no root: commit approvals/<host>.yml for each plan "
+                              "a host's report shows waiting, with your own Git identity, to "
+                              "the source branch, and push it")
+    approve.add_argument("--sign", action="store_true",
+                         help="with --via-git: sign the commit with your Git signing key "
+                              "(needed when the pets verify signatures)")
+    _remote_options(approve)
     ack = _command(sub, "ack", [common],
                    "let applies resume after a rewound branch (root only)",
                    "After a source head that does not descend from the last applied commit "
@@ -230,8 +239,8 @@ def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_reading_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     history = _command(sub, "history", [common],
-                       "what the reports branch says happened, per host",
-                       "What the reports branch says happened, newest first, one fact per "
+                       "what the reports say happened, per host",
+                       "What the reports in Git say happened, newest first, one fact per "
                        "line: checks whose result changed, approvals, applies.",
                        ["petkeeper history pet2", "petkeeper history --since 7d -n 20",
                         "petkeeper history --since 2026-11-01 --json"])
@@ -249,6 +258,42 @@ def _add_reading_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                       "code, or 1 when none has run.",
                       ["petkeeper status", "petkeeper status --json"])
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_fleet_command(sub, common)
+
+
+def _add_fleet_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    fleet = _command(sub, "fleet", [common],
+                     "every host's state from the reports in Git, on any machine",
+                     "Read every host's newest report from Git (no agent state, no root) and "
+                     "print one line per host. Exit 0: all clean and fresh; 2: drift; 1: a "
+                     "host failed, unreachable, unknown, stale, missing or untrusted.",
+                     ["petkeeper fleet --repo ssh://git@git.example.org/pets.git",
+                      "petkeeper fleet --inventory inventories/prod/hosts.yml --stale 2h",
+                      "petkeeper fleet --json | jq '.hosts[] | select(.status != \"clean\")'",
+                      "petkeeper fleet --html /var/www/fleet/index.html"])
+    _remote_options(fleet)
+    fleet.add_argument("--inventory", type=Path, metavar="FILE",
+                       help="hosts with no report are missing, reports of hosts not in it are "
+                            "retired (default: the configured inventory, if any)")
+    fleet.add_argument("--stale", metavar="DURATION",
+                       help="a report older than this is stale (default: twice "
+                            "reports.heartbeat, 48h)")
+    fleet.add_argument("--json", action="store_true", help="print the view as JSON")
+    fleet.add_argument("--html", type=Path, metavar="FILE",
+                       help="also write the view as one static page to FILE")
+    fleet.add_argument("--since", metavar="WHEN", default="7d",
+                       help="the page's history: since then, a duration or a date (default 7d)")
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    """Where the repo is, for commands that run anywhere (fleet, approve --via-git)."""
+    parser.add_argument("--repo", metavar="URL", help="the GitOps repo (default: repo.url of "
+                                                      "the config); no config file is needed")
+    parser.add_argument("--branch", help="its source branch (default: repo.branch, main)")
+    parser.add_argument("--reports-url", metavar="URL",
+                        help="where the reports are (default: reports.url, or the repo)")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="the Git cache (default: ~/.cache/petkeeper/fleet-<hash>.git)")
 
 
 def _add_service_commands(sub: Any, common: argparse.ArgumentParser) -> None:

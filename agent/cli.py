@@ -23,6 +23,9 @@ from agent.cycle.pipeline import pipeline_run
 from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, Cycle, run_cycle
 from agent.errors import AgentError, ConfigError
 from agent.operate import ci, commands, output
+from agent.operate.approve_git import approve_plans_via_git
+from agent.operate.fleet import render_fleet
+from agent.operate.fleet_git import fleet_request, remote_config, survey_fleet
 from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
 from agent.operate.output import color_wanted
@@ -146,6 +149,8 @@ def _tree_options(args: argparse.Namespace, overrides: Overrides) -> ci.TreeOpti
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    if args.via_git:
+        return cmd_approve_via_git(args)
     config = load_config(_config_path(args))
     done = commands.approve(config, args.plan_ids, approver_name(), args.expires, args.comment,
                             partial=args.partial)
@@ -156,6 +161,28 @@ def cmd_approve(args: argparse.Namespace) -> int:
     if done.push_error:
         print(f"warning: {done.push_error}", file=sys.stderr)
     return 0
+
+
+def cmd_approve_via_git(args: argparse.Namespace) -> int:
+    config = remote_config(_config_path(args), args.repo, args.branch, args.reports_url)
+    for a in approve_plans_via_git(config, args.cache, args.plan_ids, args.expires,
+                                   args.comment, args.sign):
+        print(f"approved plan {a.plan_id} for {a.host} as {a.approver}, until {a.expires_at}: "
+              f"commit {a.commit[:12]} pushed to {a.branch}; the host's next run applies it")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    config = remote_config(_config_path(args), args.repo, args.branch, args.reports_url)
+    view = survey_fleet(fleet_request(config, args.cache, stale=args.stale,
+                                      inventory=args.inventory, page=args.html,
+                                      since=args.since))
+    for problem in view["problems"]:
+        print(f"petkeeper: error: {problem}", file=sys.stderr)
+    print(json.dumps(view, indent=2) if args.json else render_fleet(view, use_color(args)))
+    if args.html:
+        print(f"wrote {args.html}", file=sys.stderr)
+    return int(view["exit_code"])
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -341,7 +368,7 @@ COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_ch
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
                             "notify": cmd_notify, "adopt": cmd_adopt, "doctor": cmd_doctor,
-                            "init": cmd_init, "preview": cmd_preview}
+                            "init": cmd_init, "preview": cmd_preview, "fleet": cmd_fleet}
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:

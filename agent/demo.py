@@ -77,7 +77,8 @@ def run_demo(workdir: Path, keep: bool = False, color: bool = False,
                  f"   petkeeper --config {config_path} plan\n"
                  f"   petkeeper --config {config_path} approve PLAN_ID\n"
                  f"   petkeeper --config {config_path} run\n"
-                 f"   petkeeper --config {config_path} history pet2")
+                 f"   petkeeper --config {config_path} history pet2\n"
+                 f"   petkeeper --config {config_path} fleet --html /tmp/fleet.html")
             _wait_for_interrupt()
     log = subprocess.run(["git", "--git-dir", str(remote), "log", "--format=%h %s%n%(trailers)",
                           "--branches=petkeeper/hosts/*"], capture_output=True, text=True,

@@ -67,6 +67,7 @@ class Author:
     name: str
     email: str
     signing_key: str | None = None  # an SSH private key: commits are signed with it (ssh-keygen)
+    own_signature: bool = False  # signed as the user's own Git config says (user.signingKey)
 
 
 class MissingBranch(RepoError):
@@ -119,13 +120,15 @@ class Mirror:
                         missing=branch)
 
     def remote_branches(self) -> list[str]:
-        """The branches the remote has, by name ([] when it does not say)."""
+        """The branches the remote has, by name ([] when it does not say), but for Petkeeper's
+        own (``petkeeper/...``: a report branch per host is never a source)."""
         try:
             out = self._git("ls-remote", "--heads", self.url)
         except AgentError:
             return []
-        return sorted(line.partition("\trefs/heads/")[2] for line in out.splitlines()
-                      if "\trefs/heads/" in line)
+        return sorted(name for line in out.splitlines()
+                      if (name := line.partition("\trefs/heads/")[2])
+                      and not name.startswith("petkeeper/"))
 
     def resolve(self, branch: str) -> str | None:
         """Return the commit the mirror last fetched for BRANCH, or None."""
@@ -210,6 +213,8 @@ class Mirror:
                "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_NAME": author.name,
                "GIT_COMMITTER_EMAIL": author.email, "GIT_COMMITTER_DATE": when}
         parents = ["-p", parent] if parent else []
+        if author.own_signature:
+            return self._git("commit-tree", "-S", tree, *parents, "-m", message, env=env).strip()
         if not author.signing_key:  # never signed by root's commit.gpgSign and key either
             return self._git("commit-tree", "--no-gpg-sign", tree, *parents, "-m", message,
                              env=env).strip()
@@ -246,6 +251,11 @@ class Mirror:
         known = [sha for sha in exclude if self._rev(sha) is not None]
         return self._git("rev-list", "--end-of-options", head, *(f"^{sha}" for sha in known)
                          ).split()
+
+    def parents(self, sha: str) -> list[str]:
+        """The parents of commit SHA (none for a root commit, two or more for a merge)."""
+        return self._git("rev-list", "--parents", "-n", "1", "--end-of-options", sha
+                         ).split()[1:]
 
     def has_commit(self, sha: str) -> bool:
         return self._rev(sha) is not None
@@ -447,6 +457,15 @@ class Mirror:
             ok, why = _verdict("ssh", allowed_signers, status, signer, key)
             found[sha] = (status, ok, signer if ok else "", why)
         return found
+
+    def user_identity(self) -> tuple[str, str]:
+        """(name, email) of the person running this, from their own Git config."""
+        ident = self._git("var", "GIT_AUTHOR_IDENT").strip()
+        name, _, rest = ident.partition(" <")
+        return name, rest.partition(">")[0]
+
+    def is_signed(self, commit: str) -> bool:
+        return self._signature_kind(commit) is not None
 
     def _signature_kind(self, commit: str) -> str | None:
         """Return "ssh", "openpgp", "x509", "unknown" or None (unsigned) from COMMIT's gpgsig."""

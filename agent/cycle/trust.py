@@ -2,8 +2,13 @@
 
 With ``repo.verify`` on, the fetched head (``head``) or every commit new since the last
 verified one (``all``) must carry a signature by an allowed key before any of its files are
-written. The source commit of the last apply is a high-water mark: a head that does not descend
-from it (a force-push, a reset to an older signed commit) halts applies until a person runs
+written. A commit that changes only files under ``approvals/`` (an approval from a workstation)
+is verified against the approvers' keys (``approvals.allowed_signers`` / ``approvals.gpg_home``,
+when set); every other commit against the source signers: approvers need not be playbook
+authors, and an approver's key can never change a playbook.
+
+The source commit of the last apply is a high-water mark: a head that does not descend from it
+(a force-push, a reset to an older signed commit) halts applies until a person runs
 ``petkeeper ack``; checks go on. State lives in ``STATE_DIR/trust.json``.
 """
 
@@ -16,6 +21,7 @@ from typing import Any
 from agent.adapters.gitrepo import Mirror
 from agent.adapters.state import StateDir, read_json, write_json
 from agent.config import Config
+from agent.core.approval import APPROVALS_DIR
 from agent.errors import StalledError
 
 log = logging.getLogger(__name__)
@@ -36,16 +42,39 @@ def check_signatures(config: Config, mirror: Mirror, head: str,
         return None
     base = tuple(sha for sha in (verified, repo.verify_since) if sha)
     commits = [head] if repo.verify == "head" else mirror.commits_between(head, base)
-    signers = Path(repo.allowed_signers) if repo.allowed_signers else None
-    keyring = Path(repo.gpg_home) if repo.gpg_home else None
     for sha in commits:
+        signers, keyring, keys = signers_of(config, mirror, sha)
         ok, why = mirror.verify_commit(sha, signers, keyring)
         if not ok:
             subject = mirror.commit_message(sha)[0].strip().partition("\n")[0][:60]
             where = "head" if sha == head else f"{subject!r}, below the head {head[:12]}"
             return (f"source commit {sha[:12]} ({where}) is not trusted: {why}; sign it with a "
-                    "key in repo.allowed_signers or repo.gpg_home, or push a signed fix")
+                    f"key in {keys}, or push a signed fix")
     return None
+
+
+def signers_of(config: Config, mirror: Mirror, sha: str) -> tuple[Path | None, Path | None, str]:
+    """Who may sign commit SHA: the approvers when it changes only approvals/ (and approvers'
+    keys are set), else the source signers; with the keys' names, for the error."""
+    a = config.approvals
+    if (a.allowed_signers or a.gpg_home) and approvals_only(mirror, sha):
+        return _path(a.allowed_signers), _path(a.gpg_home), \
+            "approvals.allowed_signers or approvals.gpg_home (it changes only approvals/)"
+    return _path(config.repo.allowed_signers), _path(config.repo.gpg_home), \
+        "repo.allowed_signers or repo.gpg_home"
+
+
+def approvals_only(mirror: Mirror, sha: str) -> bool:
+    """SHA has one parent and changes files under approvals/ and nothing else."""
+    parents = mirror.parents(sha)
+    if len(parents) != 1:
+        return False  # a merge or a root commit may bring anything
+    paths = mirror.changed_paths(parents[0], sha)
+    return bool(paths) and all(p.startswith(f"{APPROVALS_DIR}/") for p in paths)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def trusted_head(config: Config, state: StateDir, mirror: Mirror,

@@ -51,11 +51,7 @@ def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str
                          "(your login name is recorded)")
     state = StateDir(config.state_dir)
     now = now or datetime.now(UTC).replace(microsecond=0)
-    try:
-        until = expiry(now, expires) if expires else \
-            now + timedelta(seconds=config.approvals.expires)
-    except ValueError as e:
-        raise AgentError(f"approve: --expires: {e}; write e.g. --expires 4h") from None
+    until = approval_expiry(config, now, expires)
     with cycle_lock(state, f"petkeeper approve {' '.join(plan_ids)}"):
         mirror = open_mirror(config, state)
         approvals = approve_plans(config, state, mirror, plan_ids, approver, now, until,
@@ -63,6 +59,16 @@ def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str
         result = publish(mirror, config, [a.host for a in approvals],
                          lambda base: [approval_record(a) for a in approvals])
     return Approved(approvals, result.error)
+
+
+def approval_expiry(config: Config, now: datetime, expires: str | None) -> datetime:
+    """When an approval given at NOW expires: --expires EXPIRES from now, or
+    approvals.expires."""
+    try:
+        return expiry(now, expires) if expires else \
+            now + timedelta(seconds=config.approvals.expires)
+    except ValueError as e:
+        raise AgentError(f"approve: --expires: {e}; write e.g. --expires 4h") from None
 
 
 def acknowledge_head(config: Config, commit: str, by: str, comment: str) -> dict[str, Any]:
@@ -107,16 +113,16 @@ def select_history(entries: Sequence[Mapping[str, Any]], oldest: datetime | None
     return kept[:count] if count else kept
 
 
-def parse_since(value: str, now: datetime) -> datetime:
-    """--since VALUE: a duration back from NOW ("7d", "12h"), or an ISO 8601 date or time
-    (UTC unless it has an offset, as the reports' times are)."""
+def parse_since(value: str, now: datetime, command: str = "history") -> datetime:
+    """COMMAND's --since VALUE: a duration back from NOW ("7d", "12h"), or an ISO 8601 date
+    or time (UTC unless it has an offset, as the reports' times are)."""
     seconds = parse_duration(value)
     if seconds is not None:
         return now - timedelta(seconds=seconds)
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise AgentError(f"history: --since: expected a duration like 7d or an ISO 8601 date "
+        raise AgentError(f"{command}: --since: expected a duration like 7d or an ISO 8601 date "
                          f"like 2026-11-01, got {value!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
