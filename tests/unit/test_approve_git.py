@@ -18,7 +18,7 @@ from agent.core.drift import DRIFTED, Change, HostReport, fingerprint
 from agent.cycle.record import RunInfo, drift_records, publish
 from agent.cycle.trust import check_signatures
 from agent.errors import AgentError, RepoError
-from agent.operate.approve_git import approve_via_git
+from agent.operate.approve_git import approve_plans_via_git, approve_via_git
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 PID = "30c4aa367513c4ee"
@@ -129,6 +129,23 @@ def test_a_plan_no_report_shows_is_refused_and_nothing_is_pushed(pets, plan, pro
 
     assert str(e.value).startswith(problem)
     assert main_of(pets["bare"]) == before
+
+
+def test_several_plans_are_approved_only_once_each_is_known_to_be_waiting(pets):
+    before = main_of(pets["bare"])
+    config = config_for(pets["bare"])
+
+    with pytest.raises(RepoError, match="plan 0123456789abcdef: no host's newest report"):
+        approve_plans_via_git(config, pets["tmp"] / "cache.git", [PID, "0123456789abcdef"],
+                              "2h", "", sign=True, now=NOW)
+    assert main_of(pets["bare"]) == before  # the waiting one was not approved either
+
+    done = approve_plans_via_git(config, pets["tmp"] / "cache.git", [PID, PID], "2h", "",
+                                 sign=True, now=NOW)
+    assert [(a.host, a.plan_id, a.expires_at) for a in done] == [
+        ("beta", PID, (NOW + timedelta(hours=2)).isoformat())]
+    assert git("--git-dir", str(pets["bare"]), "rev-parse", f"{main_of(pets['bare'])}^"
+               ).strip() == before
 
 
 @pytest.mark.parametrize(("action", "approver", "problem"), [
