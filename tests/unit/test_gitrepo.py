@@ -90,18 +90,24 @@ def test_a_cancel_stops_a_fetch_waiting_on_its_remote_with_the_helper_git_starte
 
 
 def test_every_git_gitpython_starts_has_a_session_of_its_own(tmp_path: Path):
+    before = _readers()  # those of mirrors other tests in this process left open
     mirror = Mirror(tmp_path / "mirror.git", "file:///nowhere.git", 10)
     blob = mirror._hash_blob(b"pets\n")
     assert mirror.repo.odb.stream(bytes.fromhex(blob)).read() == b"pets\n"  # via cat-file
 
-    readers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and
-               _parent(int(pid)) == os.getpid() and
-               b"cat-file" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    readers = [pid for pid in _readers() if pid not in before]
     assert readers and all(os.getsid(pid) == pid for pid in readers)
 
     mirror.close()
 
     assert not [pid for pid in readers if _parent(pid) == os.getpid()]  # closed and reaped
+
+
+def _readers() -> list[int]:
+    """This process's `git cat-file` children."""
+    return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and
+            _parent(int(pid)) == os.getpid() and
+            b"cat-file" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def _parent(pid: int) -> int | None:
