@@ -227,6 +227,28 @@ def _add_approval_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                          help="with --via-git: sign the commit with your Git signing key "
                               "(needed when the pets verify signatures)")
     _remote_options(approve)
+    approve.add_argument("--force-conflicts", action="store_true",
+                         help="an undo plan: overwrite files changed again since the apply")
+    undo = _command(sub, "undo", [common],
+                    "plan putting a host's files back as they were before an apply",
+                    "Make the undo plan of an apply (petkeeper history shows apply ids): each "
+                    "file the apply changed, with the diff from what the host has now back to "
+                    "the snapshot taken before the apply, the conflicts (changed again since) "
+                    "and what no undo can put back. Approve its plan id like any plan; the next "
+                    "run applies it and holds the host until petkeeper release.",
+                    ["petkeeper undo 20261201T221500Z-3fa2c1/web2", "petkeeper undo --host web2",
+                     "sudo petkeeper approve 5d1c0e2a9b7f4c3d && petkeeper run"])
+    undo.add_argument("apply_id", nargs="?", metavar="APPLY_ID",
+                      help="the apply to undo, as history shows it")
+    undo.add_argument("--host", metavar="HOST", help="undo HOST's last apply")
+    undo.add_argument("--json", action="store_true", help="print the undo plan as JSON")
+    release = _command(sub, "release", [common],
+                       "let corrections reach a host an undo holds",
+                       "After petkeeper undo, the host is held: its drift is reported but not "
+                       "corrected, until a new commit changes that drift or release lifts the "
+                       "hold. (resume lifts petkeeper pause, not this.)",
+                       ["petkeeper release web2"])
+    release.add_argument("host", metavar="HOST", help="the host to release")
     ack = _command(sub, "ack", [common],
                    "let applies resume after a rewound branch (root only)",
                    "After a source head that does not descend from the last applied commit "

@@ -20,7 +20,7 @@ from agent.adapters.state import StateDir
 from agent.arguments import build_parser
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.pipeline import pipeline_run
-from agent.cycle.steps import CHECK_STEPS, EXIT_ERROR, RUN_STEPS, Cycle, run_cycle
+from agent.cycle.steps import CHECK_STEPS, EXIT_DRIFT, EXIT_ERROR, RUN_STEPS, Cycle, run_cycle
 from agent.errors import AgentError, ConfigError
 from agent.operate import ci, commands, output
 from agent.operate.approve_git import approve_plans_via_git
@@ -153,7 +153,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
         return cmd_approve_via_git(args)
     config = load_config(_config_path(args))
     done = commands.approve(config, args.plan_ids, approver_name(), args.expires, args.comment,
-                            partial=args.partial)
+                            partial=args.partial,
+                            force_conflicts=args.force_conflicts)
     for a in done.approvals:
         print(f"approved plan {a.plan_id} for {a.host} as {a.approver}, until {a.expires_at}")
     print("the next `petkeeper run` (or the daemon's next cycle) applies "
@@ -183,6 +184,22 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if args.html:
         print(f"wrote {args.html}", file=sys.stderr)
     return int(view["exit_code"])
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    if bool(args.apply_id) == bool(args.host):
+        build_parser().commands["undo"].error("give either APPLY_ID or --host HOST")
+    plan = commands.plan_undo(load_config(_config_path(args)), args.apply_id, args.host)
+    print(json.dumps(plan, indent=2) if args.json else
+          output.render_undo_plan(plan, color=use_color(args)))
+    return EXIT_DRIFT if plan["action"] == "wait" else 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    hold = commands.release(load_config(_config_path(args)), args.host)
+    print(f"released {args.host} (held by undo of {hold['apply_id']} by {hold['by']} since "
+          f"{hold['at']}); the next run may correct it again")
+    return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -362,13 +379,14 @@ def use_color(args: argparse.Namespace) -> bool:
     return color_wanted(getattr(args, "color", "auto"), sys.stdout.isatty(), os.environ)
 
 
-RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo", "preview"})
+RUNS_ANSIBLE = frozenset({"check", "plan", "run", "apply", "daemon", "demo", "preview", "undo"})
 COMMANDS: dict[str, Any] = {"check": cmd_check, "plan": cmd_check, "run": cmd_check,
                             "apply": cmd_check, "approve": cmd_approve, "ack": cmd_ack,
                             "history": cmd_history, "status": cmd_status, "demo": cmd_demo,
                             "daemon": cmd_daemon, "pause": cmd_pause, "resume": cmd_resume,
                             "notify": cmd_notify, "adopt": cmd_adopt, "doctor": cmd_doctor,
-                            "init": cmd_init, "preview": cmd_preview, "fleet": cmd_fleet}
+                            "init": cmd_init, "preview": cmd_preview, "fleet": cmd_fleet,
+                            "undo": cmd_undo, "release": cmd_release}
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:

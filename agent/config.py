@@ -22,6 +22,7 @@ from agent.core.schema import (
     load_yaml,
     yaml_problem,
 )
+from agent.core.undo import parse_size
 from agent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/petkeeper/agent.yml")
@@ -134,6 +135,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class UndoConfig:
+    keep: float = 30 * 86400.0  # snapshots older than this are pruned
+    max_bytes: int = 256 * 1024**2  # all snapshots' bytes together; the oldest go first
+    max_file: int = 16 * 1024**2  # a larger file is not snapshotted: its change is irreversible
+    etckeeper: str = "auto"  # auto: commit /etc before and after each apply where installed
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one cycle needs to know, as read from agent.yml plus command-line overrides."""
 
@@ -156,6 +165,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    undo: UndoConfig = field(default_factory=UndoConfig)
     given: frozenset[str] = frozenset()  # the keys set on the command line, not in the file
 
     @property
@@ -205,7 +215,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     top = Section(p, data, "", {"repo", "playbooks", "inventory", "limit", "tags", "skip_tags",
                                 "extra_vars", "vault_password_file", "reports", "state_dir",
                                 "ansible", "policy", "approvals", "post_apply_tests",
-                                "requirements", "daemon", "notify", "metrics"})
+                                "requirements", "daemon", "notify", "metrics", "undo"})
     repo_cfg = _parse_repo(p, top.mapping("repo", required=True))
     reports = _parse_reports(p, top.mapping("reports"), repo_cfg)
     ansible = _parse_ansible(p, top.mapping("ansible"))
@@ -213,6 +223,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
     daemon = _parse_daemon(p, top.mapping("daemon"))
     notify = _parse_notify(p, top.mapping("notify"))
     metrics = _parse_metrics(p, top.mapping("metrics"))
+    undo = _parse_undo(p, top.mapping("undo"))
     policy = top.string("policy") or "petkeeper/policy.yml"
     _check_repo_path(p, "policy", policy)
     requirements = top.string("requirements") or "requirements.yml"
@@ -242,7 +253,7 @@ def parse_config(data: Any, source: str, overrides: Overrides) -> Config:
         vault_password_file=top.string("vault_password_file"), reports=reports,
         state_dir=Path(state_dir), ansible=ansible, policy=policy, approvals=approvals,
         post_apply_tests=tests, requirements=requirements, daemon=daemon, notify=notify,
-        metrics=metrics,
+        metrics=metrics, undo=undo,
     )
     for i, value in enumerate(config.extra_vars):
         _check_extra_var(p, f"extra_vars[{i}]", value)
@@ -442,6 +453,26 @@ def _parse_metrics(p: Problems, data: dict[str, Any]) -> MetricsConfig:
                   'write host:port, e.g. "127.0.0.1:9551" (a port alone binds 127.0.0.1)')
             listen = None
     return MetricsConfig(textfile=textfile, listen=listen)
+
+
+def _parse_undo(p: Problems, data: dict[str, Any]) -> UndoConfig:
+    u = Section(p, data, "undo.", {"keep", "max_bytes", "max_file", "etckeeper"})
+    sizes = {}
+    for key, default in (("max_bytes", UndoConfig.max_bytes), ("max_file", UndoConfig.max_file)):
+        size = parse_size(data.get(key, default))
+        if size is None:
+            p.add(f"undo.{key}", f"expected a size like 256MiB, got {data[key]!r}",
+                  "use a number of bytes with B, KiB, MiB, GiB (or kB, MB, GB)")
+        sizes[key] = default if size is None else size
+    etckeeper = data.get("etckeeper", "auto")
+    if etckeeper is False:  # YAML reads a bare `off` as false
+        etckeeper = "off"
+    if etckeeper not in ("auto", "off"):
+        p.add("undo.etckeeper", f"expected auto or off, got {etckeeper!r}",
+              "auto commits /etc before and after each apply where etckeeper is installed")
+        etckeeper = "auto"
+    return UndoConfig(keep=u.duration("keep", UndoConfig.keep), max_bytes=sizes["max_bytes"],
+                      max_file=sizes["max_file"], etckeeper=str(etckeeper))
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -20,6 +20,8 @@ Layout (mode 0700)::
     notify.json     what was told per host, and the outbox of undelivered events
     repo.json       the repository (repo.url, credentials left out) this directory belongs to
     inventory-listings.json  static inventories' listings (agent.adapters.inventory_cache)
+    undo/           snapshots taken before applies, undo plans, approvals and holds
+                    (agent.adapters.snapshots): file bytes that may hold secrets rest here only
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class StateDir:
     def watch_file(self) -> Path:
         """The daemon's file watch, as `petkeeper status` shows it."""
         return self.root / "watch.json"
+    def undo(self) -> Path:
+        return self.root / "undo"
 
     def ensure(self) -> None:
         """Create the state directory, private to root (0700)."""

@@ -38,14 +38,17 @@ class Approval:
     comment: str = ""
     origin: str = ""  # for Git approvals: "<path>@<commit>"
     partial: bool = False  # the approver knew the check was partial (agent.core.drift)
+    force_conflicts: bool = False  # an undo may overwrite files changed again since the apply
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Approval:
-        texts = {k: str(data.get(k) or "") for k in cls.__dataclass_fields__ if k != "partial"}
-        return cls(**texts, partial=data.get("partial") is True)
+        texts = {k: str(data.get(k) or "") for k in cls.__dataclass_fields__
+                 if k not in ("partial", "force_conflicts")}
+        return cls(**texts, partial=data.get("partial") is True,
+                   force_conflicts=data.get("force_conflicts") is True)
 
 
 def plan_id(host: str, source_sha: str, fingerprint: str) -> str:
@@ -113,14 +116,16 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
         raise RepoError(f"{where}: expected a mapping with host, plan and expires; see README: "
                         "Approving through Git")
     unknown = sorted(set(map(str, data)) - {"host", "plan", "fingerprint", "source", "expires",
-                                            "comment", "partial"})
+                                            "comment", "partial", "force_conflicts"})
     if unknown:
         raise RepoError(f"{where}: {printable_key(unknown[0])}: unknown key; use host, plan (or "
-                        "fingerprint and source), expires, comment, partial")
-    if not isinstance(data.get("partial", False), bool):
-        raise RepoError(f"{where}: partial: expected true or false, got "
-                        f"{kind_of(data['partial'])}; write partial: true to approve a partial "
-                        "plan")
+                        "fingerprint and source), expires, comment, partial, force_conflicts")
+    for flag in ("partial", "force_conflicts"):
+        if not isinstance(data.get(flag, False), bool):
+            raise RepoError(f"{where}: {flag}: expected true or false, got "
+                            f"{kind_of(data[flag])}; write {flag}: true to "
+                            + ("approve a partial plan" if flag == "partial" else
+                               "let an undo overwrite conflicts"))
     host = str(data.get("host") or "")
     if not host:
         raise RepoError(f"{where}: host: missing; name the host this approval is for")
@@ -138,7 +143,8 @@ def parse_git_approval(data: Any, path: str, commit: str, author: str,
                     how=GIT, approved_at=committed_at.isoformat(timespec="seconds"),
                     expires_at=_expires(data.get("expires"), committed_at, where),
                     comment=str(data.get("comment") or ""), origin=f"{path}@{commit}",
-                    partial=data.get("partial", False))
+                    partial=data.get("partial", False),
+                    force_conflicts=data.get("force_conflicts", False))
 
 
 def parse_host_approval(data: Any, path: str) -> Approval:

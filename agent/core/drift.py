@@ -14,6 +14,7 @@ from typing import Any
 from agent.core.accelerator import plain_words
 from agent.core.diffs import clean_text, render_diff
 from agent.core.hostkeys import parse_host_key_refusal
+from agent.core.undo import irreversible_reason
 from agent.core.wording import task_title
 
 CLEAN, DRIFTED, FAILED = "clean", "drifted", "failed"
@@ -40,18 +41,23 @@ class Change:
     # Where the task is written, repo-relative "FILE:LINE" ("" outside the repo), for CI
     # annotations; not part of the fingerprint: moving a task does not void an approval.
     task_path: str = ""
+    # For `petkeeper undo` (not part of the fingerprint): the files the change touches, and
+    # why an undo could not put it back ('' when it could).
+    paths: tuple[str, ...] = ()
+    irreversible: str = ""
     # A task that failed in check mode after an earlier change (agent.core.drift's partial
     # checks): Ansible's error, and which earlier change it may wait for. Empty otherwise.
     error: str = ""
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        data = {**asdict(self), "tags": list(self.tags)}
+        data = {**asdict(self), "tags": list(self.tags), "paths": list(self.paths)}
         return {k: v for k, v in data.items() if v or k not in ONLY_WHEN_SET}
 
 
 FINGERPRINTED = ("play", "role", "task", "module", "diff", "check_blind")
-ONLY_WHEN_SET = ("error", "message")  # in reports only when not empty; never fingerprinted
+# In reports only when not empty; never fingerprinted.
+ONLY_WHEN_SET = ("error", "message", "paths", "irreversible")
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,9 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally, run: str
         task=str(data.get("task") or module), module=action,
         tags=tuple(sorted(set(fact.get("tags") or ()))) if fact else (),
         task_path=repo_task_path(str(data.get("task_path") or ""), tree_root))
+    paths = tuple(str(p) for p in (fact.get("paths") or ())) if fact else ()
+    undo: dict[str, Any] = dict(paths=paths, irreversible=irreversible_reason(
+        action, paths, str(fact.get("state") or "") if fact else ""))
     if kind == "runner_on_unreachable":
         msg = plain_words(str(res.get("msg") or ""))  # Mitogen's words, as plain ones
         tally.unreachable = parse_host_key_refusal(msg) or \
@@ -199,20 +208,20 @@ def _read_result(kind: str, data: Mapping[str, Any], tally: _HostTally, run: str
                                           tally.last_change.get(run))
     elif kind == "runner_on_skipped":
         if _skip_is_blind(fact, conditional.get(str(data.get("task_uuid", "")), False)):
-            tally.changes.append(Change(**where, diff="", check_blind=True))
+            tally.changes.append(Change(**where, **undo, diff="", check_blind=True))
     elif "censored" in res:
         if fact is None:
             tally.hidden.append(where)
         elif fact.get("changed"):
             tally.seen_changed += 1
-            _add_change(tally, run, Change(**where, diff=HIDDEN))
+            _add_change(tally, run, Change(**where, **undo, diff=HIDDEN))
     elif res.get("changed") or _any_item_changed(res):
         tally.seen_changed += 1
         # creates/removes let a command module decide in check mode; the callback says whether
         # they were set (results stopped carrying the module's arguments in ansible-core 2.21).
         blind = module in COMMAND_MODULES and not (fact and fact.get("predicted"))
-        _add_change(tally, run, Change(**where, diff=_result_diff(res, tree_root),
-                                       check_blind=blind))
+        _add_change(tally, run, Change(**where, **undo,
+                                       diff=_result_diff(res, tree_root), check_blind=blind))
 
 
 def _skip_is_blind(fact: Mapping[str, Any] | None, is_conditional: bool) -> bool:
@@ -282,7 +291,9 @@ def _hidden_changes(t: _HostTally) -> list[Change]:
     if not t.hidden or unexplained <= 0:
         return []
     blind = unexplained != len(t.hidden)
-    return [Change(**where, diff=HIDDEN, check_blind=blind) for where in t.hidden]
+    return [Change(**where, diff=HIDDEN, check_blind=blind,
+                   irreversible=irreversible_reason(where["module"], ()))
+            for where in t.hidden]
 
 
 def _any_item_changed(res: Mapping[str, Any]) -> bool:

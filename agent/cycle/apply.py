@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from agent.adapters.runner import Watcher
+from agent.adapters.snapshots import apply_id, write_manifest
 from agent.adapters.state import (
     StateDir,
     note_applying,
@@ -36,8 +37,10 @@ from agent.core.wording import task_title
 from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
 from agent.cycle.record import Record, format_message, host_path
+from agent.cycle.snapshot import read_after, take_snapshot
 from agent.cycle.source import Source, resolve_folder
 from agent.cycle.trust import mark_applied
+from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class ApplyResult:
     message: str = ""
     tests: dict[str, Any] | None = None  # the repo's post-apply tests (agent.adapters.verify)
     changed: tuple[dict[str, Any], ...] = ()  # the tasks the apply changed (agent.core.applied)
+    apply_id: str = ""  # <run id>/<host>: what `petkeeper undo` takes
+    snapshot: dict[str, Any] | None = None  # files' hashes and metadata, irreversible changes
+    undo_of: str = ""  # an undo: the apply id it undoes
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "leftovers": list(self.leftovers), "changed": list(self.changed)}
@@ -86,7 +92,8 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     common: dict[str, Any] = dict(
         host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
         approved_by=approved_by, run_id=run_id, started=started,
-        approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status)
+        approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status,
+        apply_id=apply_id(run_id, plan.host))
     unless_paused(state)  # a pause: not even the re-check runs
     before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel,
                          watch)
@@ -97,12 +104,26 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
             **common, result=DRIFT_CHANGED, after_status=report.status, finished=started,
             message="the re-check found other drift than the plan's: plan and approve "
                     "again")), report
+    try:
+        snapshot = take_snapshot(config, source, one, state, plan.host, report.changes,
+                                 plan.plan_id, f"{run_id}-snapshot-{plan.host}", cancel)
+    except AgentError as e:
+        log.warning("%s: not applied: %s", plan.host, e)
+        return journal_done(state, ApplyResult(
+            **common, result=FAILED_APPLY, after_status=report.status, finished=started,
+            message=source.mask(str(e)))), report
+    common["snapshot"] = snapshot
+    write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host, "state": "taken",
+                           "plan_id": plan.plan_id, "taken": started, **snapshot})
     # Where the apply starts: said first, then the pause read again (see pause_applies).
     note_applying(state, plan.host)
     try:
         unless_paused(state)
         mark_applied(state, source.sha)  # before: an apply cut short counts too
         write_json(state.journal / f"{plan.plan_id}.json", {**common, "state": "applying"})
+        write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host,
+                               "state": "applying", "plan_id": plan.plan_id, "taken": started,
+                               **snapshot})
         if plan.approval is not None:
             mark_used(state, plan.approval)
         failed, changed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}",
@@ -116,6 +137,7 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
             message="the agent was stopped during this apply; it will not be re-applied "
                     "without a new approval", changed=tuple(changed))), \
             replace(report, status="unknown", message="apply interrupted")
+    common["snapshot"] = _read_after(config, source, one, state, plan, common, run_id, cancel)
     after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
                         cancel, watch)[plan.host]
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
@@ -162,7 +184,9 @@ def recover_interrupted(state: StateDir, now: datetime) -> list[ApplyResult]:
             found.append(ApplyResult.from_dict(entry.get("result") or {}))
             continue
         fields = {k: entry.get(k) for k in ("host", "plan_id", "source_sha", "approved_by",
-                                             "approval", "before_status", "started", "run_id")}
+                                             "approval", "before_status", "started", "run_id",
+                                             "snapshot")}
+        fields.update({k: str(entry.get(k) or "") for k in ("apply_id", "undo_of")})
         if entry.get("approval"):  # the crash may have come before it was marked used
             mark_used(state, Approval.from_dict(entry["approval"]))
         found.append(journal_done(state, ApplyResult(
@@ -194,6 +218,9 @@ def apply_record(result: ApplyResult) -> Record:
     """The reports-branch record of one apply: applies/<host>.yml and its commit."""
     data = result.as_dict()
     subject = f"{result.host}: apply of plan {result.plan_id}: {result.result}"
+    if result.undo_of:
+        subject = f"{result.host}: undo of {result.undo_of} (plan {result.plan_id}): " \
+                  f"{result.result}"
     body = (f"Approved by {result.approved_by}. Before: {result.before_status}, after: "
             f"{result.after_status}.")
     if result.tests is not None:
@@ -207,10 +234,16 @@ def apply_record(result: ApplyResult) -> Record:
             for c in result.changed)
     if result.leftovers:
         body += "\nStill changing: " + ", ".join(result.leftovers)
+    gone = [i["reason"] if not i["task"] else f"{i['task']} ({i['reason']})"
+            for i in (result.snapshot or {}).get("irreversible") or ()]
+    if gone:
+        body += "\nIrreversible (an undo cannot put back): " + "; ".join(gone)
     message = format_message(subject, body, {
         "Source": result.source_sha, "Run": result.run_id, "Host": result.host,
         "Status": result.after_status, "Plan": result.plan_id,
-        "Approved-By": result.approved_by})
+        "Approved-By": result.approved_by,
+        **({"Apply": result.apply_id} if result.apply_id else {}),
+        **({"Undo": result.undo_of} if result.undo_of else {})})
     content = f"# {subject}\n" + yaml.safe_dump(data, sort_keys=False)
     return Record(result.host, host_path("applies", result.host), content,
                   message, result.finished)
@@ -227,6 +260,25 @@ def approval_record(approval: Approval) -> Record:
     content = f"# {subject}\n" + yaml.safe_dump(approval.as_dict(), sort_keys=False)
     return Record(approval.host, host_path("approvals", approval.host), content,
                   message, approval.approved_at)
+
+
+def _read_after(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
+                common: Mapping[str, Any], run_id: str, cancel: Callable[[], bool] | None
+                ) -> dict[str, Any]:
+    """The snapshot with the state the apply left each file in, kept for an undo; when the
+    host cannot be read, the snapshot as it was (an undo then asks about every changed file)."""
+    snapshot = dict(common["snapshot"])
+    try:
+        snapshot["files"] = read_after(config, source, targets, state, plan.host, snapshot,
+                                       plan.plan_id, f"{run_id}-snapshot-after-{plan.host}",
+                                       cancel)
+    except AgentError as e:
+        log.warning("%s: the files as the apply left them could not be read (%s); an undo of "
+                    "this apply will treat each changed file as a conflict", plan.host, e)
+    write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host,
+                           "state": "applied", "plan_id": plan.plan_id,
+                           "taken": common["started"], **snapshot})
+    return snapshot
 
 
 def _post_apply_tests(config: Config, source: Source, targets: Targets, host: str,

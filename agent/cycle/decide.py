@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from agent.adapters.gitrepo import Mirror
+from agent.adapters.snapshots import read_holds, write_holds
 from agent.adapters.state import StateDir, read_json, write_json
 from agent.config import Config
 from agent.core.approval import (
@@ -31,6 +32,7 @@ from agent.core.drift import CLEAN, DRIFTED, HostReport
 from agent.core.ledger import classify, record_check
 from agent.core.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
 from agent.core.schema import load_yaml, printable_key, yaml_problem
+from agent.core.undo import hold_lifted, hold_reason
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError, StalledError
 
@@ -192,6 +194,7 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
     index = {pid: (h, bound, reports[h].fingerprint) for h, pid in ids.items()}
     from_git = git_approvals(config, mirror, source.sha, index)
     used = used_approvals(state)
+    holds = read_holds(state)
     plans = {}
     for host, report in reports.items():
         mine = [(a, "already used once" if approval_key(a) in used else None)
@@ -201,6 +204,11 @@ def decide_plans(config: Config, state: StateDir, mirror: Mirror, source: Source
         plan = build_plan(report, groups.get(host, ()), policy, bound, ids[host], mine, now)
         if source.hold and plan.action == APPLY:
             plan = replace(plan, action=WAIT, reason=f"{source.hold} ({plan.reason})")
+        held = hold_plan(state, host, bound, report.fingerprint, holds) \
+            if report.status == DRIFTED else None
+        if held and plan.action in (APPLY, WAIT):
+            plan = replace(plan, action=WAIT, reason=f"{held}; petkeeper release {host} lets "
+                                                     f"it be corrected ({plan.reason})")
         plans[host] = plan
     plans = hold_paused(plans, pause)
     write_json(state.plans_file, {h: p.as_dict() for h, p in plans.items()})
@@ -327,3 +335,22 @@ def _approval(plans: Mapping[str, Any], pid: str, approver: str, now: datetime,
                     approved_at=now.isoformat(timespec="seconds"),
                     expires_at=expires.isoformat(timespec="seconds"), comment=comment,
                     partial=bool(plan.get("partial")) and partial)
+
+
+def hold_plan(state: StateDir, host: str, source_sha: str, fingerprint: str,
+              holds: dict[str, dict[str, Any]]) -> str | None:
+    """Why HOST's plan must wait for an undo's hold (None: not held). The hold first records
+    the source commit and drift it saw, and lifts itself when a new commit changed both."""
+    hold = holds.get(host)
+    if hold is None:
+        return None
+    if hold_lifted(hold, source_sha, fingerprint):
+        log.info("%s: the hold of the undo of %s is lifted: a new source commit changed its "
+                 "drift", host, hold["apply_id"])
+        del holds[host]
+        write_holds(state, holds)
+        return None
+    if not hold.get("seen"):
+        holds[host] = {**hold, "seen": {"source_sha": source_sha, "fingerprint": fingerprint}}
+        write_holds(state, holds)
+    return hold_reason(hold)

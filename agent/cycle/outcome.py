@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from agent.adapters.snapshots import read_holds
 from agent.core.drift import HostReport
 from agent.cycle.decide import WAIT
 
@@ -42,6 +43,9 @@ def _host_status(c: Cycle, name: str, r: HostReport, earlier: dict[str, Any]) ->
                   "run_id": applies[-1].run_id} if applies else earlier.get("last_apply")
     if last_apply:
         entry["last_apply"] = last_apply
+    hold = read_holds(c.state).get(name)
+    if hold:
+        entry["held"] = {k: hold[k] for k in ("apply_id", "by", "at")}
     return entry
 
 

@@ -21,6 +21,7 @@ from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Mirror
 from agent.adapters.process import stop_strays
 from agent.adapters.runner import Watcher
+from agent.adapters.snapshots import prune_snapshots
 from agent.adapters.state import (
     StateDir,
     clear_cycle_note,
@@ -47,9 +48,11 @@ from agent.cycle.apply import (
 )
 from agent.cycle.decide import (
     APPLY,
+    WAIT,
     Plan,
     classify_report,
     decide_plans,
+    git_approvals,
     hold_paused,
     pause_reason,
     require_known_plan,
@@ -58,6 +61,7 @@ from agent.cycle.detect import Targets, check_drift, select_targets
 from agent.cycle.outcome import build_status, result_line
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
 from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
+from agent.cycle.undo import CONFLICTED, apply_undos, undo_index
 from agent.errors import AgentError, RepoError, StalledError
 
 log = logging.getLogger(__name__)
@@ -117,7 +121,7 @@ class Cycle:
             return EXIT_ERROR
         if self.source is not None and (self.source.fetch_error or self.source.rejected):
             return EXIT_ERROR
-        if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY) or
+        if any(a.result in (INTERRUPTED, NOT_CONVERGED, FAILED_APPLY, CONFLICTED) or
                (a.tests is not None and not a.tests["passed"]) for a in self.applies):
             return EXIT_ERROR
         return EXIT_DRIFT if DRIFTED in statuses else EXIT_CLEAN
@@ -195,6 +199,32 @@ def record_step(c: Cycle) -> None:
     c.advance(Stage.RECORDED)
 
 
+def undo_step(c: Cycle) -> None:
+    """Apply the undo plans a person approved (policy never does); each undone host is held:
+    its plan waits, in this cycle too."""
+    assert c.source is not None and c.targets is not None and c.mirror is not None
+    if c.only_plan:
+        return
+    prune_snapshots(c.state, c.clock(), c.config.undo.keep, c.config.undo.max_bytes)
+    git = [a for a, problem in git_approvals(c.config, c.mirror, c.source.sha,
+                                             undo_index(c.state)) if problem is None]
+    try:
+        results = apply_undos(c.config, c.source, c.targets, c.state, git, c.run_id, c.clock,
+                              c.cancel)
+    except Paused as p:
+        log.warning("undo not applied, %s", pause_reason(p.pause))
+        c.pause, c.plans = p.pause, hold_paused(c.plans, p.pause)
+        return
+    for result in results:
+        c.applies.append(result)
+        c.pending.append(apply_record(result))
+        plan = c.plans.get(result.host)
+        if plan is not None and plan.action == APPLY:
+            c.plans[result.host] = replace(plan, action=WAIT, reason=f"held by undo of "
+                                           f"{result.undo_of} ({result.approved_by}, "
+                                           f"{result.started})")
+
+
 def apply_step(c: Cycle) -> None:
     """Apply the plans that policy or a valid approval allows, one host at a time; a pause
     written meanwhile (read again where each apply starts) stops every apply not started."""
@@ -247,7 +277,8 @@ Step = Callable[[Cycle], None]
 CHECK_STEPS: tuple[Step, ...] = (fetch_step, target_step, check_step, decide_step, record_step,
                                  save_step)
 RUN_STEPS: tuple[Step, ...] = (fetch_step, target_step, recover_step, check_step, decide_step,
-                               record_step, apply_step, record_applies_step, save_step)
+                               record_step, undo_step, apply_step, record_applies_step,
+                               save_step)
 
 
 def run_check(config: Config, *, wait: float = 0.0, now: datetime | None = None,

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.adapters.snapshots import read_holds, read_undo_plans
 from agent.adapters.state import (
     StateDir,
     adopt_repo,
@@ -29,7 +30,15 @@ from agent.cycle.apply import approval_record
 from agent.cycle.decide import approve_plans
 from agent.cycle.record import layout_of, publish, report_history
 from agent.cycle.source import fetch_source, open_mirror
+from agent.cycle.steps import fetch_step, run_cycle, target_step
 from agent.cycle.trust import acknowledge, rewind_hold
+from agent.cycle.undo import (
+    approve_undo,
+    check_undo_approval,
+    find_apply,
+    make_undo_plan,
+    release_host,
+)
 from agent.errors import AgentError
 
 SHOWN_HOSTS = 10  # hosts named when a host is not found
@@ -42,10 +51,12 @@ class Approved:
 
 
 def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str | None,
-            comment: str, now: datetime | None = None, partial: bool = False) -> Approved:
-    """APPROVER (root) approves each plan of PLAN_IDS: one approval and one record each, all
-    or none; EXPIRES is a duration (default approvals.expires). A partial plan needs PARTIAL
-    (the approver knows its check stopped early)."""
+            comment: str, now: datetime | None = None, partial: bool = False,
+            force_conflicts: bool = False) -> Approved:
+    """APPROVER (root) approves each plan of PLAN_IDS (undo plans too): one approval and one
+    record each, all or none; EXPIRES is a duration (default approvals.expires). A partial
+    plan needs PARTIAL (the approver knows its check stopped early); FORCE_CONFLICTS lets an
+    undo overwrite files changed again since its apply."""
     if os.geteuid() != 0:
         raise AgentError("approve: only root may approve a change to a pet; run it with sudo "
                          "(your login name is recorded)")
@@ -54,8 +65,18 @@ def approve(config: Config, plan_ids: Sequence[str], approver: str, expires: str
     until = approval_expiry(config, now, expires)
     with cycle_lock(state, f"petkeeper approve {' '.join(plan_ids)}"):
         mirror = open_mirror(config, state)
-        approvals = approve_plans(config, state, mirror, plan_ids, approver, now, until,
-                                  comment, partial)
+        undos = read_undo_plans(state)
+        if force_conflicts and not any(pid in undos for pid in plan_ids):
+            raise AgentError("approve: --force-conflicts is for undo plans (petkeeper undo "
+                             "shows them); none of these is one")
+        for pid in plan_ids:  # all or none: refused before anything is written
+            if pid in undos:
+                check_undo_approval(undos[pid], force_conflicts)
+        others = [pid for pid in plan_ids if pid not in undos]
+        approvals = approve_plans(config, state, mirror, others, approver, now, until,
+                                  comment, partial) if others else []
+        approvals += [approve_undo(state, undos[pid], approver, now, until, comment,
+                                   force_conflicts) for pid in plan_ids if pid in undos]
         result = publish(mirror, config, [a.host for a in approvals],
                          lambda base: [approval_record(a) for a in approvals])
     return Approved(approvals, result.error)
@@ -179,6 +200,38 @@ def adopt(config: Config, by: str) -> dict[str, Any]:
         hold = rewind_hold(state, mirror, head)
     return {"url": redact_text(config.repo.url), "before": before["url"] if before else None,
             "head": head, "hold": hold}
+
+
+def plan_undo(config: Config, aid: str | None, host: str | None,
+              now: datetime | None = None) -> dict[str, Any]:
+    """The undo plan of apply AID (or HOST's last apply): the files to restore with their
+    diffs, the conflicts, the irreversible changes; saved for approve and run."""
+    state = StateDir(config.state_dir)
+    claim_repo(state, config.repo.url, config.path, write=False)
+    manifest = find_apply(state, aid, host)
+    made: list[dict[str, Any]] = []
+
+    def plan_step(c: Any) -> None:
+        made.append(make_undo_plan(c.config, c.source, c.targets, c.state, manifest, c.run_id,
+                                   c.clock(), c.cancel))
+
+    run_cycle(replace(config, limit=str(manifest["host"])), (fetch_step, target_step,
+                                                             plan_step),
+              "undo", now=now)
+    return made[0]
+
+
+def release(config: Config, host: str) -> dict[str, Any]:
+    """Lift the hold an undo put on HOST: its corrections may be applied again."""
+    state = StateDir(config.state_dir)
+    claim_repo(state, config.repo.url, config.path, write=False)
+    with cycle_lock(state, f"petkeeper release {host}"):
+        return release_host(state, host)
+
+
+def holds(config: Config) -> dict[str, Any]:
+    """The hosts undos hold: host -> apply_id, by, at."""
+    return read_holds(StateDir(config.state_dir))
 
 
 def _first(names: list[str]) -> str:

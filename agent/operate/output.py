@@ -95,10 +95,14 @@ def render_plan(report: Mapping[str, Any], color: bool = False) -> str:
             d = decisions[i] if i < len(decisions) else {}
             lines.append(f"  {_change_line(c)}  [{c.get('class', '-')}; {d.get('mode', '-')} "
                          f"by {d.get('rule', '-')}]")
+            if c.get("irreversible"):
+                lines.append(f"      irreversible: {c['irreversible']}")
             lines.extend(_change_details(c, paint))
     for a in report.get("applies") or []:
-        lines.append(f"applied plan {a['plan_id']} to {a['host']}: {a['result']} (approved by "
-                     f"{a['approved_by']}; {a['before_status']} -> {a['after_status']})")
+        what = f"undid {a['undo_of']} with plan" if a.get("undo_of") else "applied plan"
+        lines.append(f"{what} {a['plan_id']} to {a['host']}: {a['result']} (approved by "
+                     f"{a['approved_by']}; {a['before_status']} -> {a['after_status']})"
+                     + (f"  apply id {a['apply_id']}" if a.get("apply_id") else ""))
         if a.get("leftovers"):
             lines.append(f"    still changing: {', '.join(a['leftovers'])}")
     lines.append(_footer(report))
@@ -121,8 +125,36 @@ def render_history(entries: Sequence[Mapping[str, Any]], empty: str = "no report
         if approver and approver not in what:
             what += f", approved by {approver}"
         source = str(t.get("Petkeeper-Source", ""))[:12]
+        if t.get("Petkeeper-Apply"):
+            what += f"  [apply id {t['Petkeeper-Apply']}]"
         lines.append(f"{e['date']}  {host:<{width}}  {what}" +
                      (f"  (source {source})" if source else ""))
+    return "\n".join(lines)
+
+
+def render_undo_plan(plan: Mapping[str, Any], color: bool = False) -> str:
+    """Given an undo plan (agent.cycle.undo), return its files, diffs, conflicts, what it
+    cannot put back, and how to approve it."""
+    plan, paint = _safe(plan), _painter(color)
+    lines = [f"{plan['host']}: undo of {plan['apply_id']}  plan {plan['plan_id']}  "
+             f"[{plan['action']}]"]
+    diffs = {c["task"].split(" ", 1)[-1]: c["diff"] for c in plan["changes"]}
+    for f in plan["files"]:
+        lines.append(f"  {f['path']}: {f['action']}" + (f" ({f['why']})" if f["why"] else ""))
+        if f["action"] in ("restore", "conflict"):
+            lines.extend(f"      {_paint_diff_line(d, paint)}"
+                         for d in diffs.get(f["path"], "").splitlines())
+    for i in plan["irreversible"]:
+        lines.append(f"  irreversible: {i['task'] + ': ' if i['task'] else ''}{i['reason']}")
+    if plan["action"] != "wait":
+        lines.append("nothing to undo: every file is as the snapshot holds it")
+    else:
+        force = " --force-conflicts" if plan["conflicts"] else ""
+        lines.append(f"approve with: sudo petkeeper approve {plan['plan_id']}{force}; the next "
+                     "run applies it and holds the host until petkeeper release")
+        if plan["conflicts"]:
+            lines.append(f"conflicts (changed again since the apply, not overwritten without "
+                         f"--force-conflicts): {', '.join(plan['conflicts'])}")
     return "\n".join(lines)
 
 
@@ -144,6 +176,10 @@ def render_status(status: Mapping[str, Any]) -> str:
         blind = host.get("check_blind", 0)
         lines.append(f"{name}: {host['status']} ({change_counts(host['changes'] - blind, blind)})"
                      f", checked {host['checked_at']} at {str(host['source_sha'])[:12]}")
+        if host.get("held"):
+            h = host["held"]
+            lines.append(f"  held by undo of {h['apply_id']} ({h['by']}, {h['at']}): "
+                         f"petkeeper release {name} lets it be corrected")
         if host.get("source_rejected"):
             lines.append(f"  source head rejected: {host['source_rejected']}")
         plan = host.get("plan") or {}

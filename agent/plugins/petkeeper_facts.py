@@ -10,6 +10,9 @@ ansible-core 2.21 stopped sending them). This plugin writes exactly those facts,
 one JSON object a line, to the file named by PETKEEPER_FACTS_FILE: booleans and a short reason,
 never a value, an argument or any output of a task.
 
+For `petkeeper undo`, a changed task that writes files says which (`paths`, from the same
+managed_paths, and its `state` argument): what the snapshot before an apply reads.
+
 One more fact, for the daemon's file watch (agent.daemon.watch): the paths each task manages on
 its host (`path`/`dest` of file-like modules, the account files behind user and group, sudoers
 and authorized keys files, the package database, unit files), and whether the host is reached
@@ -75,9 +78,10 @@ class CallbackModule(CallbackBase):
             self._write_paths(result)
         changed = bool(result._result.get("changed"))
         if result._task.no_log or result._result.get("_ansible_no_log"):
-            self._write(result, event="hidden", changed=changed)
+            self._write(result, event="hidden", changed=changed, **_touched(result))
         elif changed:
-            self._write(result, event="changed", changed=True, predicted=_predicted(result))
+            self._write(result, event="changed", changed=True, predicted=_predicted(result),
+                        **_touched(result))
 
     def v2_playbook_on_play_start(self, play) -> None:
         self._play, self._local = play, {}
@@ -195,3 +199,22 @@ def _unit_files(name) -> list[str]:
     unit = name if "." in name else f"{name}.service"
     found = [os.path.join(d, unit) for d in UNIT_DIRS if os.path.exists(os.path.join(d, unit))]
     return [*found, os.path.join(UNIT_DIRS[0], unit), os.path.join(UNIT_DIRS[0], unit + ".d")]
+
+
+# What an undo can put back: the files of these modules (not a mount, nor an unpacked tree).
+UNDO_MODULES = (set(FILE_MODULES) - {"unarchive", "mount"}) | set(ACCOUNT_FILES) | {
+    "authorized_key", "sudoers"}
+
+
+def _touched(result) -> dict:
+    """For `petkeeper undo`: the files a changed task of UNDO_MODULES writes (a loop's items
+    each name theirs) and its state argument; {} for any other module."""
+    action = str(result._task.action or "")
+    if action.rsplit(".", 1)[-1] not in UNDO_MODULES and action not in UNDO_MODULES:
+        return {}
+    args, res = result._task.args or {}, result._result
+    items = [i for i in res.get("results") or () if isinstance(i, dict)]
+    paths = set(managed_paths(action, args, res))
+    paths |= {os.path.normpath(i[k]) for i in items for k in ("dest", "path")
+              if isinstance(i.get(k), str) and i[k].startswith("/")}
+    return {"paths": sorted(paths), "state": str(args.get("state") or "")}

@@ -1,0 +1,156 @@
+"""Snapshot: before an apply, read what it is about to change from the host; after it, read
+again what it left. Through a small play of Petkeeper's own, over the same Ansible connection
+(inventory, ansible.cfg, keys) as the apply, limited to the files the plan's changes name.
+
+The bytes go straight from the host into the state directory (ansible.builtin.fetch): no event,
+log or record sees them. The apply record keeps their hashes and metadata only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.adapters.runner import run_playbook
+from agent.adapters.snapshots import blob_path, store_blob
+from agent.adapters.state import StateDir, write_atomic
+from agent.config import Config
+from agent.core.drift import Change
+from agent.core.undo import FileState, parse_stat, snapshot_paths, unrestorable
+from agent.cycle.detect import Targets, playbook_run
+from agent.cycle.source import Source
+from agent.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+STAT_TASK, FETCH_TASK = "petkeeper snapshot: stat", "petkeeper snapshot: fetch"
+ETCKEEPER = ("/usr/bin/etckeeper", "/usr/sbin/etckeeper", "/usr/local/bin/etckeeper")
+SNAPSHOT_PLAY = [{
+    "name": "Petkeeper snapshot", "hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "petkeeper snapshot: find etckeeper", "when": "petkeeper_etckeeper",
+         "ansible.builtin.stat": {"path": "{{ item }}", "get_checksum": False},
+         "loop": list(ETCKEEPER), "register": "petkeeper_etckeeper_found"},
+        {"name": "petkeeper snapshot: etckeeper commit",
+         "when": "petkeeper_etckeeper and (petkeeper_etckeeper_found.results | "
+                 "selectattr('stat.exists') | list | length > 0)",
+         "ansible.builtin.command": {"argv": [
+             "{{ (petkeeper_etckeeper_found.results | selectattr('stat.exists') | first)"
+             ".stat.path }}", "commit", "{{ petkeeper_etckeeper_message }}"]},
+         "register": "petkeeper_etckeeper_commit",
+         "changed_when": "petkeeper_etckeeper_commit.rc == 0", "failed_when": False},
+        {"name": STAT_TASK,
+         "ansible.builtin.stat": {"path": "{{ item }}", "follow": False, "get_mime": False,
+                                  "get_attributes": False, "checksum_algorithm": "sha256"},
+         "loop": "{{ petkeeper_paths }}", "register": "petkeeper_stat"},
+        {"name": FETCH_TASK,
+         "ansible.builtin.fetch": {"src": "{{ item.item }}", "flat": True,
+                                   "dest": "{{ petkeeper_fetch_dir }}/{{ index }}"},
+         "loop": "{{ petkeeper_stat.results }}",
+         "loop_control": {"index_var": "index", "label": "{{ index }}"},
+         "when": "petkeeper_fetch and item.stat.exists and item.stat.isreg and "
+                 "item.stat.size <= petkeeper_max_file"},
+    ]}]
+
+
+def read_files(config: Config, source: Source, targets: Targets, state: StateDir, host: str,
+               paths: Sequence[str], ident: str, *, fetch: bool, etckeeper: str = "",
+               cancel: Callable[[], bool] | None = None
+               ) -> tuple[dict[str, FileState], dict[str, str]]:
+    """Read PATHS on HOST: each one's state, and (FETCH) the sha256 of the bytes now kept in
+    the state directory, per path. ETCKEEPER, when set and undo.etckeeper is auto, is the
+    message of an etckeeper commit of /etc made first where etckeeper is installed.
+    TransientError when the host could not be read: then nothing may be applied."""
+    one = replace(targets, hosts=(host,), limit=host)
+    folder = state.undo / "incoming"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=folder) as work:
+        play = Path(work) / "snapshot.yml"
+        write_atomic(play, yaml.safe_dump(SNAPSHOT_PLAY, sort_keys=False).encode())
+        fetched = Path(work) / "files"
+        fetched.mkdir(mode=0o700)
+        variables = Path(work) / "vars.json"
+        write_atomic(variables, json.dumps({
+            "petkeeper_paths": list(paths), "petkeeper_fetch": fetch,
+            "petkeeper_fetch_dir": str(fetched), "petkeeper_max_file": config.undo.max_file,
+            "petkeeper_etckeeper": bool(etckeeper) and config.undo.etckeeper == "auto",
+            "petkeeper_etckeeper_message": etckeeper}).encode())
+        run = replace(playbook_run(config, source, one, str(play), ident, check=False),
+                      tags=(), skip_tags=(),
+                      extra_vars=(*config.extra_vars, f"@{variables}"))
+        result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
+        states = _stat_results(result.events, host)
+        if result.status != "successful" or len(states) != len(paths):
+            raise TransientError(f"{host}: the snapshot of {len(paths)} file(s) could not be "
+                                 f"read ({result.error if not result.started else result.status})"
+                                 "; nothing was applied: the next cycle tries again")
+        digests = {}
+        for i, path in enumerate(paths):
+            blob = fetched / str(i)
+            if fetch and blob.is_file():
+                digests[path] = store_blob(state, blob.read_bytes())
+                blob.unlink()
+        shutil.rmtree(fetched, ignore_errors=True)
+    return dict(zip(paths, states, strict=True)), digests
+
+
+def _stat_results(events: Sequence[Mapping[str, Any]], host: str) -> list[FileState]:
+    for event in events:
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_ok" and data.get("task") == STAT_TASK and \
+                data.get("host") == host:
+            return [parse_stat(r) for r in (data.get("res") or {}).get("results") or ()]
+    return []
+
+
+def take_snapshot(config: Config, source: Source, targets: Targets, state: StateDir,
+                  host: str, changes: Sequence[Change], plan_id: str, ident: str,
+                  cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Before an apply of CHANGES on HOST: the snapshot's files (path, before, blob, hidden,
+    skipped) and the changes no undo could put back (task, module, reason)."""
+    wanted = snapshot_paths(changes)
+    paths = [p for p, _ in wanted]
+    states, digests = read_files(config, source, targets, state, host, paths, ident,
+                                 fetch=True, etckeeper=f"petkeeper: before plan {plan_id}",
+                                 cancel=cancel) if paths else ({}, {})
+    files = []
+    for path, hidden in wanted:
+        before = states[path]
+        skipped = unrestorable(path, before, config.undo.max_file)
+        if before.kind == "file" and not skipped and digests.get(path) != before.sha256:
+            skipped = "its bytes changed while they were read"
+        if not skipped and path in digests:
+            # A secret the source knows now may be gone from it by the time of an undo (a
+            # rotated vault value): such a file's undo diff never shows its content.
+            text = blob_path(state, digests[path]).read_bytes().decode(errors="replace")
+            hidden = hidden or source.mask(text) != text
+        files.append({"path": path, "hidden": hidden, "before": before.as_dict(),
+                      "blob": before.kind == "file" and not skipped, "skipped": skipped})
+    irreversible = [{"task": c.task, "module": c.module, "reason": c.irreversible}
+                    for c in changes if c.irreversible]
+    irreversible += [{"task": "", "module": "", "reason": f"{f['path']}: {f['skipped']}"}
+                     for f in files if f["skipped"]]
+    return {"files": files, "irreversible": irreversible}
+
+
+def read_after(config: Config, source: Source, targets: Targets, state: StateDir, host: str,
+               snapshot: Mapping[str, Any], plan_id: str, ident: str,
+               cancel: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+    """After the apply: the snapshot's files, each with the state the apply left ("after"),
+    which an undo compares with what it finds (a file changed since is a conflict)."""
+    files = [dict(f) for f in snapshot["files"]]
+    if not files:
+        return files
+    states, _ = read_files(config, source, targets, state, host, [f["path"] for f in files],
+                           ident, fetch=False, etckeeper=f"petkeeper: after plan {plan_id}",
+                           cancel=cancel)
+    for f in files:
+        f["after"] = states[f["path"]].as_dict()
+    return files
