@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tests.conftest import (
     require_test_hosts,
     write_agent_config,
 )
+from tests.integration.test_kill_each_step import KILLER
 
 pytestmark = pytest.mark.hosts
 
@@ -73,6 +75,7 @@ def pet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pet]:
     tmp = tmp_path_factory.mktemp("undo")
     with TestHostPool(tmp / "hosts") as pool:
         host = pool.start("pet", ADDRESS)
+        install_etckeeper(pool)
         remote = GitRemote(tmp / "git")
         files = pets_repo_files({"pet": (host.address, host.port)})
         files["site.yml"] = PLAYBOOK
@@ -84,6 +87,16 @@ def pet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pet]:
         p = Pet(pool, remote, config)
         p.hand_edit()
         yield p
+
+
+def install_etckeeper(pool: TestHostPool) -> None:
+    """etckeeper in the host's own overlay (/usr, /var, /etc), from the package .ci/setup
+    fetched: the machine itself does not get it."""
+    debs = sorted(Path("/var/cache/apt/archives").glob("etckeeper_*.deb"))
+    if not debs:
+        pytest.fail("etckeeper's package is not in /var/cache/apt/archives: run .ci/setup")
+    pool.run("pet", f"dpkg -i {debs[-1]} >/dev/null 2>&1 || dpkg -i {debs[-1]}")
+    assert "etckeeper" in pool.run("pet", "git -C /etc log --format=%s").stdout
 
 
 def test_auto_apply_snapshots_and_marks_the_command_irreversible(pet: Pet):
@@ -115,6 +128,11 @@ def test_auto_apply_snapshots_and_marks_the_command_irreversible(pet: Pet):
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
     history = pet.cli("history", "pet", json_out=False)[1]
     assert f"apply id {pet.ids['apply']}" in history
+    # undo.etckeeper: auto: the host's own history has the hand edit and the correction.
+    etc = pet.sh("git -C /etc log --format=%s").splitlines()
+    plan = applied["plan_id"]
+    assert etc[:2] == [f"petkeeper: after plan {plan}", f"petkeeper: before plan {plan}"], etc
+    assert HAND_MOTD.strip() in pet.sh("git -C /etc show HEAD~1:motd")
 
 
 def test_undo_plan_shows_the_diffs_back_to_the_hand_edits_and_what_it_cannot_undo(pet: Pet):
@@ -177,3 +195,27 @@ def test_a_file_changed_again_since_the_apply_is_a_conflict_refused_without_forc
     code, ran, err = pet.cli("run")
     assert [a["result"] for a in ran["applies"]] == ["undone"], (ran["applies"], err)
     assert pet.sh("cat /etc/motd") == HAND_MOTD
+
+
+def test_an_undo_killed_while_restoring_is_recorded_interrupted_and_never_run_twice(pet: Pet):
+    assert pet.cli("release", "pet", json_out=False)[0] == 0
+    [applied] = pet.cli("run")[1]["applies"]
+    _, plan, _ = pet.cli("undo", "--host", "pet")
+    assert plan["apply_id"] == applied["apply_id"] and plan["conflicts"] == []
+    assert pet.cli("approve", plan["plan_id"], json_out=False)[0] == 0
+    # Killed where the restore play would start (its 1st call is the survey's check run).
+    killed = subprocess.run([sys.executable, "-c", KILLER, "agent.cycle.undo:run_restore", "2",
+                             "--config", str(pet.config), "run"], capture_output=True,
+                            text=True, timeout=300, start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert pet.sh("cat /etc/motd") == "Managed by Petkeeper\n"  # nothing restored
+
+    _, ran, err = pet.cli("run")
+    assert [(a["result"], a["undo_of"]) for a in ran["applies"]] == \
+        [("interrupted", plan["apply_id"])], err
+    assert ran["plans"]["pet"]["action"] == "nothing"  # clean, and the undo not run again
+    assert pet.sh("cat /etc/motd") == "Managed by Petkeeper\n"
+    subjects = pet.remote.log()
+    assert f"pet: undo of {plan['apply_id']} (plan {plan['plan_id']}): interrupted" in subjects
+    assert "held by undo" in pet.cli("status", json_out=False)[1]  # held from its start
