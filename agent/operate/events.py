@@ -19,7 +19,7 @@ from typing import Any
 from agent.core.drift import CLEAN, DRIFTED, FAILED, UNKNOWN, UNREACHABLE
 
 TYPE_PREFIX = "org.petkeeper."
-FAILED_APPLIES = ("not converged", "interrupted", "apply failed")
+FAILED_APPLIES = ("not converged", "interrupted", "apply failed", "conflict")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls, but \t and \n
 
 
@@ -116,7 +116,7 @@ def _apply_event(apply: Mapping[str, Any], seen: Mapping[str, Any],
                  record: Mapping[str, Any]) -> Event | None:
     tests = apply.get("tests")
     failed = apply["result"] in FAILED_APPLIES or (tests is not None and not tests["passed"])
-    if not failed and apply["result"] != "converged":
+    if not failed and apply["result"] not in ("converged", "undone"):
         return None  # the drift changed since it was approved: nothing was applied
     host = apply["host"]
     report = (record.get("hosts") or {}).get(host) or {"status": apply["after_status"],
@@ -125,7 +125,7 @@ def _apply_event(apply: Mapping[str, Any], seen: Mapping[str, Any],
                            seen.get("report_commit"))
     summary["apply"] = {k: apply.get(k) for k in (
         "plan_id", "result", "approved_by", "before_status", "after_status", "message",
-        "started", "finished")}
+        "started", "finished", "apply_id", "undo_of")}
     summary["apply"]["leftovers"] = list(apply.get("leftovers") or ())
     summary["apply"]["tests_passed"] = None if tests is None else bool(tests["passed"])
     return Event("apply.failed" if failed else "apply.succeeded", host, summary)

@@ -38,7 +38,8 @@ METRICS_SCHEMA = 1
 HOST_KEPT = 7 * 86400.0  # a host not checked for a week leaves the metrics (inventory change)
 APPLY_RESULTS = {"converged": "converged", "not converged": "not_converged",
                  "interrupted": "interrupted", "apply failed": "failed",
-                 "drift changed since approval": "drift_changed"}
+                 "drift changed since approval": "drift_changed", "undone": "undone",
+                 "conflict": "conflict"}
 EXIT_RESULTS = {0: "clean", 1: "error", 2: "drift", 3: "warning"}
 
 
