@@ -69,9 +69,7 @@ def read_files(config: Config, source: Source, targets: Targets, state: StateDir
     message of an etckeeper commit of /etc made first where etckeeper is installed.
     TransientError when the host could not be read: then nothing may be applied."""
     one = replace(targets, hosts=(host,), limit=host)
-    folder = state.undo / "incoming"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(dir=folder) as work:
+    with tempfile.TemporaryDirectory(dir=incoming(state)) as work:
         play = Path(work) / "snapshot.yml"
         write_atomic(play, yaml.safe_dump(SNAPSHOT_PLAY, sort_keys=False).encode())
         fetched = Path(work) / "files"
@@ -99,6 +97,15 @@ def read_files(config: Config, source: Source, targets: Targets, state: StateDir
                 blob.unlink()
         shutil.rmtree(fetched, ignore_errors=True)
     return dict(zip(paths, states, strict=True)), digests
+
+
+def incoming(state: StateDir) -> Path:
+    """A private folder for one play's files (under the cycle's lock); what a killed cycle
+    left there, bytes read from a host included, goes first."""
+    folder = state.undo / "incoming"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    return folder
 
 
 def _stat_results(events: Sequence[Mapping[str, Any]], host: str) -> list[FileState]:

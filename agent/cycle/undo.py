@@ -55,7 +55,7 @@ from agent.cycle.apply import (
 )
 from agent.cycle.decide import approval_key, mark_used, used_approvals
 from agent.cycle.detect import Targets, playbook_run
-from agent.cycle.snapshot import read_files
+from agent.cycle.snapshot import incoming, read_files
 from agent.cycle.source import Source
 from agent.errors import RepoError
 
@@ -112,9 +112,7 @@ def run_restore(config: Config, source: Source, targets: Targets, state: StateDi
     if not entries:
         return HostReport(host, CLEAN)
     one = replace(targets, hosts=(host,), limit=host)
-    folder = state.undo / "incoming"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(dir=folder) as work:
+    with tempfile.TemporaryDirectory(dir=incoming(state)) as work:
         play = Path(work) / "restore.yml"
         write_atomic(play, yaml.safe_dump(build_restore_play(state, entries),
                                           sort_keys=False).encode())
