@@ -47,6 +47,7 @@ class RunInfo:
     trigger: str | None = None  # the daemon's file watch: "check triggered by a change of X"
     refused: str | None = None  # the newest source commit was refused: why (Source.rejected)
     plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # host -> Plan.as_dict
+    held: Mapping[str, Mapping[str, Any]] | None = None  # hosts an undo holds (agent.cycle.undo)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ def build_report(report: HostReport, run: RunInfo) -> dict[str, Any]:
         data["source_refused"] = run.refused
     if plan := run.plans.get(report.name):
         data["plan"] = report_plan(plan)
+    hold = (run.held or {}).get(report.name)
+    if hold:  # only while an undo holds the host, like paused
+        data["held"] = {k: hold[k] for k in ("apply_id", "by", "at")}
     return data
 
 
@@ -115,6 +119,9 @@ def render_report(data: Mapping[str, Any]) -> str:
                      "petkeeper resume")
     if (plan := data.get("plan")) and plan["action"] != "nothing":
         lines.append(f"# plan {plan['id']} [{plan['action']}] {_one_line(str(plan['reason']))}")
+    if hold := data.get("held"):
+        lines.append(f"# held by undo of {hold['apply_id']} ({hold['by']}, {hold['at']}): "
+                     "nothing is corrected until petkeeper release or a new commit")
     for c in data.get("changes") or []:
         mark = "?" if c["check_blind"] else "~"
         lines.append(f"#   {mark} {_one_line(task_title(c.get('role'), c['task']))} "
@@ -147,6 +154,8 @@ def commit_reason(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
     before, now = previous.get("plan") or {}, current.get("plan") or {}
     if (before.get("action"), before.get("reason")) != (now.get("action"), now.get("reason")):
         return "plan changed"  # a window opened, an approval came, an apply was refused
+    if previous.get("held") != current.get("held"):
+        return "released" if current.get("held") is None else "held by an undo"
     try:
         age = (datetime.fromisoformat(current["checked_at"]) -
                datetime.fromisoformat(str(previous["checked_at"]))).total_seconds()

@@ -21,7 +21,7 @@ from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Mirror
 from agent.adapters.process import stop_strays
 from agent.adapters.runner import Watcher
-from agent.adapters.snapshots import prune_snapshots
+from agent.adapters.snapshots import prune_snapshots, read_holds
 from agent.adapters.state import (
     StateDir,
     clear_cycle_note,
@@ -340,7 +340,7 @@ def _publish(c: Cycle) -> None:
     assert c.mirror is not None and c.source is not None
     run = RunInfo(c.run_id, c.source.sha, c.clock(), socket.gethostname(), read_pause(c.state),
                   c.trigger, c.source.rejected and c.source.mask(c.source.rejected),
-                  plans={h: p.as_dict() for h, p in c.plans.items()})
+                  plans={h: p.as_dict() for h, p in c.plans.items()}, held=read_holds(c.state))
     pending, c.pending = c.pending, []
     mirror, hosts, heartbeat = c.mirror, c.hosts, c.config.reports.heartbeat
     result = publish(mirror, c.config, [*hosts, *(r.host for r in pending)],

@@ -120,7 +120,7 @@ def test_auto_apply_snapshots_and_marks_the_command_irreversible(pet: Pet):
     assert [i["task"] for i in applied["snapshot"]["irreversible"]] == \
         ["Refresh the package cache"]
     # Only hashes and metadata leave the state directory; the bytes stay in it.
-    record = pet.remote.show("petkeeper/reports", "applies/pet.yml")
+    record = pet.remote.show("petkeeper/hosts/pet", "applies/pet.yml")
     assert "Hand edit" not in record and files["/etc/motd"]["before"]["sha256"] in record
     state = Path(yaml.safe_load(pet.config.read_text())["state_dir"])
     blob = state / "undo" / "blobs" / files["/etc/motd"]["before"]["sha256"]
@@ -160,7 +160,7 @@ def test_approved_undo_restores_bytes_mode_and_owner_and_holds_the_host(pet: Pet
     assert undo["result"] == "undone" and undo["undo_of"] == pet.ids["apply"], (undo, err)
     assert pet.sh("cat /etc/motd") == HAND_MOTD and pet.sh("cat /etc/pet.conf") == HAND_CONF
     assert pet.sh(STAT).split("\n")[:2] == ["600 nobody nogroup", "640 nobody nogroup"]
-    trailers = pet.remote.log(fmt="%(trailers)%x00")
+    trailers = pet.remote.log("pet", "%(trailers)%x00")
     assert any(f"Petkeeper-Undo: {pet.ids['apply']}" in t for t in trailers)
 
     code, held, _ = pet.cli("run")  # the host drifts from Git, and is held
@@ -169,6 +169,8 @@ def test_approved_undo_restores_bytes_mode_and_owner_and_holds_the_host(pet: Pet
     assert pet.sh("cat /etc/motd") == HAND_MOTD
     status = pet.cli("status", json_out=False)[1]
     assert f"held by undo of {pet.ids['apply']}" in status
+    report = pet.remote.show("petkeeper/hosts/pet", "hosts/pet.yml")
+    assert f"# held by undo of {pet.ids['apply']} (alice, " in report
 
 
 def test_release_lets_the_correction_come_back(pet: Pet):
@@ -217,6 +219,6 @@ def test_an_undo_killed_while_restoring_is_recorded_interrupted_and_never_run_tw
         [("interrupted", plan["apply_id"])], err
     assert ran["plans"]["pet"]["action"] == "nothing"  # clean, and the undo not run again
     assert pet.sh("cat /etc/motd") == "Managed by Petkeeper\n"
-    subjects = pet.remote.log()
+    subjects = pet.remote.log("pet")
     assert f"pet: undo of {plan['apply_id']} (plan {plan['plan_id']}): interrupted" in subjects
     assert "held by undo" in pet.cli("status", json_out=False)[1]  # held from its start
