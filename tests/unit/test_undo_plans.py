@@ -163,3 +163,22 @@ def test_the_callback_records_the_files_a_change_touches(action, args, res, path
 
 def test_the_callback_records_no_file_for_other_modules():
     assert _touched(_result("ansible.builtin.command", {"cmd": "/bin/true"})) == {}
+
+
+def test_the_undo_plan_shows_files_diffs_conflicts_and_the_irreversible_escaped():
+    from agent.operate.output import render_undo_plan
+
+    plan = {"host": "pet", "apply_id": "r1/pet", "plan_id": "p1", "action": "wait",
+            "files": [{"path": "/etc/motd", "action": "restore", "why": ""},
+                      {"path": "/etc/\x1b[31mevil", "action": "conflict", "why": ""},
+                      {"path": "/etc/big", "action": "not snapshotted",
+                       "why": "more than undo.max_file"}],
+            "changes": [{"task": "restore /etc/motd", "diff": "-new\n+hand\n"}],
+            "conflicts": ["/etc/\x1b[31mevil"],
+            "irreversible": [{"task": "Refresh the cache", "reason": "a command"}]}
+    text = render_undo_plan(plan)
+    assert "\x1b" not in text and "/etc/\\x1b[31mevil: conflict" in text
+    assert "  /etc/motd: restore\n      -new\n      +hand" in text
+    assert "/etc/big: not snapshotted (more than undo.max_file)" in text
+    assert "irreversible: Refresh the cache: a command" in text
+    assert "sudo petkeeper approve p1 --force-conflicts" in text
