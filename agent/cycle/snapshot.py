@@ -54,7 +54,7 @@ SNAPSHOT_PLAY = [{
          "ansible.builtin.fetch": {"src": "{{ item.item }}", "flat": True,
                                    "dest": "{{ petkeeper_fetch_dir }}/{{ index }}"},
          "loop": "{{ petkeeper_stat.results }}",
-         "loop_control": {"index_var": "index", "label": "{{ index }}"},
+         "loop_control": {"index_var": "index", "label": "{{ item.item }}"},
          "when": "petkeeper_fetch and item.stat.exists and item.stat.isreg and "
                  "item.stat.size <= petkeeper_max_file"},
     ]}]
