@@ -121,6 +121,8 @@ class StateDir:
     def watch_file(self) -> Path:
         """The daemon's file watch, as `petkeeper status` shows it."""
         return self.root / "watch.json"
+
+    @property
     def undo(self) -> Path:
         return self.root / "undo"
 
