@@ -498,12 +498,16 @@ class Mirror:
             f.flush()
             return self._git("hash-object", "-w", "--", f.name).strip()
 
+    def ssh_env(self, remote: str | None) -> dict[str, str]:
+        """GIT_SSH_COMMAND for REMOTE when it is not repo.url and the reports have SSH options
+        of their own (their deploy key); else nothing: the source's, set for every call."""
+        return dict(self._reports_ssh or {}) if remote not in (None, self.url) else {}
+
     def _git(self, *args: str, env: Mapping[str, str] | None = None, missing_ref: str = "",
              rejected: bool = False, remote: str | None = None) -> str:
-        """Run git in the mirror. REMOTE is the reports URL: the call uses its SSH options,
-        and errors name it (else repo.url)."""
-        if remote is not None and self._reports_ssh:
-            env = {**self._reports_ssh, **(env or {})}
+        """Run git in the mirror. REMOTE is the URL it reaches: errors name it (else repo.url),
+        and a remote other than repo.url (the reports') gets the reports' SSH options."""
+        env = {**self.ssh_env(remote), **(env or {})}
         status, out, err = self._run(args, env, remote)
         if status == 0:
             text = out.decode(errors="surrogateescape")  # as GitPython decodes

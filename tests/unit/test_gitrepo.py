@@ -251,3 +251,13 @@ and the repository exists."""
 ])
 def test_the_answer_is_the_cause_without_prefixes_or_the_generic_lines_around_it(stderr, answer):
     assert _answer(stderr) == answer
+
+
+def test_only_the_reports_remote_gets_the_reports_deploy_key(tmp_path: Path):
+    source, reports = "ssh://git@git.example.org/pets.git", "ssh://git@git.example.org/r.git"
+    mirror = Mirror(tmp_path / "mirror.git", source, 10, ("-o", "IdentityFile=/etc/src_key"),
+                    reports_ssh_options=("-o", "IdentityFile=/etc/reports_key"))
+
+    assert "IdentityFile=/etc/reports_key" in mirror.ssh_env(reports)["GIT_SSH_COMMAND"]
+    assert mirror.ssh_env(source) == {} and mirror.ssh_env(None) == {}  # the source's own
+    assert "IdentityFile=/etc/src_key" in mirror.repo.git.environment()["GIT_SSH_COMMAND"]
