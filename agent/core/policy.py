@@ -224,7 +224,7 @@ def _window(item: Any, where: str, bad: Any) -> Window | None:
     tz = str(item.get("timezone") or "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         bad(f"{where}.timezone", f"unknown time zone {tz!r}", "use e.g. Europe/Paris or UTC")
         tz, ok = "UTC", False
     start = str(item.get("start") or "")

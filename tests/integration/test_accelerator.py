@@ -60,7 +60,7 @@ class StrategyModule(Linear):
 @pytest.fixture(scope="module")
 def pets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHostPool, GitRemote,
                                                                       Path]]:
-    """web1 converged (clean), web2 fresh (drifted), and an agent.yml with the defaults."""
+    """web1 converged (clean), web2 fresh (drifted), and an agent.yml with accelerator auto."""
     require_test_hosts()
     tmp = tmp_path_factory.mktemp("accel")
     with TestHostPool(tmp / "hosts") as pool:
@@ -69,8 +69,11 @@ def pets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHostPoo
         remote = GitRemote(tmp / "git")
         remote.commit(pets_repo_files({n: (h.address, h.port) for n, h in pool.hosts.items()}))
         converge(pool, remote, "web1", tmp)
-        yield pool, remote, write_agent_config(tmp / "agent.yml", remote.url, tmp / "state",
-                                               pool)
+        yield pool, remote, write_agent_config(
+            tmp / "agent.yml", remote.url, tmp / "state", pool,
+            ansible={"private_key_file": str(pool.client_key),
+                     "known_hosts_file": str(pool.known_hosts), "timeout": "5m",
+                     "accelerator": "auto"})
 
 
 def check(config: Path, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
@@ -89,7 +92,7 @@ def hosts_of(report: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def baseline(pets) -> tuple[int, dict[str, Any]]:
-    """A check with the defaults: Mitogen's strategy."""
+    """A check with accelerator auto: Mitogen's strategy."""
     code, report, _ = check(pets[2])
     assert report["accelerator"]["strategy"] == "mitogen"
     assert {n: h["status"] for n, h in report["hosts"].items()} == {"web1": CLEAN,
