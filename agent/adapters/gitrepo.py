@@ -523,7 +523,7 @@ class Mirror:
         if rejected and ("rejected" in stderr or b"[rejected]" in out):
             raise _Rejected(out.decode(errors="replace"), stderr)
         refusal = parse_host_key_refusal(
-            stderr, KNOWN_HOSTS_HINT if remote is None else REPORTS_KNOWN_HOSTS_HINT)
+            stderr, KNOWN_HOSTS_HINT if remote in (None, self.url) else REPORTS_KNOWN_HOSTS_HINT)
         where = redact_text(remote) if remote else self.safe_url
         if refusal and command in NETWORK:
             raise HostKeyError(f"git {command} {where}: {refusal}")

@@ -27,9 +27,10 @@ NO_MATCH = re.compile(r"Could not match supplied host pattern, ignoring: (.+)")
 class NoHostMatches(RepoError):
     """A pattern of the limit matches no host or group of the inventory."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, inventory: str) -> None:
         self.pattern = pattern
-        super().__init__(f"{pattern!r} matches no host or group of the inventory")
+        super().__init__(f"{inventory}: {pattern!r} matches no host or group of the inventory; "
+                         "fix the limit")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def list_inventory(tree: Path, inventory: Path, limit: str | None,
                        fix="check the inventory's dynamic sources (scripts, plugins)")
     if proc.returncode != 0:
         if limit and (m := NO_MATCH.search(proc.stderr)):
-            raise NoHostMatches(m.group(1).strip().rstrip("."))
+            raise NoHostMatches(m.group(1).strip().rstrip("."), _relative(inventory, tree))
         raise RepoError(f"{_relative(inventory, tree)}: {_first_error(proc.stderr)}; "
                         "fix the inventory or the limit (see: ansible-inventory -i FILE --list)")
     source = f"{_relative(inventory, tree)} (ansible-inventory --list)"

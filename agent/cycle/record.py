@@ -63,11 +63,12 @@ class PublishResult:
     # PUSH_FAILED (the remote could not be reached) or PUSH_REJECTED (it moved meanwhile)
 
     def committed_by_host(self) -> dict[str, list[str]]:
-        """Each host once, with the files committed for it."""
-        found: dict[str, list[str]] = {}
+        """Each host once, with the files committed for it, each file once (a run commits a
+        host's report before and after its apply)."""
+        found: dict[str, dict[str, None]] = {}
         for host, path in self.committed:
-            found.setdefault(host, []).append(path)
-        return found
+            found.setdefault(host, {})[path] = None
+        return {host: list(paths) for host, paths in found.items()}
 
 
 def report_path(host: str) -> str:

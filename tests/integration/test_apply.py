@@ -91,8 +91,9 @@ def test_hand_drift_is_found_approved_on_the_host_applied_and_rechecked_clean(
     assert subjects[:4] == [
         "beta: clean (0 changes, 1 check-blind)",
         f"beta: apply of plan {plan['plan_id']}: converged",
-        f"beta: plan {plan['plan_id']} approved by alice",
-        "beta: drifted (1 change, 1 check-blind)"]
+        # the run's check: the plan's action turned from wait to apply (reports carry the plan)
+        "beta: drifted (1 change, 1 check-blind)",
+        f"beta: plan {plan['plan_id']} approved by alice"]
     record = yaml.safe_load(remote.show("petkeeper/hosts/beta", "applies/beta.yml"))
     assert record["approval"]["comment"] == "put the motd back"
     assert record["approval"]["how"] == "host"

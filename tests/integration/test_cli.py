@@ -123,8 +123,8 @@ def test_plan_approve_several_run_then_status_and_history_tell_the_story(
     status = json.loads(out)
     assert "hosts" not in status["last_run"] and "plans" not in status["last_run"]
     assert status["last_run"]["reports"]["committed"] == {
-        "alpha": ["applies/alpha.yml", "hosts/alpha.yml"],
-        "beta": ["applies/beta.yml", "hosts/beta.yml"]}
+        "alpha": ["hosts/alpha.yml", "applies/alpha.yml"],
+        "beta": ["hosts/beta.yml", "applies/beta.yml"]}
     beta = status["hosts"]["beta"]
     assert beta["last_apply"]["result"] == "converged" and beta["checked_at"] >= \
         status["last_run"]["started"]

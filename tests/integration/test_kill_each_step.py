@@ -226,8 +226,11 @@ def test_run_killed_at_any_step_loses_no_report_and_applies_at_most_once(
     subjects = [s for s in pet.remote.log(HOST, branches=branches) if s.startswith(f"{HOST}:")]
     drifted = [s for s in subjects if s.startswith(f"{HOST}: drifted")]
     records = [s for s in subjects if s.startswith(f"{HOST}: apply of plan {pet.plan_id}: ")]
-    assert len(drifted) == 1 and len(records) == 1, subjects  # none lost, none twice
     result = CONVERGED if point.expect == CONVERGED else INTERRUPTED
+    # none lost, none twice; after an interrupted apply the plan changes (the approval spent or
+    # the apply to retry), and a report carries its plan: one more drifted report, not a copy
+    assert len(records) == 1 and 1 <= len(drifted) <= (1 if result == CONVERGED else 2), \
+        subjects
     assert records == [f"{HOST}: apply of plan {pet.plan_id}: {result}"], subjects
     if point.expect == INTERRUPTED_BEFORE:  # its approval is spent: the pet waits for a new one
         assert applies(pet) == 0

@@ -34,7 +34,7 @@ def playbook(pet: Path, *names: str) -> str:
 def report(remote: GitRemote) -> dict:
     names = this_host_names()  # the host of the inventory the pet writes for itself
     host = names[1] if len(names) > 1 else names[0]
-    return dict(yaml.safe_load(remote.show("petkeeper/reports", f"hosts/{host}.yml")))
+    return dict(yaml.safe_load(remote.show(f"petkeeper/hosts/{host}", f"hosts/{host}.yml")))
 
 
 def triggered(remote: GitRemote, path: Path, status: str, after: int):
