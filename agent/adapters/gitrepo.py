@@ -501,7 +501,11 @@ class Mirror:
     def ssh_env(self, remote: str | None) -> dict[str, str]:
         """GIT_SSH_COMMAND for REMOTE when it is not repo.url and the reports have SSH options
         of their own (their deploy key); else nothing: the source's, set for every call."""
-        return dict(self._reports_ssh or {}) if remote not in (None, self.url) else {}
+        return dict(self._reports_ssh or {}) if self._is_reports(remote) else {}
+
+    def _is_reports(self, remote: str | None) -> bool:
+        """Whether REMOTE is the reports' own, not repo.url: it gets their key and hints."""
+        return remote not in (None, self.url)
 
     def _git(self, *args: str, env: Mapping[str, str] | None = None, missing_ref: str = "",
              rejected: bool = False, remote: str | None = None) -> str:
@@ -523,7 +527,7 @@ class Mirror:
         if rejected and ("rejected" in stderr or b"[rejected]" in out):
             raise _Rejected(out.decode(errors="replace"), stderr)
         refusal = parse_host_key_refusal(
-            stderr, KNOWN_HOSTS_HINT if remote in (None, self.url) else REPORTS_KNOWN_HOSTS_HINT)
+            stderr, REPORTS_KNOWN_HOSTS_HINT if self._is_reports(remote) else KNOWN_HOSTS_HINT)
         where = redact_text(remote) if remote else self.safe_url
         if refusal and command in NETWORK:
             raise HostKeyError(f"git {command} {where}: {refusal}")
