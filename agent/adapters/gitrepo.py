@@ -273,28 +273,32 @@ class Mirror:
             return False
         return True
 
-    def probe_push(self, url: str, branch: str) -> str:
-        """Dry-run a push of a throwaway commit to BRANCH of URL (as HostQueues.push makes):
-        nothing is sent, and nothing changes on either side. It proves that URL lets this key
-        in to receive-pack (a forge refuses a read-only key there), not what the server's hooks
-        or permissions would say of a real push. Return git's word for the ref ("new branch",
-        or why it would be rejected: the ref exists with other commits)."""
+    def probe_push(self, url: str, branches: Sequence[str]) -> dict[str, str]:
+        """Dry-run one push of a throwaway commit to each of BRANCHES of URL (the branches
+        HostQueues.push writes): nothing is sent, and nothing changes on either side. It proves
+        that URL lets this key in to receive-pack (a forge refuses a read-only key there), not
+        what the server's hooks or permissions would say of a real push. Return git's word for
+        each branch ("new branch", or why it would be rejected: it exists with other commits)."""
         probe = self.commit_files(None, {}, "petkeeper doctor: push probe, never pushed",
                                   Author("Petkeeper", "petkeeper@localhost"),
                                   "2000-01-01T00:00:00+00:00")
-        ref = _reports_ref(branch)
+        refs = {_reports_ref(branch): branch for branch in branches}
         out, why = "", "no answer for the ref"
         try:
-            out = self._git("push", "--dry-run", "--porcelain", url, f"{probe}:{ref}",
-                            rejected=True, remote=url)
+            out = self._git("push", "--dry-run", "--porcelain", url,
+                            *(f"{probe}:{ref}" for ref in refs), rejected=True, remote=url)
         except _Rejected as e:
             out, why = e.stdout, _last_line(e.stderr) or why
+        words = {}
         for line in out.splitlines():
             flag, _, rest = line.strip().partition("\t")
             target, _, summary = rest.partition("\t")
-            if target.endswith(f":{ref}"):
-                return summary.strip("[]") if flag != "!" else f"exists ({summary})"
-        raise FetchError(f"git push {redact_text(url)} failed: {why}")
+            ref = target.rpartition(":")[2]
+            if ref in refs:
+                words[refs[ref]] = summary.strip("[]") if flag != "!" else f"exists ({summary})"
+        if len(words) < len(refs):
+            raise FetchError(f"git push {redact_text(url)} failed: {why}")
+        return {branch: words[branch] for branch in refs.values()}  # in the order asked
 
     # -- remotes ---------------------------------------------------------------------------
 

@@ -59,6 +59,11 @@ def this_host_names() -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
+def local_host_name(names: list[str]) -> str:
+    """The name a pet without an inventory checks and reports itself as: its hostname."""
+    return names[1] if len(names) > 1 else names[0]
+
+
 def select_playbooks(config: Config, tree: Path, names: list[str]) -> tuple[str, ...]:
     """The configured playbooks, or ansible-pull's choice: <fqdn>.yml, <hostname>.yml, local.yml."""
     if "playbooks" in config.given:
@@ -92,7 +97,7 @@ def select_targets(config: Config, source: Source, state: StateDir,
     if config.inventory:
         inventory = resolve_in_tree(source.tree, config.inventory, f"{config.path}: inventory")
     else:
-        inventory = write_local_inventory(state, names[1] if len(names) > 1 else names[0])
+        inventory = write_local_inventory(state, local_host_name(names))
     # A static inventory's listing is kept between cycles of the same commit.
     kept = Kept(state.root / "inventory-listings.json", source.sha)
     limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel,

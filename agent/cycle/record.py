@@ -257,11 +257,13 @@ def report_history(mirror: Mirror, config: Config, host: str | None = None,
         return reader.history(host, since, fetch=False)
 
 
-def probe_reports_push(mirror: Mirror, config: Config, host: str) -> str:
-    """Dry-run the push HOST's agent makes (its own branch of the reports remote), sending
-    nothing; git's word for the ref. It proves authentication, not what server-side hooks
-    (or a rule holding each key to its own branch) would say."""
-    return mirror.probe_push(config.reports_url, layout_of(config).branch(host))
+def probe_reports_push(mirror: Mirror, config: Config, hosts: Iterable[str]) -> dict[str, str]:
+    """Dry-run the push the agent of HOSTS makes (each host's own branch of the reports
+    remote, in one push), sending nothing; git's word for each branch. It proves
+    authentication, not what server-side hooks (or a rule holding each key to its own branch)
+    would say."""
+    layout = layout_of(config)
+    return mirror.probe_push(config.reports_url, sorted({layout.branch(h) for h in hosts}))
 
 
 def _read_report(mirror: Mirror, commit: str | None, host: str) -> dict[str, Any] | None:

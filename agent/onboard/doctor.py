@@ -17,8 +17,9 @@ from typing import Any
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.onboard.findings import FAIL, OK, WARN, Finding
-from agent.onboard.host_checks import check_hosts
-from agent.onboard.source_checks import check_reports, check_source
+from agent.onboard.host_checks import check_hosts, select_doctor_targets
+from agent.onboard.reports_checks import check_reports
+from agent.onboard.source_checks import check_source
 from agent.onboard.system_checks import check_service, check_state, check_versions
 
 EXIT_OK, EXIT_FAIL, EXIT_WARN = 0, 1, 3  # 2 means drift everywhere else in Petkeeper
@@ -32,8 +33,9 @@ def run_doctor(config_path: Path, prefix: Path = Path("/")) -> list[Finding]:
     if config is not None:
         with tempfile.TemporaryDirectory(prefix="petkeeper-doctor-") as tmp:
             fetched = check_source(config, Path(tmp), findings)
-            check_reports(config, fetched, findings)
-            check_hosts(config, fetched, findings)
+            targets = select_doctor_targets(config, fetched)
+            check_reports(config, fetched, targets, findings)
+            check_hosts(config, fetched, targets, findings)
     check_versions(findings)
     if config is not None:
         check_state(config, findings)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.adapters.inventory import Listing
 from agent.adapters.ssh import (
     SshError,
     check_server,
@@ -20,7 +21,7 @@ from agent.adapters.ssh import (
 )
 from agent.config import Config
 from agent.core.hostkeys import CERTIFIED, KNOWN
-from agent.cycle.detect import select_hosts, this_host_names
+from agent.cycle.detect import local_host_name, select_hosts, this_host_names
 from agent.cycle.source import resolve_in_tree
 from agent.errors import AgentError
 from agent.onboard.findings import FAIL, OK, WARN, Finding
@@ -44,26 +45,53 @@ class Target:
     key_file: str | None
 
 
-def check_hosts(config: Config, fetched: Fetched, findings: list[Finding]) -> None:
-    """One finding per host the limit selects."""
+@dataclass(frozen=True)
+class Targets:
+    """The hosts a cycle would target (and report for, each on its own reports branch), as
+    the agent selects them; or why they are not known."""
+
+    listing: Listing | None
+    local: bool = False  # no inventory: the pet checks itself
+    problem: str = ""
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.listing.groups) if self.listing else []
+
+
+def select_doctor_targets(config: Config, fetched: Fetched) -> Targets:
+    """The limit's hosts in the fetched inventory (ansible-inventory, as the cycle lists
+    them), or this host alone when there is no inventory."""
+    names = this_host_names()
     if not config.inventory:
+        return Targets(Listing({local_host_name(names): ()}), local=True)
+    if fetched.tree is None:
+        return Targets(None, problem=f"not checked: {fetched.why_not}")
+    try:
+        inventory = resolve_in_tree(fetched.tree, config.inventory, f"{config.path}: inventory")
+        _, listing = select_hosts(config, fetched.tree, inventory, {}, names)
+    except AgentError as e:
+        return Targets(None, problem=str(e))
+    return Targets(listing)
+
+
+def check_hosts(config: Config, fetched: Fetched, targets: Targets,
+                findings: list[Finding]) -> None:
+    """One finding per host the limit selects."""
+    if targets.local:
         findings.append(Finding("hosts", OK, "no inventory: this host checks itself over a "
                                              "local connection, nothing to reach over SSH"))
         return
-    if fetched.tree is None:
-        findings.append(Finding("hosts", FAIL, f"not checked: {fetched.why_not}"))
+    if targets.listing is None:
+        findings.append(Finding("hosts", FAIL, targets.problem))
         return
-    try:
-        inventory = resolve_in_tree(fetched.tree, config.inventory, f"{config.path}: inventory")
-        _, listing = select_hosts(config, fetched.tree, inventory, {}, this_host_names())
-    except AgentError as e:
-        findings.append(Finding("hosts", FAIL, str(e)))
-        return
+    assert fetched.tree is not None  # the listing came from it
+    listing = targets.listing
     defaults = repo_defaults(fetched.tree)
-    targets = [build_target(name, listing.hostvars.get(name, {}), defaults,
-                            config.ansible.private_key_file) for name in listing.groups]
-    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(targets))) as pool:
-        findings.extend(pool.map(lambda t: check_target(t, config), targets))
+    reach = [build_target(name, listing.hostvars.get(name, {}), defaults,
+                          config.ansible.private_key_file) for name in listing.groups]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(reach))) as pool:
+        findings.extend(pool.map(lambda t: check_target(t, config), reach))
 
 
 def build_target(name: str, hostvars: Mapping[str, Any], defaults: Mapping[str, str],

@@ -1,12 +1,10 @@
 """Doctor's checks of the Git side: the Git server's host key, the source branch, signatures,
-and whether the reports remote takes the agent's push. Nothing is written to the state
-directory: the source is fetched into a temporary mirror, the push is a dry run."""
+the playbooks (the reports: agent.onboard.reports_checks). Nothing is written to the state
+directory: the source is fetched into a temporary mirror."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from agent.core.policy import AUTO
 from agent.core.redact import redact_text
 from agent.cycle.decide import load_policy
 from agent.cycle.detect import select_playbooks, this_host_names
-from agent.cycle.record import layout_of, probe_reports_push
 from agent.cycle.source import MissingBranchError, Source, fetch_source, remote_ssh
 from agent.cycle.trust import check_signatures, read_trust
 from agent.errors import AgentError, FetchError, HostKeyError, RepoError
@@ -100,67 +97,6 @@ def check_git_host_key(url: str, known_hosts: str | None, section: str,
     return status != FAIL
 
 
-def check_reports(config: Config, fetched: Fetched, findings: list[Finding]) -> None:
-    """Whether the reports remote takes the agent's push (a dry run), and whether the
-    layout lets this pet's key write to the source repository."""
-    url, r = config.reports_url, config.reports
-    # The agent pushes to its host's own branch: the limit's host, or this machine's name.
-    branch_host = config.limit if config.limit and re.fullmatch(r"[\w.-]+", config.limit) \
-        else this_host_names()[0]
-    findings.append(_layout(config))
-    if not r.push:
-        findings.append(Finding("reports push", OK, "reports.push is off: reports stay in the "
-                                                    "state directory's mirror"))
-        return
-    own_server = _server(url) not in (None, _server(config.repo.url))
-    if own_server and not check_git_host_key(url, r.known_hosts or config.repo.known_hosts,
-                                             "reports", findings):
-        return
-    try:
-        answer = probe_reports_push(fetched.mirror, config, branch_host)
-    except HostKeyError as e:
-        findings.append(Finding("reports push", FAIL, str(e)))
-        return
-    except AgentError as e:
-        key = r.ssh_key or config.repo.ssh_key
-        grant = f"give {key}.pub write access to it" if key else "give the agent's SSH key " \
-            "write access to it"
-        findings.append(Finding("reports push", FAIL, f"{e}; the reports remote must take the "
-                                f"agent's push: {grant}, or set reports.url and "
-                                "reports.ssh_key"))
-        return
-    where = _local_path(url)
-    if where is not None and not os.access(where, os.W_OK):
-        findings.append(Finding("reports push", FAIL, f"{where} is not writable for this user; "
-                                "give it write permission, or set reports.url"))
-        return
-    state = "would be created" if answer.startswith("new") else "exists"
-    findings.append(Finding("reports push", OK, f"{redact_text(url)} accepts the agent's key "
-                            f"for a push to {layout_of(config).branch(branch_host)} ({state}); "
-                            "a dry run proves "
-                            "authentication, not what server-side hooks would say"))
-
-
-def _layout(config: Config) -> Finding:
-    """A key that can push reports to the source repository can usually push its source
-    branch too: one compromised pet could then give orders to every pet."""
-    repo, r = config.repo, config.reports
-    if config.reports_url != repo.url:
-        key = f" with {r.ssh_key}" if r.ssh_key else ""
-        return Finding("reports layout", OK, f"reports go to a separate repository "
-                                             f"({redact_text(config.reports_url)}){key}")
-    if repo.verify == "all":
-        return Finding("reports layout", OK, "reports go to the source repository, and "
-                       "repo.verify: all refuses source commits no allowed key signed")
-    same = r.ssh_key is None or r.ssh_key == repo.ssh_key
-    return Finding("reports layout", WARN, "reports go to the source repository "
-                   f"{'with the same key' if same else 'with a key that may write to it'}, "
-                   f"which can then usually push {repo.branch} too: whoever takes this pet "
-                   "could give orders to every pet; use a separate reports repository "
-                   "(reports.url, reports.ssh_key), or protect the source branch and set "
-                   "repo.verify: all (docs/security.md)")
-
-
 def _trusted_tree(config: Config, fetched: Fetched, dest: Path,
                   findings: list[Finding]) -> Path | None:
     repo, mirror, sha = config.repo, fetched.mirror, fetched.sha
@@ -217,14 +153,3 @@ def _fetch_problem(config: Config, error: AgentError) -> str:
     retry = " (transient: retried with backoff by the daemon)" if isinstance(error, FetchError) \
         else ""
     return f"{error}{retry}; check repo.url and the network{key}"
-
-
-def _server(url: str) -> tuple[str, int] | None:
-    target = parse_ssh_url(url)
-    return None if target is None else target[1:]
-
-
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(url.removeprefix("file://"))
-    return Path(url) if url.startswith("/") else None
