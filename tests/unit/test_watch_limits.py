@@ -1,10 +1,10 @@
 """The file watch at its limits: daemon.watch_max, and the kernel's, for real:
 fs.inotify.max_user_watches reached, and no inotify instance to be had (max_user_instances).
 
-The kernel's limits are counted per user namespace (Linux 5.11+): a child started in a user namespace
-of its own sets /proc/sys/user/max_inotify_watches (and _instances) there, as that namespace's
-root, and meets the same ENOSPC and EMFILE a daemon meets when the machine's limit is
-exhausted; the machine's own settings are not touched. The child runs the daemon's Triggers on
+The kernel's limits are counted per user namespace (Linux 5.11+): a child started in a user
+namespace of its own sets /proc/sys/user/max_inotify_watches (and _instances) there, as that
+namespace's root, and meets the same ENOSPC and EMFILE a daemon meets when the machine's limit
+is exhausted; the machine's own settings are not touched. The child runs the daemon's Triggers on
 a real state directory and prints what it saw as JSON."""
 
 from __future__ import annotations
