@@ -91,15 +91,31 @@ class Triggers:
         if left:
             problem = (f"daemon.watch_max ({self.config.daemon.watch_max} folders) is reached: "
                        f"{left} managed path(s) are not watched")
-        self.info.update(on=True, paths=len(watched), watches=self.watch.watches)
+        # Off by default where nothing can be watched (hosts reached over SSH only): said so.
+        self.info.update(on=bool(watched) or self.config.daemon.watch is True,
+                         paths=len(watched), watches=self.watch.watches)
         if problem:
             self._problem("limit", f"{problem}; they are found by the scheduled check only")
-        elif records and not watched and self.config.daemon.watch:
-            self._problem("remote", "daemon.watch is on, but no host is managed with the local "
-                          "connection (hosts reached over SSH cannot be watched)")
+        elif not watched:
+            self._nothing_watched(records)
         else:
             self.info["problem"] = self.warned = None
         self._save()
+
+    def _nothing_watched(self, records: dict[str, dict[str, Any]]) -> None:
+        if not records:
+            self.info["problem"], self.warned = ("nothing recorded yet: each check records the "
+                                                 "paths its playbooks manage"), None
+        elif not any(r.get("local") for r in records.values()):
+            text = ("no host is managed with the local connection (hosts reached over SSH "
+                    "cannot be watched: the scheduled check finds their drift)")
+            if self.config.daemon.watch:
+                self._problem("remote", f"daemon.watch is on, but {text}")
+            else:
+                self.info["problem"], self.warned = text, None
+        else:
+            self.info["problem"], self.warned = ("the playbooks manage no file on this host "
+                                                 "that the watch can follow"), None
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: its settings, and the watch turned on or off."""

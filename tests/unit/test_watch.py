@@ -20,7 +20,7 @@ from agent.core.watchplan import Debounce, build_watch_plan, limit_plan, select_
 from agent.daemon.trigger import Triggers
 from agent.daemon.watch import OVERFLOW, FileWatch
 from agent.errors import ConfigError
-from agent.operate.output import render_status
+from agent.operate.output import render_status, render_watch
 
 PLUGIN = Path(__file__).parents[2] / "agent" / "plugins" / "petkeeper_facts.py"
 
@@ -313,6 +313,27 @@ def test_watch_off_watches_nothing(made, tmp_path):
 
     assert triggers.fds() == [] and not triggers.turn(1000.0, busy=False)
     assert json.loads(triggers.state.watch_file.read_text())["on"] is False
+
+
+def test_hosts_reached_over_ssh_only_leave_the_watch_off_and_say_why(made, tmp_path, caplog):
+    triggers, _ = triggers_on(made, tmp_path)
+    write_managed_paths(triggers.state, "pet", {"paths": ["/etc/motd"], "local": False})
+    caplog.set_level("WARNING", "agent.daemon.trigger")
+
+    triggers.rebuild()
+    assert render_watch(triggers.info) == [
+        "watch: off (no host is managed with the local connection (hosts reached over SSH "
+        "cannot be watched: the scheduled check finds their drift))"]
+    assert not caplog.records  # the default: nothing to warn of
+    forced = dataclasses.replace(triggers.config, daemon=dataclasses.replace(
+        triggers.config.daemon, watch=True))
+    triggers.reconfigure(forced)
+    triggers.rebuild()
+    assert triggers.info["on"] and triggers.info["problem"].startswith("daemon.watch is on, but")
+    assert len(caplog.records) == 1  # asked for and impossible: one warning
+    (triggers.state.managed_dir / "pet.json").unlink()
+    triggers.rebuild()
+    assert triggers.info["problem"].startswith("nothing recorded yet")
 
 
 def test_a_reload_turns_the_watch_on_and_off(made, tmp_path):
