@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from agent.core.undo import hold_reason
+
 FLEET_SCHEMA = 1
 STALE, MISSING, UNREADABLE, UNTRUSTED = "stale", "missing", "unreadable", "untrusted"
 # From best to worst: the order of the summary, of the page, and of the group roll-up.
@@ -91,7 +93,8 @@ def host_row(found: Mapping[str, Any], given: FleetInput) -> dict[str, Any]:
         "checked_by": report.get("checked_by"), "age_seconds": age, "source_sha": source,
         "behind": bool(head and source and source != head),
         "plan": _plan(report.get("plan"), report.get("status")),
-        "paused": report.get("paused"), "last_apply": _apply(found.get("apply")),
+        "paused": report.get("paused"), "held": _held(report.get("held")),
+        "last_apply": _apply(found.get("apply")),
         "approval": found.get("approval"), "trust": trust, "problem": found.get("problem"),
         "branch": found.get("branch"), "commit": found.get("commit"), "groups": [],
     }
@@ -101,7 +104,7 @@ def missing_row(host: str, groups: Sequence[str]) -> dict[str, Any]:
     return {"host": host, "status": MISSING, "reported_status": None, "change_count": 0,
             "check_blind": 0, "changes": [], "message": "in the inventory, but no report",
             "checked_at": None, "checked_by": None, "age_seconds": None, "source_sha": None,
-            "behind": False, "plan": None, "paused": None, "last_apply": None,
+            "behind": False, "plan": None, "paused": None, "held": None, "last_apply": None,
             "approval": None, "trust": None, "problem": None, "branch": None, "commit": None,
             "groups": list(groups)}
 
@@ -196,10 +199,26 @@ def _details(row: Mapping[str, Any]) -> list[str]:
     if row["paused"]:
         p = row["paused"]
         out.append(f"paused by {p.get('by')} since {p.get('at')}: {p.get('reason')}")
+    if row["held"]:
+        out.append(held_line(row["held"], row["host"]))
     if a := row["last_apply"]:
-        out.append(f"last apply {a['finished']}: {a['result']} (plan {a['plan_id']}, approved "
-                   f"by {a['approved_by']})")
+        undo = f"undo of {a['undo_of']}: " if a.get("undo_of") else ""
+        out.append(f"last apply {a['finished']}: {undo}{a['result']} (plan {a['plan_id']}, "
+                   f"approved by {a['approved_by']})")
     return out
+
+
+def held_line(held: Mapping[str, Any], host: str) -> str:
+    """What the fleet says of a host an undo holds (agent.core.undo.hold_reason's words)."""
+    return f"{hold_reason(held)}: nothing is corrected until petkeeper release {host} or a " \
+        "new commit"
+
+
+def _held(held: Any) -> dict[str, Any] | None:
+    """The report's undo hold (apply_id, by, at), or None."""
+    if not isinstance(held, Mapping) or not held.get("apply_id"):
+        return None
+    return {k: held.get(k) for k in ("apply_id", "by", "at")}
 
 
 def _plan(plan: Mapping[str, Any] | None, status: str | None) -> dict[str, Any] | None:
@@ -213,7 +232,8 @@ def _apply(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(record, Mapping) or not record.get("plan_id"):
         return None
     return {k: record.get(k) for k in ("plan_id", "result", "approved_by", "started",
-                                       "finished", "before_status", "after_status")}
+                                       "finished", "before_status", "after_status",
+                                       "apply_id", "undo_of")}
 
 
 def _age(checked_at: Any, now: datetime) -> float | None:

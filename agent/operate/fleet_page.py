@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent.operate.fleet import SEVERITY, approve_command, plan_reason
+from agent.operate.fleet import SEVERITY, approve_command, held_line, plan_reason
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
@@ -105,6 +105,8 @@ def _row(r: Mapping[str, Any], view: Mapping[str, Any]) -> str:
     if r["paused"]:
         p = r["paused"]
         notes.append(f"paused by {p.get('by')} since {p.get('at')}: {p.get('reason')}")
+    if r["held"]:
+        notes.append(held_line(r["held"], r["host"]))
     checked = f"{e(r['checked_at'])}<br><span class=small>by {e(r['checked_by'])}</span>" \
         if r["checked_at"] else "never"
     behind = f"<br><span class=small>behind {e(view['source']['branch'])}</span>" \
@@ -150,7 +152,8 @@ def _plan(plan: Mapping[str, Any] | None) -> str:
 def _apply(a: Mapping[str, Any] | None) -> str:
     if not a:
         return ""
-    return (f"{e(a['finished'])}: {e(a['result'])}<br><span class=small>plan "
+    undo = f"undo of {e(a['undo_of'])}: " if a.get("undo_of") else ""
+    return (f"{e(a['finished'])}: {undo}{e(a['result'])}<br><span class=small>plan "
             f"{e(a['plan_id'])}, approved by {e(a['approved_by'])}</span>")
 
 
@@ -176,6 +179,8 @@ def _kind(entry: Mapping[str, Any]) -> str:
     t, subject = entry["trailers"], str(entry["subject"])
     if "Petkeeper-Moved-From" in t:
         return "moved"
+    if "Petkeeper-Undo" in t:
+        return "undo"
     if "Petkeeper-Plan" in t:
         return "apply" if ": apply of plan " in subject else "approval"
     status = str(t.get("Petkeeper-Status", ""))

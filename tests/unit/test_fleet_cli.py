@@ -3,15 +3,28 @@ one clear line, a non-zero exit, nothing half-written, the other hosts still sho
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from agent.cli import main
-from tests.unit.test_reportstore import agent, branches, check, config_for, git, host, put_file
+from agent.core.drift import DRIFTED
+from agent.cycle.apply import ApplyResult, apply_record
+from agent.cycle.record import RunInfo, drift_records, publish
+from tests.unit.test_reportstore import (
+    SOURCE,
+    agent,
+    branches,
+    check,
+    config_for,
+    git,
+    host,
+    put_file,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +128,46 @@ def test_approving_a_plan_that_is_not_waiting_is_one_line_and_writes_nothing(rem
         "petkeeper: error: plan 0123456789abcdef: no host's newest report shows it; run "
         "petkeeper fleet and approve a plan id it lists as waiting"]
     assert branches(remote) == before
+
+
+def test_a_host_an_undo_holds_shows_the_hold_in_text_json_and_html_until_released(
+        remote, tmp_path, capsys):
+    """What the agent's record step commits while an undo holds web1 (its report's `held`
+    and the undo's apply record), read back by `petkeeper fleet` from the reports branches."""
+    mirror, config = agent(tmp_path, "a", remote), config_for(remote)
+    aid = "20261125T200000Z-ab12cd/web1"
+    hold = {"apply_id": aid, "by": "alice", "at": "2026-11-25T20:05:00+00:00", "seen": None}
+    reports = {"web1": host("web1", DRIFTED), "web2": host("web2", DRIFTED)}
+    now = datetime.now(UTC).replace(microsecond=0)
+    undo = ApplyResult(host="web1", plan_id="5d1c0e2a9b7f4c3d", source_sha=SOURCE,
+                       approved_by="alice", approval=None, run_id="run-undo",
+                       started=now.isoformat(), finished=now.isoformat(), result="undone",
+                       before_status="drifted",
+                       after_status="undone", apply_id="run-undo/web1", undo_of=aid)
+
+    def record(held: dict | None, when: datetime) -> None:
+        run = RunInfo(f"run-{when:%H%M%S}", SOURCE, when, "agent", held=held)
+        publish(mirror, config, reports, lambda base: [
+            *drift_records(mirror, base, reports, run, config.reports.heartbeat),
+            *([apply_record(undo)] if held else [])])
+
+    record({"web1": hold}, now)
+    page = tmp_path / "fleet.html"
+
+    assert main(fleet(remote, tmp_path, "--html", str(page))) == 2
+    said = f"held by undo of {aid} (alice, 2026-11-25T20:05:00+00:00): nothing is corrected " \
+        "until petkeeper release web1 or a new commit"
+    web1, web2 = capsys.readouterr().out.splitlines()[:2]
+    assert said in web1 and f"undo of {aid}: undone (plan 5d1c0e2a9b7f4c3d" in web1, web1
+    assert "held" not in web2
+    assert said in page.read_text() and ">undo<" in page.read_text()
+    assert main(fleet(remote, tmp_path, "--json")) == 2
+    rows = {r["host"]: r for r in json.loads(capsys.readouterr().out)["hosts"]}
+    assert rows["web1"]["held"] == {"apply_id": aid, "by": "alice",
+                                    "at": "2026-11-25T20:05:00+00:00"}
+    assert rows["web1"]["last_apply"]["undo_of"] == aid and rows["web2"]["held"] is None
+
+    record(None, now + timedelta(seconds=1))  # petkeeper release web1: the next report
+    assert main(fleet(remote, tmp_path, "--json")) == 2
+    rows = {r["host"]: r for r in json.loads(capsys.readouterr().out)["hosts"]}
+    assert rows["web1"]["held"] is None

@@ -37,16 +37,24 @@ def hostile_page() -> str:
     plan = {"id": text, "action": "wait", "mode": "approve", "rule": text, "reason": text,
             "approved_by": None}
     report = {"plan": plan, "paused": {"by": text, "at": text, "reason": text},
+              "held": {"apply_id": text, "by": text, "at": text},
               "changes": [{"play": text, "role": text, "task": text, "module": text,
                            "diff": "\n".join(f"-{h}" for h in HOSTILE), "check_blind": False}],
               "checked_by": text}
     v = view(found(text, "drifted", message=text, report=report,
                    apply={"plan_id": text, "result": text, "approved_by": text,
-                          "finished": text}),
+                          "finished": text, "undo_of": text}),
              found("web2", "failed", message=text), inventory={text: [text], "web2": [text]})
     history = [{"sha": "a" * 40, "date": text, "subject": text,
-                "trailers": {"Petkeeper-Host": text, "Petkeeper-Status": text}}]
-    return render_page(v, history)
+                "trailers": {"Petkeeper-Host": text, "Petkeeper-Status": text}},
+               {"sha": "b" * 40, "date": text, "subject": text,
+                "trailers": {"Petkeeper-Host": text, "Petkeeper-Plan": text,
+                             "Petkeeper-Undo": text}}]
+    page = render_page(v, history)
+    # the hold, the last apply an undo, and the timeline's undo record: each shown, escaped
+    assert page.count("held by undo of") == 1 and page.count("undo of") == 2
+    assert "<td>undo</td>" in page
+    return page
 
 
 def test_no_text_from_a_report_becomes_markup():
