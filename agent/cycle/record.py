@@ -287,7 +287,8 @@ def _sentence(text: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
+    """Host text on one comment line: YAML refuses control characters even in a comment."""
+    return "".join(ch if ch.isprintable() else " " for ch in " ".join(text.split()))[:300]
 
 
 class _BlockDumper(yaml.SafeDumper):

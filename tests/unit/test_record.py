@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,12 @@ def rendered_cases() -> list[Any]:
             "--- before: /etc/x\n+++ after: /etc/x\n@@ -1 +1 @@\n-\x1b[31mred\n+yes\n"
             "+no\n+null\n+'single'\n+\"double\"\n+# hash\n+- dash\n"),), name="ünï")),
             id="tricky-strings"),
+        # A host's failure message and task name reach the summary comments too: a control
+        # character there (a terminal colour, a bell) must not make the file unreadable YAML.
+        pytest.param(data_of(host(UNKNOWN, (Change("p", None, "t\x1b[2J", "m", "", True),),
+                                  "fatal: \x1b[31mboom\x07\x85"),
+                             replace(RUN, refused="commit 1a2b: bad\x1b[0m signature")),
+                     id="control-characters-in-comments"),
     ]
 
 
