@@ -292,7 +292,8 @@ def _add_fleet_command(sub: Any, common: argparse.ArgumentParser) -> None:
                      ["petkeeper fleet --repo ssh://git@git.example.org/pets.git",
                       "petkeeper fleet --inventory inventories/prod/hosts.yml --stale 2h",
                       "petkeeper fleet --json | jq '.hosts[] | select(.status != \"clean\")'",
-                      "petkeeper fleet --html /var/www/fleet/index.html"])
+                      "petkeeper fleet --html /var/www/fleet/index.html",
+                      "petkeeper fleet --wait-for $GITHUB_SHA --timeout 30m   # after merge"])
     _remote_options(fleet)
     fleet.add_argument("--inventory", type=Path, metavar="FILE",
                        help="hosts with no report are missing, reports of hosts not in it are "
@@ -305,6 +306,14 @@ def _add_fleet_command(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="also write the view as one static page to FILE")
     fleet.add_argument("--since", metavar="WHEN", default="7d",
                        help="the page's history: since then, a duration or a date (default 7d)")
+    fleet.add_argument("--wait-for", metavar="COMMIT",
+                       help="wait until every host's report checked COMMIT (a commit of the "
+                            "source branch, or head) or a later one and no apply is under way; "
+                            "then exit as above (1 on --timeout)")
+    fleet.add_argument("--timeout", metavar="DURATION",
+                       help="with --wait-for: give up after this long (default 30m)")
+    fleet.add_argument("--interval", metavar="DURATION",
+                       help="with --wait-for: read the reports this often (default 15s)")
 
 
 def _remote_options(parser: argparse.ArgumentParser) -> None:

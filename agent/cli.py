@@ -25,7 +25,8 @@ from agent.errors import AgentError, ConfigError
 from agent.operate import ci, commands, output
 from agent.operate.approve_git import approve_plans_via_git
 from agent.operate.fleet import render_fleet
-from agent.operate.fleet_git import fleet_request, remote_config, survey_fleet
+from agent.operate.fleet_git import fleet_request, remote_config
+from agent.operate.fleet_wait import fleet_view, wait_request
 from agent.operate.logs import setup_logging
 from agent.operate.notifications import notify_status, send_test
 from agent.operate.output import color_wanted
@@ -175,9 +176,10 @@ def cmd_approve_via_git(args: argparse.Namespace) -> int:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     config = remote_config(_config_path(args), args.repo, args.branch, args.reports_url)
-    view = survey_fleet(fleet_request(config, args.cache, stale=args.stale,
-                                      inventory=args.inventory, page=args.html,
-                                      since=args.since))
+    wait = wait_request(args.wait_for, args.timeout, args.interval)
+    view = fleet_view(fleet_request(config, args.cache, stale=args.stale,
+                                    inventory=args.inventory, page=args.html, since=args.since),
+                      wait, lambda line: print(line, file=sys.stderr, flush=True))
     for problem in view["problems"]:
         print(f"petkeeper: error: {problem}", file=sys.stderr)
     print(json.dumps(view, indent=2) if args.json else render_fleet(view, use_color(args)))

@@ -92,6 +92,7 @@ def host_row(found: Mapping[str, Any], given: FleetInput) -> dict[str, Any]:
         "changes": changes, "message": report.get("message"), "checked_at": checked,
         "checked_by": report.get("checked_by"), "age_seconds": age, "source_sha": source,
         "behind": bool(head and source and source != head),
+        "source_refused": report.get("source_refused"),
         "plan": _plan(report.get("plan"), report.get("status")),
         "paused": report.get("paused"), "held": _held(report.get("held")),
         "last_apply": _apply(found.get("apply")),
@@ -104,7 +105,8 @@ def missing_row(host: str, groups: Sequence[str]) -> dict[str, Any]:
     return {"host": host, "status": MISSING, "reported_status": None, "change_count": 0,
             "check_blind": 0, "changes": [], "message": "in the inventory, but no report",
             "checked_at": None, "checked_by": None, "age_seconds": None, "source_sha": None,
-            "behind": False, "plan": None, "paused": None, "held": None, "last_apply": None,
+            "behind": False, "source_refused": None, "plan": None, "paused": None,
+            "held": None, "last_apply": None,
             "approval": None, "trust": None, "problem": None, "branch": None, "commit": None,
             "groups": list(groups)}
 
@@ -168,9 +170,9 @@ def host_line(row: Mapping[str, Any], view: Mapping[str, Any],
               paint: Callable[[str, str], str]) -> str:
     """One host: status, changes, age, source, plan, pause, last apply, trust. What a report
     says is host text: it is put on one line with no control character before it is shown."""
-    first = f"{_one_line(row['host'])}: {paint(row['status'], row['status'])}"
+    first = f"{one_line(row['host'])}: {paint(row['status'], row['status'])}"
     if row["reported_status"] and row["reported_status"] != row["status"]:
-        first += f" (last report: {_one_line(row['reported_status'])})"
+        first += f" (last report: {one_line(row['reported_status'])})"
     parts = []
     if row["checked_at"]:
         n = row["change_count"]
@@ -180,7 +182,7 @@ def host_line(row: Mapping[str, Any], view: Mapping[str, Any],
             if row["behind"] else ""
         parts.append(f"checked {_duration(row['age_seconds'])} ago at "
                      f"{str(row['source_sha'])[:12]}{behind}")
-    return "; ".join([first, *(_one_line(p) for p in parts + _details(row))])
+    return "; ".join([first, *(one_line(p) for p in parts + _details(row))])
 
 
 def _details(row: Mapping[str, Any]) -> list[str]:
@@ -253,7 +255,7 @@ def _duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """Host text on one line of a terminal: no control characters (escapes), no line breaks."""
     return "".join(ch if ch.isprintable() else " " for ch in " ".join(str(text).split()))[:500]
 

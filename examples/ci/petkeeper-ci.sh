@@ -5,6 +5,10 @@
 #   petkeeper-ci.sh preview   check the pull request's checkout against the hosts, in check
 #                             mode, and compare with the base commit's reports; exit 2 when
 #                             it introduces changes (PETKEEPER_FAIL_ON), 1 on an error
+#   petkeeper-ci.sh wait      after merge, when the pets' own agents apply: wait until
+#                             every host's report checked the merged commit (petkeeper fleet
+#                             --wait-for); exit 0 all clean, 2 drift left (e.g. a plan
+#                             waiting for an approval), 1 a host failed or the timeout passed
 #   petkeeper-ci.sh run       after merge, on a self-hosted runner with persistent state:
 #                             petkeeper run (applies what policy and approvals allow)
 #
@@ -18,6 +22,10 @@
 #   PETKEEPER_REPORTS_URL where the agents push their reports (default: the checkout's origin)
 #   PETKEEPER_FAIL_ON     introduced (default) or drift
 #   PETKEEPER_TREE        the checkout (default .)
+#   PETKEEPER_COMMIT      for wait: the merged commit (default: what the CI system says)
+#   PETKEEPER_REPO        for wait: the GitOps repo's URL (default: the checkout's origin)
+#   PETKEEPER_BRANCH      for wait: its branch (default: what the CI system says, else main)
+#   PETKEEPER_TIMEOUT     for wait: how long (default 30m)
 #   PETKEEPER_CONFIG, PETKEEPER_STATE_DIR   for run: the agent.yml and persistent state
 #   PETKEEPER             the petkeeper command (default petkeeper)
 set -eu
@@ -81,6 +89,20 @@ preview)
         ${PETKEEPER_REPORTS_URL:+--reports-url "$PETKEEPER_REPORTS_URL"} \
         --fail-on "${PETKEEPER_FAIL_ON:-introduced}" $ssh "$@"
     ;;
+wait)
+    # What each CI system calls the merged commit and its branch.
+    commit=${PETKEEPER_COMMIT:-${GITHUB_SHA:-${CI_COMMIT_SHA:-${GIT_COMMIT:-head}}}}
+    branch=${PETKEEPER_BRANCH:-${GITHUB_REF_NAME:-${CI_COMMIT_BRANCH:-${BRANCH_NAME:-main}}}}
+    repo=${PETKEEPER_REPO:-$(git -C "${PETKEEPER_TREE:-.}" remote get-url origin)}
+    inventory=${PETKEEPER_TREE:-.}/${PETKEEPER_INVENTORY:-inventory/hosts.yml}
+    set --
+    if [ -e "$inventory" ]; then  # its hosts with no report yet are waited for too
+        set -- --inventory "$inventory"
+    fi
+    exec "$pk" fleet --repo "$repo" --branch "$branch" \
+        ${PETKEEPER_REPORTS_URL:+--reports-url "$PETKEEPER_REPORTS_URL"} \
+        --wait-for "$commit" --timeout "${PETKEEPER_TIMEOUT:-30m}" "$@"
+    ;;
 run)
     : "${PETKEEPER_CONFIG:?set PETKEEPER_CONFIG to the agent.yml of this runner}"
     : "${PETKEEPER_STATE_DIR:?set PETKEEPER_STATE_DIR to a persistent folder of this runner}"
@@ -88,7 +110,7 @@ run)
         ${PETKEEPER_TAKE_OVER:+--take-over}
     ;;
 *)
-    echo "petkeeper-ci.sh: error: unknown mode '$mode'; use preview or run" >&2
+    echo "petkeeper-ci.sh: error: unknown mode '$mode'; use preview, wait or run" >&2
     exit 1
     ;;
 esac
