@@ -1,7 +1,9 @@
 """Applying from a CI pipeline (`petkeeper run --state-dir DIR`): the state directory must
 persist (used approvals, the journal, the no-rollback mark and the lock live there: a fresh
 one would let an approval be replayed), and no host is applied whose reports show another
-agent manages it, unless --take-over: a pipeline and a pet's daemon never both apply."""
+agent manages it, unless --take-over: a pipeline and a pet's daemon never both apply. Such a
+host's report is not written either: were the pipeline's report the newest, it would name the
+pipeline as the host's agent, and the next run would apply."""
 
 from __future__ import annotations
 
@@ -59,6 +61,11 @@ def require_persistent(path: Path, env: Mapping[str, str]) -> None:
                         "persists (e.g. /var/lib/petkeeper-ci)")
 
 
+def foreign(owners: Mapping[str, str], me: str) -> set[str]:
+    """The hosts whose last report another agent than ME wrote (OWNERS: host -> its agent)."""
+    return {host for host, owner in owners.items() if owner != me}
+
+
 def hold_foreign(plans: Mapping[str, Plan], owners: Mapping[str, str], me: str,
                  take_over: bool) -> dict[str, Plan]:
     """PLANS with each apply of a host whose last report another agent (OWNERS: host -> the
@@ -89,11 +96,14 @@ def owner_step(take_over: bool) -> Step:
         except FetchError as e:
             log.warning("%s; the agents that checked each host are read as last fetched", e)
         owners = {}
-        for host in c.plans:
+        for host in {*c.hosts, *c.plans}:
             report: dict[str, Any] | None = reports.newest(host)
             if report and report.get("checked_by"):
                 owners[host] = str(report["checked_by"])
-        c.plans = hold_foreign(c.plans, owners, socket.gethostname(), take_over)
+        me = socket.gethostname()
+        c.plans = hold_foreign(c.plans, owners, me, take_over)
+        if not take_over:
+            c.unrecorded = frozenset(foreign(owners, me))
 
     return step
 

@@ -105,6 +105,8 @@ class Cycle:
     clock: Callable[[], datetime] = field(default=lambda: _now())
     command: str = ""  # what ran it: check, plan, run, apply, "daemon run", ...
     trigger: str | None = None  # what made the daemon check: "check triggered by a change of X"
+    # Hosts checked but never recorded: their reports are another agent's (run --state-dir)
+    unrecorded: frozenset[str] = frozenset()
     began: float = field(default_factory=time.monotonic)
 
     def advance(self, stage: Stage) -> None:
@@ -342,7 +344,8 @@ def _publish(c: Cycle) -> None:
                   c.trigger, c.source.rejected and c.source.mask(c.source.rejected),
                   plans={h: p.as_dict() for h, p in c.plans.items()}, held=read_holds(c.state))
     pending, c.pending = c.pending, []
-    mirror, hosts, heartbeat = c.mirror, c.hosts, c.config.reports.heartbeat
+    hosts = {h: r for h, r in c.hosts.items() if h not in c.unrecorded}
+    mirror, heartbeat = c.mirror, c.config.reports.heartbeat
     result = publish(mirror, c.config, [*hosts, *(r.host for r in pending)],
                      lambda base: new_records(mirror, base, pending) + drift_records(
                          mirror, base, hosts, run, heartbeat))

@@ -3,14 +3,25 @@ agent manages unless --take-over."""
 
 from __future__ import annotations
 
+import socket
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from agent.adapters.state import StateDir
 from agent.cli import main
+from agent.core.drift import DRIFTED
 from agent.cycle.decide import APPLY, WAIT, Plan
-from agent.cycle.pipeline import hold_foreign, temporary_reason
+from agent.cycle.pipeline import hold_foreign, owner_step, temporary_reason
+from agent.cycle.record import RunInfo, drift_records, publish
+from agent.cycle.steps import Cycle, record_step
+from tests.unit.test_reportstore import SOURCE, WHEN, agent, branches, config_for, git, host
+
+DAY = 86400.0
 
 
 def plan(host: str, action: str = APPLY) -> Plan:
@@ -65,3 +76,35 @@ def test_a_host_another_agent_reports_on_is_held_unless_take_over():
 def test_check_options_of_a_checkout_need_tree(capsys: pytest.CaptureFixture[str]):
     assert main(["check", "--state-dir", "/var/lib/x"]) == 1
     assert "go with --tree DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("take_over", [False, True])
+def test_a_pipeline_run_never_writes_the_report_of_a_host_another_agent_reports_on(
+        tmp_path: Path, take_over: bool):
+    """Were the pipeline's report of web1 the newest, it would name the pipeline as web1's agent
+    and the next run would apply there: web1's branch stays its own agent's (unless
+    --take-over), web2, which nobody reported on, gets the pipeline's report."""
+    bare = tmp_path / "pets.git"
+    git("init", "--quiet", "--bare", str(bare))
+    config = replace(config_for(bare), state_dir=tmp_path / "state")
+    pet = agent(tmp_path, "pet-web1", bare)
+    drifted = {"web1": host("web1", DRIFTED)}
+    publish(pet, config, drifted, lambda base: drift_records(
+        pet, base, drifted, RunInfo("run-pet", SOURCE, WHEN, "pet-web1"), DAY))
+    before = branches(bare)["petkeeper/hosts/web1"]
+    state = StateDir(config.state_dir)
+    state.ensure()
+    cycle = Cycle(config, state, "run-ci", WHEN, mirror=agent(tmp_path, "ci", bare),
+                  source=SimpleNamespace(sha=SOURCE, rejected=None),  # type: ignore[arg-type]
+                  hosts={"web1": host("web1", DRIFTED), "web2": host("web2")},
+                  plans={"web1": plan("web1")}, clock=lambda: WHEN + timedelta(hours=1))
+
+    owner_step(take_over)(cycle)
+    record_step(cycle)
+
+    after = branches(bare)
+    assert (after["petkeeper/hosts/web1"] == before) != take_over
+    assert cycle.plans["web1"].action == (APPLY if take_over else WAIT)
+    report = yaml.safe_load(git("--git-dir", str(bare), "show",
+                                "petkeeper/hosts/web2:hosts/web2.yml"))
+    assert report["checked_by"] == socket.gethostname()
