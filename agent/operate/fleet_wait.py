@@ -71,10 +71,10 @@ def fleet_view(req: FleetRequest, wait: WaitRequest | None = None,
     view = survey_fleet(replace(req, now=now()))
     mirror = open_cache(req.config, req.cache)
     target = resolve_target(req.config, mirror, wait.commit, view["source"]["head"])
+    later = later_commits(req.config, mirror, target, view["source"]["head"])
     said: dict[str, str] = {}
     tell = progress or (lambda line: None)
     while True:
-        later = later_commits(req.config, mirror, target, view["source"]["head"])
         behind = hosts_behind(view, target, later)
         waited = clock() - started
         if not behind:
@@ -86,7 +86,13 @@ def fleet_view(req: FleetRequest, wait: WaitRequest | None = None,
             tell(f"waiting for {len(behind)} host(s) to check {target[:12]}: {_listed(behind)}")
             said = behind
         sleep(wait.interval)
-        view = survey_fleet(replace(req, now=now()))
+        try:
+            view = survey_fleet(replace(req, now=now()))
+            later = later_commits(req.config, mirror, target, view["source"]["head"])
+        except AgentError as e:  # a wait of half an hour outlasts a network blip
+            if not e.transient:
+                raise
+            tell(f"{e}; reading again in {_minutes(wait.interval)}")
 
 
 def resolve_target(config: Config, mirror: Mirror, commit: str, head: str) -> str:

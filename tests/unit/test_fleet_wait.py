@@ -234,3 +234,19 @@ def test_a_hostile_reason_is_one_printable_line_in_the_timeout_message(tmp_path,
     assert line.isprintable() and "\x1b" not in line
     assert f"web1 (checked {old[:12]}; its agent refused a newer commit: commit " \
            f"{merged[:12]}: not signed ::error::forged [2J)" in line
+
+
+def test_a_remote_that_does_not_answer_for_a_while_is_read_again_until_the_timeout(tmp_path,
+                                                                                 source):
+    old = source.commit({}, "old")
+    report(tmp_path, source, "web1", old)
+    merged = source.commit({}, "merged")
+    away = tmp_path / "away.git"
+    pipeline = Pipeline(tmp_path, source, [
+        lambda: source.bare.rename(away),  # the Git server is down for one reading
+        lambda: (away.rename(source.bare), report(tmp_path, source, "web1", merged))])
+
+    view = pipeline.wait(merged)
+
+    assert view["wait"]["caught_up"] and pipeline.slept == 20
+    assert "reading again in 10s" in pipeline.said[1]
