@@ -146,9 +146,11 @@ def _behind(row: Mapping[str, Any], target: str, later: Callable[[str], bool]) -
     if status in (UNREADABLE, UNTRUSTED):
         return f"its report is {status}"
     if sha != target and not later(str(sha)):
-        refused = row.get("source_refused")
-        return f"checked {str(sha)[:12]}" + (f"; its agent refused a newer commit: {refused}"
-                                              if refused else "")
+        refused, paused = row.get("source_refused"), row.get("paused") or {}
+        return f"checked {str(sha)[:12]}" + (
+            f"; its agent refused a newer commit: {refused}" if refused else
+            f"; its agent is paused by {paused.get('by')}: {paused.get('reason')}"
+            if paused.get("checks") else "")
     plan, done = row.get("plan") or {}, row.get("last_apply") or {}
     if plan.get("action") == "apply" and done.get("plan_id") != plan.get("id"):
         return f"applying plan {plan['id']}"

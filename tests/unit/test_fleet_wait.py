@@ -209,7 +209,11 @@ def test_why_each_host_is_behind():
         row("applying", DRIFTED, target, plan={"id": "p1", "action": "apply"}),
         row("applied", DRIFTED, target, plan={"id": "p2", "action": "apply"},
             last_apply={"plan_id": "p2"}),
-        row("approval", DRIFTED, target, plan={"id": "p3", "action": "wait"})]}
+        row("approval", DRIFTED, target, plan={"id": "p3", "action": "wait"}),
+        row("paused", CLEAN, "o" * 40, paused={"by": "bob", "reason": "disk swap",
+                                               "checks": True}),
+        row("paused-applies", CLEAN, target, paused={"by": "bob", "reason": "x",
+                                                     "checks": False})]}
 
     behind = hosts_behind(view, target, lambda sha: sha == later)
 
@@ -218,7 +222,8 @@ def test_why_each_host_is_behind():
         "garbled": "its report is unreadable",
         "old": f"checked {'o' * 12}; its agent refused a newer commit: bad signature\x1b[2J on "
                "1a2b",
-        "applying": "applying plan p1"}
+        "applying": "applying plan p1",
+        "paused": f"checked {'o' * 12}; its agent is paused by bob: disk swap"}
 
 
 def test_a_hostile_reason_is_one_printable_line_in_the_timeout_message(tmp_path, source):
