@@ -62,10 +62,18 @@ def render_markdown(preview: Mapping[str, Any]) -> str:
     return text
 
 
+def short_source(sha: str) -> str:
+    """A source id, short: 12 digits of the commit (or the files' hash), -dirty and tree: kept."""
+    prefix = "tree:" if sha.startswith("tree:") else ""
+    body = sha.removeprefix(prefix)
+    dirty = "-dirty" if body.endswith("-dirty") else ""
+    return prefix + body.removesuffix("-dirty")[:12] + dirty
+
+
 def _head(preview: Mapping[str, Any]) -> Iterator[str]:
     base = preview.get("base") or {}
     n = preview.get("counts") or {}
-    yield f"## Petkeeper preview of {code_span(str(preview.get('source_sha') or '')[:19])}" \
+    yield f"## Petkeeper preview of {code_span(short_source(str(preview.get('source_sha'))))}" \
           f" against {code_span(str(base.get('sha') or '')[:12])}" \
           f" ({code_span(str(base.get('ref') or ''))})"
     yield ""

@@ -30,6 +30,7 @@ from agent.operate.summary import (
     render_annotations,
     render_markdown,
     render_preview,
+    short_source,
     without_commands,
 )
 
@@ -211,3 +212,11 @@ def test_a_checked_subfolder_prefixes_the_files_the_ci_system_is_shown():
 def test_markdown_says_what_the_policy_would_do_after_merge():
     data = {**hostile_preview(), "policy": {"web1": {"mode": "approve", "rule": "rules[0]"}}}
     assert "After merge, the policy says `approve` (`rules[0]`)." in render_markdown(data)
+
+
+@pytest.mark.parametrize(("sha", "short"), [
+    ("d5386aad788120326526ad15dfe6ed1ddcd562a1", "d5386aad7881"),
+    ("d5386aad788120326526ad15dfe6ed1ddcd562a1-dirty", "d5386aad7881-dirty"),
+    ("tree:" + "ab" * 32, "tree:abababababab"), ("None", "None")])
+def test_the_summary_heading_names_the_source_as_short_as_the_base(sha: str, short: str):
+    assert short_source(sha) == short
