@@ -103,6 +103,9 @@ def _kill_points() -> list[KillPoint]:
           for i, s in enumerate(RUN_STEPS)),
         KillPoint("record_step: queued, not pushed", push),
         KillPoint("record_applies_step: queued, not pushed", push, nth=2, applied=True),
+        # The snapshot is taken, nothing is journaled nor applied: the next run applies once.
+        KillPoint("apply_step: snapshot taken, apply not started",
+                  "agent.cycle.apply:note_applying"),
         KillPoint("apply_step: journaled, approval not yet spent", "agent.cycle.apply:mark_used",
                   expect=INTERRUPTED_BEFORE),
         KillPoint("apply_step: during Ansible", "", applied=True, expect=INTERRUPTED),
@@ -189,7 +192,7 @@ def run_and_kill(point: KillPoint, config: Path, pet: Pet, pool) -> None:
 def assert_state_readable(state: StateDir) -> None:
     """Every state file parses and the lock is free."""
     for path in [*state.root.glob("*.json"), *state.journal.glob("*"),
-                 *state.approvals.glob("*")]:
+                 *state.approvals.glob("*"), *state.undo.rglob("*.json")]:
         json.loads(path.read_text())
     read_status(state)
     read_pause(state)

@@ -164,6 +164,21 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     assert {"org.petkeeper.drift.detected", "org.petkeeper.apply.succeeded",
             "org.petkeeper.test"} <= {e["type"] for e in told}
 
+    # 6. An apply over a hand edit, then its undo plan: the snapshot holds the old vault value
+    # and the extra var in clear, in the state directory only; the undo diff of that file
+    # shows no content (the old value is no longer the source's to mask), nor the no_log one.
+    host_pool.run("alpha", "printf 'by hand\\n' > /etc/pet-token")
+    assert [a["result"] for a in out.json("run")["applies"]] == ["converged"]
+    undo = out.json("undo", "--host", "alpha")
+    hidden = {c["task"]: c["diff"] for c in undo["changes"]}
+    assert hidden == {"restore /etc/pet-secret.conf": "(hidden: no_log)",
+                      "restore /etc/pet-token": "(hidden: no_log)"}, undo
+    out.run("undo", "--host", "alpha")
+    out.run("history", "alpha")
+    blobs = state / "undo" / "blobs"
+    assert any(VAULT_CANARY.encode() in b.read_bytes() for b in blobs.iterdir())
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+
     # Every output: what the commands printed, the reports branch (files, messages,
     # trailers), the whole state directory (artifacts, mirror, trees, status, ledger).
     reports = git("--git-dir", str(remote.bare), "log", "-p", "--format=%H%n%B",
@@ -180,6 +195,6 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
                                  ("metrics", (tmp_path / "petkeeper.prom").read_text())]
              if canary in text}
     leaks |= {canary: str(path) for path in state.rglob("*")
-              if path.is_file() and not path.is_symlink()
+              if path.is_file() and not path.is_symlink() and blobs not in path.parents
               for canary in CANARIES if canary.encode() in path.read_bytes()}
     assert leaks == {}
