@@ -164,9 +164,10 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     assert {"org.petkeeper.drift.detected", "org.petkeeper.apply.succeeded",
             "org.petkeeper.test"} <= {e["type"] for e in told}
 
-    # 6. An apply over a hand edit, then its undo plan: the snapshot holds the old vault value
-    # and the extra var in clear, in the state directory only; the undo diff of that file
-    # shows no content (the old value is no longer the source's to mask), nor the no_log one.
+    # 6. An apply over a hand edit, then its undo, approved and run: the snapshot holds the old
+    # vault value and the extra var in clear, in the state directory only; the undo diff of
+    # that file shows no content (the old value is no longer the source's to mask), nor the
+    # no_log one; the restore puts the old values back on the host, and only there.
     host_pool.run("alpha", "printf 'by hand\\n' > /etc/pet-token")
     assert [a["result"] for a in out.json("run")["applies"]] == ["converged"]
     undo = out.json("undo", "--host", "alpha")
@@ -174,16 +175,22 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     assert hidden == {"restore /etc/pet-secret.conf": "(hidden: no_log)",
                       "restore /etc/pet-token": "(hidden: no_log)"}, undo
     out.run("undo", "--host", "alpha")
+    assert out.run("approve", undo["plan_id"]).returncode == 0
+    assert [a["result"] for a in out.json("run")["applies"]] == ["undone"]
+    on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
+    assert f"vault={VAULT_CANARY}" in on_host and "by hand" in on_host
     out.run("history", "alpha")
-    blobs = state / "undo" / "blobs"
-    assert any(VAULT_CANARY.encode() in b.read_bytes() for b in blobs.iterdir())
+    out.run("status")
+    snapshots = state / "undo" / "blobs"
+    assert any(VAULT_CANARY.encode() in b.read_bytes() for b in snapshots.iterdir())
     assert oct(state.stat().st_mode & 0o777) == "0o700"
+    host_pool.run("alpha", "rm -f /etc/pet-secret.conf /etc/pet-token")  # alpha is shared
 
     # Every output: what the commands printed, the reports branch (files, messages,
     # trailers), the whole state directory (artifacts, mirror, trees, status, ledger).
     reports = git("--git-dir", str(remote.bare), "log", "-p", "--format=%H%n%B",
                   "--branches=petkeeper/hosts/*")
-    assert "apply of plan" in reports
+    assert "apply of plan" in reports and "Petkeeper-Undo: " in reports
     blobs = git("--git-dir", str(remote.bare), "grep", "-I", "-h", "-e", ".",
                 *remote.refs_under("refs/heads/petkeeper/hosts/"))
     leaks = {canary: where
@@ -195,6 +202,6 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
                                  ("metrics", (tmp_path / "petkeeper.prom").read_text())]
              if canary in text}
     leaks |= {canary: str(path) for path in state.rglob("*")
-              if path.is_file() and not path.is_symlink() and blobs not in path.parents
+              if path.is_file() and not path.is_symlink() and snapshots not in path.parents
               for canary in CANARIES if canary.encode() in path.read_bytes()}
     assert leaks == {}

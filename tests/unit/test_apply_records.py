@@ -281,6 +281,21 @@ def test_history_shows_one_fact_per_line_with_the_approver_once():
     ]
 
 
+def test_history_shows_each_apply_id_and_an_undo_as_what_it_undid():
+    applied = dataclasses.replace(RESULT, result="converged", apply_id="r1/db1")
+    undo = dataclasses.replace(RESULT, plan_id="5d1c0e2a9b7f4c3d", result="undone",
+                               apply_id="r2/db1", undo_of="r1/db1")
+    entries = [entry(apply_record(undo).message, "2026-11-25T22:00:00+00:00"),
+               entry(apply_record(applied).message, "2026-11-25T21:02:10+00:00")]
+
+    assert entries[0]["trailers"]["Petkeeper-Undo"] == "r1/db1"
+    assert render_history(entries).splitlines() == [
+        "2026-11-25T22:00:00+00:00  db1  undo of r1/db1 (plan 5d1c0e2a9b7f4c3d): undone, "
+        f"approved by alice  [apply id r2/db1]  (source {SRC[:12]})",
+        f"2026-11-25T21:02:10+00:00  db1  apply of plan {PID}: converged, approved by alice  "
+        f"[apply id r1/db1]  (source {SRC[:12]})"]
+
+
 def test_history_shows_text_from_commits_with_control_characters_escaped():
     hostile = ("db1: drifted \x1b[2J(1 change)\n\nx\n\nPetkeeper-Host: db1\n")
     [line] = render_history([entry(hostile, "2026-11-25T19:00:00+00:00")]).splitlines()
