@@ -225,7 +225,9 @@ def apply_undo(config: Config, source: Source, targets: Targets, state: StateDir
     common: dict[str, Any] = dict(
         host=host, plan_id=plan["plan_id"], source_sha=source.sha, approved_by=approval.approver,
         run_id=run_id, started=started, approval=approval.as_dict(), before_status="drifted",
-        apply_id=apply_id(run_id, host), undo_of=aid)
+        apply_id=apply_id(run_id, host), undo_of=aid,
+        # what the undone apply did that no undo puts back: listed again in the undo's record
+        snapshot={"irreversible": list(manifest.get("irreversible") or ())})
     unless_paused(state)
     files, report = survey(config, source, targets, state, manifest, f"{run_id}-undo-before",
                            cancel)
@@ -280,7 +282,6 @@ def release_host(state: StateDir, host: str) -> dict[str, Any]:
     hold = holds.pop(host)
     write_holds(state, holds)
     return hold
-
 
 
 def apply_undos(config: Config, source: Source, targets: Targets, state: StateDir,

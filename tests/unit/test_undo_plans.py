@@ -14,14 +14,17 @@ from agent.adapters.snapshots import (
     blob_path,
     prune_snapshots,
     read_holds,
+    read_undo_plans,
     store_blob,
     write_manifest,
+    write_undo_plans,
 )
 from agent.adapters.state import StateDir
-from agent.core.approval import parse_git_approval
+from agent.core.approval import GIT, Approval, parse_git_approval
 from agent.core.undo import FileState
 from agent.cycle.decide import hold_plan
 from agent.cycle.undo import (
+    apply_undos,
     build_restore_play,
     check_undo_approval,
     find_apply,
@@ -104,6 +107,22 @@ def test_an_undo_plan_with_conflicts_needs_force_and_one_with_nothing_is_refused
     check_undo_approval(plan, True)
     with pytest.raises(RepoError, match="nothing to undo"):
         check_undo_approval({**plan, "action": "nothing", "conflicts": []}, True)
+
+
+def test_run_applies_no_undo_plan_without_an_approval_of_that_very_plan(state):
+    """Policy auto, or an approval of the host's other plan, never applies an undo: run
+    leaves the plan waiting and reaches no Ansible (it has no config or source to run with)."""
+    plan = {"plan_id": "p1", "host": "pet", "apply_id": "r1/pet", "source_sha": "undo r1/pet",
+            "fingerprint": "f" * 64, "action": "wait", "conflicts": []}
+    write_undo_plans(state, {"p1": plan})
+    other = Approval(host="pet", plan_id="p2", source_sha="s1", fingerprint="f" * 64,
+                     approver="bob", how=GIT, approved_at=NOW.isoformat(),
+                     expires_at=(NOW + timedelta(hours=8)).isoformat())
+
+    done = apply_undos(None, None, SimpleNamespace(hosts=("pet",)),  # type: ignore[arg-type]
+                       state, [other], "r2", lambda: NOW)
+
+    assert done == [] and read_undo_plans(state) == {"p1": plan}
 
 
 def test_a_hold_waits_then_lifts_when_a_new_commit_changes_the_drift(state):
