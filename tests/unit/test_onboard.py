@@ -6,20 +6,27 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from agent.config import Overrides, parse_config
+from agent.adapters.state import StateDir, write_status
+from agent.config import Overrides, load_config, parse_config
 from agent.core.schema import load_yaml
 from agent.errors import AgentError, ConfigError
 from agent.onboard.agent_yml import Answers, render_agent_yml
-from agent.onboard.doctor import doctor_json, exit_code, render_doctor
+from agent.onboard.doctor import doctor_json, exit_code, render_doctor, run_doctor
 from agent.onboard.findings import FAIL, OK, WARN, Finding
 from agent.onboard.host_checks import build_target, repo_defaults
 from agent.onboard.init import InitRequest, init_agent
-from agent.onboard.system_checks import check_service, judge_disk, judge_state_dir, judge_version
+from agent.onboard.system_checks import (
+    check_service,
+    check_state,
+    judge_disk,
+    judge_state_dir,
+    judge_version,
+)
 
 KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIOuTJyp2f6qP0tMyDQ4GjCPx1EHg8RQuc5bm4X5d2Ycw"
 SSH_URL = "ssh://git@git.example.org:2222/ops/pets.git"
@@ -260,3 +267,41 @@ def test_doctor_exits_1_on_any_failure_3_on_warnings_only_and_0_when_all_is_well
         "ok    a: x", "fail  c: z", "1 ok, 0 warning(s), 1 failure(s)"]
     assert doctor_json([warn]) == {"checks": [{"check": "b", "status": "warn", "message": "y"}],
                                    "counts": {"ok": 0, "warn": 1, "fail": 0}, "exit_code": 3}
+
+
+def test_doctor_on_an_invalid_config_names_each_problem_and_reaches_no_remote(tmp_path: Path):
+    path = tmp_path / "agent.yml"
+    path.write_text("repo:\n  branch: main\nschedule:\n  interval: soon\n")
+
+    findings = run_doctor(path, prefix=tmp_path)
+
+    problems = [f.message for f in findings if f.check == "config"]
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert problems == list(e.value.problems) and len(problems) >= 2
+    assert {f.status for f in findings if f.check == "config"} == {FAIL}
+    assert not {"source", "reports push", "hosts", "state directory"} & {f.check for f in findings}
+    assert exit_code(findings) == 1 and list(tmp_path.iterdir()) == [path]
+
+
+def test_the_last_cycle_warns_when_stale_or_failed_and_is_ok_when_recent(tmp_path: Path):
+    config = parse_config({"repo": {"url": "file:///srv/git/pets.git"},
+                           "state_dir": str(tmp_path / "state"),
+                           "daemon": {"check_interval": "1h"}}, "agent.yml", Overrides())
+    state = StateDir(config.state_dir)
+    state.ensure()
+
+    def last_cycle(hours_ago: float, code: int) -> Finding:
+        finished = datetime.now(UTC) - timedelta(hours=hours_ago)
+        write_status(state, {"last_run": {"run_id": "r1", "exit_code": code,
+                                          "finished": finished.isoformat()}})
+        findings: list[Finding] = []
+        check_state(config, findings)
+        return next(f for f in findings if f.check == "last cycle")
+
+    assert last_cycle(0.5, 2) == Finding("last cycle", OK, "30m ago (run r1, exit 2)")
+    assert last_cycle(3, 0) == Finding("last cycle", WARN, (
+        "3h ago (run r1, exit 0): none for more than 2h; is the daemon running? "
+        "(journalctl -u petkeeper)"))
+    assert last_cycle(0.5, 1) == Finding("last cycle", WARN, (
+        "30m ago (run r1, exit 1): it ended in an error; see petkeeper status"))
