@@ -528,7 +528,10 @@ class Mirror:
             raise _disk_full(self.path, command, stderr)
         if "no commits selected for shallow requests" in stderr:
             raise _NoneSince()
-        if rejected and ("rejected" in stderr or b"[rejected]" in out):
+        # --porcelain marks each ref the remote refused with "!": it moved ("[rejected]") or
+        # declined the update ("[remote rejected]": a hook, say). Only those lines tell: the
+        # word "rejected" in stderr may be a path's (the remote's folder name).
+        if rejected and re.search(rb"^!\t", out, re.MULTILINE):
             raise _Rejected(out.decode(errors="replace"), stderr)
         refusal = parse_host_key_refusal(
             stderr, REPORTS_KNOWN_HOSTS_HINT if self._is_reports(remote) else KNOWN_HOSTS_HINT)

@@ -159,6 +159,26 @@ def test_a_rejected_push_stays_queued_then_is_rebased_and_pushed_never_forced(tm
     assert git("--git-dir", str(remote), "show", f"{tip}:notes.txt") == "hello\n"
 
 
+def test_a_push_a_hook_declines_is_refused_and_stays_queued_not_a_failed_push(tmp_path,
+                                                                             remote):
+    # The remote's path holds no "rejected": only git's porcelain line says the push was refused.
+    assert "rejected" not in str(remote)
+    mirror, config = agent(tmp_path, "a", remote), config_for(remote)
+    check(mirror, config, {"web1": host("web1")})
+    before = branches(remote)
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'remote busy' >&2; exit 1\n")
+    hook.chmod(0o755)
+
+    declined = check(mirror, config, {"web1": host("web1", DRIFTED)}, WHEN + timedelta(hours=1))
+    assert declined.push == "rejected" and declined.queued == 1 and not declined.pushed
+    assert branches(remote) == before
+
+    hook.unlink()
+    later = check(mirror, config, {"web1": host("web1", DRIFTED)}, WHEN + timedelta(hours=2))
+    assert later.pushed and later.queued == 0 and later.push == "pushed"
+
+
 def test_a_failed_fetch_still_commits_locally_and_pushes_once_the_remote_is_back(tmp_path,
                                                                                remote):
     mirror, config = agent(tmp_path, "a", remote), config_for(remote)
