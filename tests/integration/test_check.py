@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,10 @@ import yaml
 
 from agent.config import load_config
 from agent.cycle.steps import run_check
+from tests.baseline import CONVERGED, Saved, ensure_converged, host_files
 from tests.conftest import (
     GitRemote,
     check_json,
-    converge,
     pet_hosts,
     petkeeper,
     pets_repo_files,
@@ -25,20 +27,60 @@ from tests.conftest import (
 pytestmark = pytest.mark.hosts
 
 
-@pytest.fixture
-def fleet(host_pool, remote: GitRemote, tmp_path: Path):
-    """alpha converged (clean), beta converged then edited by hand (drifted), ghost down."""
+# beta's files once edited by hand, as the baseline leaves them
+BETA_EDITED = {**CONVERGED, "/etc/motd": CONVERGED["/etc/motd"] + "edited by hand\n"}
+
+
+@dataclass
+class Baseline:
+    config: Path
+    remote: GitRemote
+    code: int
+    report: dict
+    saved: Saved
+
+
+def prepare_hosts(pool, remote: GitRemote, tmp: Path) -> None:
+    """alpha converged (clean), beta converged then edited by hand (drifted): an Ansible run
+    only for a host that is not so already."""
+    ensure_converged(pool, remote, ("alpha",), tmp)
+    if host_files(pool, "beta") != BETA_EDITED:
+        ensure_converged(pool, remote, ("beta",), tmp)
+        pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+    assert host_files(pool, "beta") == BETA_EDITED
+
+
+@pytest.fixture(scope="module")
+def baseline(host_pool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baseline]:
+    """alpha clean, beta drifted, ghost down, and the first check of all three: built once
+    for the module; each test gets it back as it was built (the `fleet` fixture)."""
+    root = tmp_path_factory.mktemp("check")
+    remote = GitRemote(root / "git")
     remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta", ghost=True)))
-    converge(host_pool, remote, "alpha,beta", tmp_path)
-    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
-    config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
-                                host_pool)
-    return config
+    prepare_hosts(host_pool, remote, root)
+    config = write_agent_config(root / "agent.yml", remote.url, root / "state", host_pool)
+    code, report = check_json(config)
+    yield Baseline(config, remote, code, report,
+                   Saved(root / "saved", root / "state", remote.bare, remote.work))
+    host_pool.run("beta", "sed -i '/edited by hand/d' /etc/motd")  # beta converged again
 
 
+@pytest.fixture
+def fleet(baseline: Baseline, host_pool) -> Path:
+    """The baseline's agent config, with its state, remote and hosts as the baseline left them."""
+    baseline.saved.restore()
+    prepare_hosts(host_pool, baseline.remote, baseline.config.parent)
+    return baseline.config
 
-def test_check_reports_each_host_status_and_commits_one_report_per_host(fleet, remote):
-    code, report = check_json(fleet)
+
+@pytest.fixture
+def remote(fleet: Path, baseline: Baseline) -> GitRemote:
+    """The baseline's remote (restored by `fleet`), in place of tests.conftest's fresh one."""
+    return baseline.remote
+
+
+def test_check_reports_each_host_status_and_commits_one_report_per_host(baseline, remote):
+    code, report = baseline.code, baseline.report  # the baseline's check, all hosts
 
     hosts = report["hosts"]
     assert {n: h["status"] for n, h in hosts.items()} == {
@@ -72,16 +114,13 @@ def test_check_reports_each_host_status_and_commits_one_report_per_host(fleet, r
     assert remote.rev("main") == report["source_sha"]  # the source branch is never written
 
 
-def test_exit_code_is_zero_when_clean_and_two_when_drifted(fleet):
-    assert check_json(fleet, "--limit", "alpha")[0] == 0
-    assert check_json(fleet, "--limit", "alpha,beta")[0] == 2
-
-
-def test_unchanged_drift_keeps_its_fingerprint_and_makes_no_new_commit(fleet, remote):
-    _, first = check_json(fleet, "--limit", "alpha,beta")
+def test_unchanged_drift_keeps_its_fingerprint_makes_no_new_commit_and_exits_two(
+        fleet, remote, baseline):
+    first = baseline.report
     commits = remote.log()
-    _, second = check_json(fleet, "--limit", "alpha,beta")
+    code, second = check_json(fleet, "--limit", "alpha,beta")
 
+    assert code == 2  # drift (a clean host alone exits 0: test_state_dir_is_private...)
     assert second["run_id"] != first["run_id"]
     for host in ("alpha", "beta"):
         assert second["hosts"][host]["fingerprint"] == first["hosts"][host]["fingerprint"]
@@ -89,20 +128,25 @@ def test_unchanged_drift_keeps_its_fingerprint_and_makes_no_new_commit(fleet, re
     assert remote.log() == commits
 
 
-def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remote, host_pool):
-    _, first = check_json(fleet, "--limit", "beta")
+def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remote, host_pool,
+                                                                    baseline):
+    first = baseline.report
     host_pool.run("beta", "echo 'edited again' >> /etc/motd")
-    _, second = check_json(fleet, "--limit", "beta")
+    try:
+        _, second = check_json(fleet, "--limit", "beta")
+    finally:
+        host_pool.run("beta", "sed -i '/edited again/d' /etc/motd")
 
     assert second["hosts"]["beta"]["fingerprint"] != first["hosts"]["beta"]["fingerprint"]
     assert second["reports"]["committed"] == {"beta": ["hosts/beta.yml"]}
-    assert len(remote.log()) == 2
+    assert len(remote.log("beta")) == 2
 
 
 def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, remote, tmp_path):
     config = load_config(fleet)
-    t0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-    run_check(config, now=t0)
+    # The baseline's check committed each host's first report, checked at t0.
+    t0 = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))["checked_at"]
+    t0 = t0 if isinstance(t0, datetime) else datetime.fromisoformat(t0)
     quiet = run_check(config, now=t0 + timedelta(hours=23))
     beat = run_check(config, now=t0 + timedelta(hours=24, seconds=1))
 
@@ -114,7 +158,6 @@ def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, rem
 
 
 def test_new_source_commit_is_checked_and_named_in_the_reports(fleet, remote):
-    check_json(fleet, "--limit", "alpha")
     files = pets_repo_files({})
     new_sha = remote.commit({"roles/motd/defaults/main.yml":
                              files["roles/motd/defaults/main.yml"].replace("Managed", "Kept")})
@@ -135,8 +178,8 @@ def test_tags_extra_vars_and_config_after_subcommand_work_like_ansible_pull(flee
     assert r.returncode == 2
 
 
-def test_status_shows_the_last_cycle_per_host(fleet):
-    _, report = check_json(fleet)
+def test_status_shows_the_last_cycle_per_host(fleet, baseline):
+    report = baseline.report  # the last cycle: the baseline's check
     r = petkeeper("--config", str(fleet), "status", "--json")
     status = json.loads(r.stdout)
 
@@ -153,15 +196,16 @@ def test_status_shows_the_last_cycle_per_host(fleet):
 
 def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp_path, remote,
                                                                      host_pool):
-    fleet = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
+    state = load_config(fleet).state_dir  # the baseline's check ran there: one run
+    fleet = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
                                limit="alpha", ansible={
                                    "private_key_file": str(host_pool.client_key),
                                    "known_hosts_file": str(host_pool.known_hosts),
                                    "artifacts_keep": 2})
     config = load_config(fleet)
-    for _ in range(config.ansible.artifacts_keep + 2):
+    assert check_json(fleet)[0] == 0  # a clean host alone exits 0
+    for _ in range(config.ansible.artifacts_keep):  # keep + 2 runs in all
         run_check(config)
-    state = config.state_dir
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     artifacts = list((state / "runner" / "artifacts").iterdir())
     assert 0 < len(artifacts) <= config.ansible.artifacts_keep
