@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -214,6 +215,17 @@ def converge(pool: TestHostPool, remote: GitRemote, limit: str, tmp: Path) -> No
                       known_hosts_file=str(pool.known_hosts), timeout=300)
     result = run_playbook(run, tmp / "converge-runner")
     assert result.status == "successful", result.error
+
+
+def settle(pool: TestHostPool, *names: str, motd: str = "Managed by Petkeeper\n",
+           mode: str = "steady") -> None:
+    """Leave NAMES' managed files as `converge` of the repo of pets_repo_files leaves them
+    (its /etc/motd and /etc/pet.conf, 0644), with one shell command each: for a fixture that
+    needs a converged start, not a proof of converging (an Ansible run costs seconds)."""
+    for name in names:
+        pool.run(name, f"printf %s {shlex.quote(motd)} > /etc/motd && "
+                       f"printf 'mode=%s\\n' {shlex.quote(mode)} > /etc/pet.conf && "
+                       "chmod 0644 /etc/motd /etc/pet.conf")
 
 
 def pet_hosts(pool: TestHostPool, *names: str, ghost: bool = False) -> dict[str, tuple[str, int]]:
