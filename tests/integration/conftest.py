@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 WHEEL_CACHE = Path(os.environ.get("PETKEEPER_TEST_CACHE", "/var/cache/petkeeper-test")) / "wheels"
-BUILD_REQUIRES = "setuptools>=68"  # pyproject.toml's [build-system] requires
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
     the container image), in a folder named after that list: pip downloads them once, and
     every later run, worker and test reuses them (pip-installing from a folder of wheels is
     what an offline install does anyway)."""
-    pins = runtime_pins()
-    key = hashlib.sha256("\n".join([sys.implementation.cache_tag, sys.platform, *pins])
-                         .encode()).hexdigest()[:16]
+    wanted, pins = runtime_requirements()
+    key = hashlib.sha256("\n".join([sys.implementation.cache_tag, sys.platform, *wanted, "",
+                                    *pins]).encode()).hexdigest()[:16]
     try:
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
         root = WHEEL_CACHE
@@ -59,31 +59,43 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist's workers, other runs
         if not wheels.is_dir():
-            _download_wheels(pins, root, wheels)
+            _download_wheels(wanted, pins, root, wheels)
     return Wheelhouse(wheels)
 
 
-def runtime_pins() -> list[str]:
-    """NAME==VERSION of every distribution Petkeeper needs at run time, as installed here
-    (its requirements, theirs, and so on), and what builds it."""
-    found: dict[str, str] = {}
-    todo = ["petkeeper"]
+def runtime_requirements() -> tuple[list[str], list[str]]:
+    """What this checkout's pyproject.toml requires to run and to build, and NAME==VERSION of
+    each distribution installed here that those requirements need (theirs too, and so on):
+    the versions this environment runs. A requirement not installed here is left to pip."""
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    pins: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = list(wanted)
     while todo:
-        for line in metadata.requires(todo.pop()) or []:
-            req = Requirement(line)
-            name = canonicalize_name(req.name)
-            if name in found or (req.marker and not req.marker.evaluate({"extra": ""})):
-                continue
-            found[name] = metadata.version(name)
-            todo.append(name)
-    return [*(f"{name}=={version}" for name, version in sorted(found.items())), BUILD_REQUIRES]
+        req = Requirement(todo.pop())
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if req.specifier.contains(version, prereleases=True):
+            pins[name] = version
+            todo.extend(metadata.requires(name) or [])
+    return wanted, [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
-def _download_wheels(pins: list[str], root: Path, wheels: Path) -> None:
+def _download_wheels(wanted: list[str], pins: list[str], root: Path, wheels: Path) -> None:
     partial = Path(tempfile.mkdtemp(prefix=f".{wheels.name}-", dir=root))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                        "--wheel-dir", str(partial), *pins], capture_output=True, text=True,
-                       timeout=900, stdin=subprocess.DEVNULL)
+    constraints = partial / "constraints.txt"
+    constraints.write_text("".join(f"{pin}\n" for pin in pins))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir",
+                        str(partial), "--constraint", str(constraints), *wanted],
+                       capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    constraints.unlink()
     if r.returncode != 0:
         shutil.rmtree(partial)
         pytest.fail(f"pip wheel exited {r.returncode}:\n{r.stderr}")
