@@ -1,11 +1,13 @@
 """systemd/petkeeper.service under a real systemd, installed the way an operator installs it.
 
-A Debian 12 container (podman, systemd as PID 1) gets Petkeeper pip-installed into
-/opt/petkeeper/.venv from the wheel of this working tree (its dependencies at the versions this
-environment runs), /usr/local/bin/petkeeper linked to it so that the unit files are installed
-exactly as shipped, an /etc/petkeeper/agent.yml, and a real bare Git remote from tmp_path
-bind-mounted at /srv/git/pets.git. The pet is the container itself: no inventory, so Petkeeper
-checks and corrects its own host through a local connection, under the unit's hardening.
+A Debian 12 container (podman, systemd as PID 1) gets Petkeeper installed by the commands of
+the README's "Installing on a server", run as they are written: a virtual environment in
+/opt/petkeeper/.venv, pip-installed from a copy of this working tree in /opt/petkeeper/src (its
+dependencies from a wheelhouse, at the versions this environment runs), /usr/local/bin/petkeeper
+linked to it, the unit installed as shipped and enabled; then an /etc/petkeeper/agent.yml, and
+a real bare Git remote from tmp_path bind-mounted at /srv/git/pets.git. The pet is the container
+itself: no inventory, so Petkeeper checks and corrects its own host through a local connection,
+under the unit's hardening.
 
 The container has no network but its own loopback (--network=none): the remote is a path and
 the pet is local, so nothing needs more, and nothing in it can reach the host's network. The
@@ -19,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ import pytest
 import yaml
 
 from tests.conftest import GitRemote, git
+from tests.integration.conftest import Wheelhouse, copy_source, readme_install_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(Path(__file__).with_name("containers.conf"))}
@@ -45,16 +47,14 @@ AGENT_YML = {
     "daemon": {"fetch_interval": "2s", "check_interval": "1h", "splay": "0s"},
     "ansible": {"timeout": "5m"},
 }
-INSTALL = f"""\
-set -eu
-python3 -m venv /opt/petkeeper/.venv
-/opt/petkeeper/.venv/bin/pip install --quiet --no-index --find-links {WHEELS} petkeeper
-ln -s /opt/petkeeper/.venv/bin/petkeeper /usr/local/bin/petkeeper
-install -m 0644 {SETUP}/units/* /etc/systemd/system/
-install -d -m 0755 /etc/petkeeper
-install -m 0600 {SETUP}/agent.yml /etc/petkeeper/agent.yml
-systemctl daemon-reload
-"""
+SOURCE = "/opt/petkeeper/src"  # the README installs from a clone there
+INSTALL = "\n".join([
+    "set -eu",
+    f"export PIP_NO_INDEX=1 PIP_FIND_LINKS={WHEELS} PIP_DISABLE_PIP_VERSION_CHECK=1",
+    *readme_install_lines(),
+    "install -d -m 0700 /etc/petkeeper",
+    f"install -m 0600 {SETUP}/agent.yml /etc/petkeeper/agent.yml",
+])
 PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"  # systemd: "Main process exited, code=..."
 RUN_STATUS = re.compile(r"run (\S+): exit (\d+), (.*), (\d+) apply\(s\)")
 T = TypeVar("T")
@@ -153,40 +153,21 @@ def image() -> str:
     return r.stdout.split()[-1]
 
 
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Petkeeper's wheel, built from a copy of this working tree (a build writes build/ next to
-    its source), and its dependencies' wheels pinned to this environment's versions."""
-    root = tmp_path_factory.mktemp("wheelhouse")
-    source, out, pins = root / "source", root / "wheels", root / "pins.txt"
-    shutil.copytree(PROJECT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
-        ".ansible"))
-    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-                            capture_output=True, text=True, timeout=120, check=True).stdout
-    pins.write_text("".join(f"{line}\n" for line in frozen.splitlines()
-                            if re.match(r"[A-Za-z0-9_.-]+==", line)))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out),
-                        "--constraint", str(pins), str(source)], capture_output=True, text=True,
-                       timeout=900, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        pytest.fail(f"pip wheel exited {r.returncode}:\n{r.stderr}")
-    return out
-
-
 @pytest.fixture
-def box(image: str, wheels: Path, remote: GitRemote, tmp_path: Path) -> Iterator[Box]:
-    """A booted container with Petkeeper and its units installed, not started yet; removed
-    (by id, with its mounts) afterwards, whatever happened."""
-    setup, cidfile = tmp_path / "setup", tmp_path / "container.id"
-    shutil.copytree(PROJECT / "systemd", setup / "units")
+def box(image: str, wheelhouse: Wheelhouse, remote: GitRemote, tmp_path: Path
+        ) -> Iterator[Box]:
+    """A booted container with Petkeeper installed as the README says, its unit enabled and
+    not started yet; removed (by id, with its mounts) afterwards, whatever happened."""
+    setup, cidfile, source = tmp_path / "setup", tmp_path / "container.id", tmp_path / "src"
+    setup.mkdir()
     (setup / "agent.yml").write_text(yaml.safe_dump(AGENT_YML, sort_keys=False))
+    copy_source(source)  # pip builds in it: a copy per container
     try:
         podman("run", "--detach", "--cidfile", str(cidfile), "--systemd=always",
                "--label", "petkeeper-test=systemd-container", "--network=none",
                "--hostname", PET, "--volume", f"{remote.bare}:{REMOTE}",
-               "--volume", f"{wheels}:{WHEELS}:ro", "--volume", f"{setup}:{SETUP}:ro",
-               image, "/sbin/init", timeout=120)
+               "--volume", f"{wheelhouse.wheels}:{WHEELS}:ro", "--volume", f"{setup}:{SETUP}:ro",
+               "--volume", f"{source}:{SOURCE}", image, "/sbin/init", timeout=120)
         box = Box(cidfile.read_text().strip())
         box.boot()
         box.run("sh", "-c", INSTALL, timeout=300)
@@ -202,8 +183,9 @@ def remove_container(cid: str) -> None:
 
 
 def start(box: Box) -> None:
-    """systemctl start, which for Type=notify returns only once the daemon sent READY=1."""
-    box.run("systemctl", "start", "petkeeper", timeout=150)
+    """systemctl enable --now, as the README says: for Type=notify it returns only once the
+    daemon sent READY=1."""
+    box.run("systemctl", "enable", "--now", "petkeeper", timeout=150)
     state = box.show("Type", "NotifyAccess", "ActiveState", "SubState", "StatusText")
     assert state == {"Type": "notify", "NotifyAccess": "main", "ActiveState": "active",
                      "SubState": "running", "StatusText": state["StatusText"]}, box.explain()
@@ -256,7 +238,35 @@ def test_the_service_gets_ready_corrects_its_pet_reports_to_git_and_stops_cleanl
     assert status.returncode == 0, status.stderr
     last = json.loads(status.stdout)
     assert (last["last_run"]["run_id"], last["hosts"][PET]["status"]) == (m.group(1), "clean")
+    check_the_install(box)
     stop_cleanly(box)
+
+
+def check_the_install(box: Box) -> None:
+    """init leaves the installed config alone; doctor finds the unit installed and enabled,
+    the daemon running, the state directory private and a recent cycle. Its two warnings are
+    this test's layout: an auto policy without signatures, reports to the source repository."""
+    before = box.run("sha256sum", "/etc/petkeeper/agent.yml").stdout
+    init = box.run("petkeeper", "init", "--url", f"file://{REMOTE}", check=False)
+    assert (init.returncode, init.stderr.strip()) == (1, (
+        "petkeeper: error: init: /etc/petkeeper/agent.yml already exists; nothing was changed; "
+        "pass --force to replace it (deploy keys are kept)")), init.stderr
+    assert box.run("sha256sum", "/etc/petkeeper/agent.yml").stdout == before
+
+    doctor = box.run("petkeeper", "doctor", "--json", check=False)
+    checks = {c["check"]: (c["status"], c["message"]) for c in
+              json.loads(doctor.stdout)["checks"]}
+    assert {name: status for name, (status, _) in checks.items()} == {
+        "config": "ok", "source": "ok", "playbooks": "ok", "signatures": "warn",
+        "reports layout": "warn",
+        "reports push": "ok", "hosts": "ok", "ansible-core": "ok", "ansible-runner": "ok",
+        "state directory": "ok", "disk": "ok", "last cycle": "ok", "unit": "ok",
+        "daemon": "ok"}, doctor.stdout
+    assert doctor.returncode == 3, doctor.stderr
+    assert checks["unit"][1] == ("/etc/systemd/system/petkeeper.service is installed "
+                                 "(/usr/local/bin/petkeeper) and enabled")
+    assert checks["daemon"][1] == f"running (pid {box.show('MainPID')['MainPID']})"
+    assert checks["state directory"][1] == "/var/lib/petkeeper is root's, mode 0700"
 
 
 def test_the_running_service_reloads_takes_run_now_and_follows_a_new_commit(
