@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agent.config import (
     Config,
     Overrides,
+    UndoConfig,
     load_config,
     parse_config,
     parse_extra_var,
@@ -99,6 +100,15 @@ def test_a_separate_reports_repository_takes_its_own_deploy_key_and_known_hosts(
         None, None)
 
 
+def test_undo_keeps_30_days_within_256_mib_by_default_and_reads_sizes_and_off():
+    assert parse(minimal()).undo == UndoConfig(keep=30 * 86400.0, max_bytes=256 * 1024**2,
+                                               max_file=16 * 1024**2, etckeeper="auto")
+    undo = parse(minimal(undo={"keep": "7d", "max_bytes": "1 GiB", "max_file": "10MB",
+                               "etckeeper": False})).undo  # YAML reads a bare off as false
+    assert undo == UndoConfig(keep=7 * 86400.0, max_bytes=1024**3, max_file=10 * 1000**2,
+                              etckeeper="off")
+
+
 def test_config_is_frozen():
     config = parse(minimal())
 
@@ -134,6 +144,10 @@ LINE = re.compile(rf"^{re.escape(SOURCE)}: (?P<key>[^:]+): (?P<problem>.+); (?P<
     (minimal(limit=["web1"]), "limit", "write limit as a single value"),
     (minimal(state_dir="var/lib/petkeeper"), "state_dir", "absolute path"),
     (minimal(schedule={"interval": "15m"}), "schedule", "remove it (known keys:"),
+    (minimal(undo={"keep": "forever"}), "undo.keep", '"90s", "15m", "24h"'),
+    (minimal(undo={"max_bytes": "lots"}), "undo.max_bytes", "B, KiB, MiB, GiB"),
+    (minimal(undo={"max_file": -1}), "undo.max_file", "B, KiB, MiB, GiB"),
+    (minimal(undo={"etckeeper": "sometimes"}), "undo.etckeeper", "auto commits /etc"),
 ])
 def test_each_error_names_the_file_the_key_path_and_a_fix(data: Any, key: str, fix: str):
     lines = problems(data)
