@@ -21,13 +21,13 @@ import yaml
 from tests.conftest import (
     PLAYBOOK,
     GitRemote,
-    converge,
     pet_hosts,
-    petkeeper,
     pets_repo_files,
     proc_file,
+    settle,
     write_agent_config,
 )
+from tests.unit.test_cli import Run, cli  # noqa: F401 (the in-process fixture)
 
 pytestmark = pytest.mark.hosts
 
@@ -131,17 +131,18 @@ def new_cycle(state: Path, before: str | None, **expect: Any) -> Callable[[], di
 
 @pytest.fixture
 def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
-    """alpha converged; the policy would apply anything (default: auto)."""
+    """alpha converged (settled); the policy would apply anything (default: auto)."""
     files = pets_repo_files(pet_hosts(host_pool, "alpha"))
     remote.commit({**files, "petkeeper/policy.yml": yaml.safe_dump({"default": "auto"})})
-    converge(host_pool, remote, "alpha", tmp_path)
+    settle(host_pool, "alpha")
     return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
                               limit="alpha", daemon=FAST)
 
 
 def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
-        pets, remote, host_pool, tmp_path, start_daemon):
+        pets, remote, host_pool, tmp_path, start_daemon, cli: Run):  # noqa: F811
     state = tmp_path / "state"
+    c = ("--config", str(pets))
     daemon = start_daemon(pets)
     wait_for("READY=1", lambda: "READY=1\nSTATUS=waiting for the first cycle"
              in daemon.notified(), daemon, timeout=90)
@@ -151,14 +152,14 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
         m.startswith(f"STATUS=run {first['run_id']}: exit 0, 1 clean") for m in
         daemon.notified()), daemon, timeout=60)
 
-    sha = remote.commit({"README.md": "pets\n"}, "Describe the pets")
-    by_commit = wait_for("a cycle of the new commit", new_cycle(
-        state, first["run_id"], source_sha=sha), daemon, timeout=240)
-
+    # A hand edit, a pause, then a commit: a cycle of the new commit (usually the only one
+    # after the pause; the fetch every second may see the pause alone first), paused.
     host_pool.run("alpha", "echo 'edited by hand' >> /etc/motd")
-    r = petkeeper("--config", str(pets), "pause", "--reason", "swapping disks")
-    assert r.returncode == 0 and "paused applies" in r.stdout, r.stderr
-    paused = wait_for("a paused cycle", new_cycle(state, by_commit["run_id"]), daemon)
+    code, out, err = cli(*c, "pause", "--reason", "swapping disks")
+    assert code == 0 and "paused applies" in out, err
+    sha = remote.commit({"README.md": "pets\n"}, "Describe the pets")
+    paused = wait_for("a paused cycle of the new commit", new_cycle(
+        state, first["run_id"], source_sha=sha), daemon, timeout=240)
     assert paused["hosts"]["alpha"]["status"] == "drifted" and paused["applies"] == []
     plan = paused["hosts"]["alpha"]["plan"]
     assert plan["action"] == "wait" and plan["mode"] == "auto"  # auto would apply it
@@ -168,32 +169,29 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
     assert "paused by" in daemon.text() and "nothing is applied" in daemon.text()
     assert any(m.endswith("; paused: swapping disks") for m in daemon.notified())
-    status = petkeeper("--config", str(pets), "status", "--json")
-    assert json.loads(status.stdout)["paused"]["reason"] == "swapping disks"
-    assert "swapping disks" in petkeeper("--config", str(pets), "status").stdout
+    assert json.loads(cli(*c, "status", "--json")[1])["paused"]["reason"] == "swapping disks"
+    assert "swapping disks" in cli(*c, "status")[1]
     reported = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
     assert reported["paused"]["reason"] == "swapping disks" and reported["run_id"] == \
         paused["run_id"]
     assert "Petkeeper-Paused: swapping disks" in remote.log(fmt="%B%x00")[0]
 
-    by_hand = petkeeper("--config", str(pets), "run", "--json", "--wait", "120")
-    ran = json.loads(by_hand.stdout)
-    assert ran["paused"]["reason"] == "swapping disks" and ran["applies"] == []
-    assert ran["plans"]["alpha"]["action"] == "wait" and by_hand.returncode == 2
+    # run --now, while paused: the daemon's cycle runs at once and applies nothing either
+    # (a CLI `run` of its own while paused: test_pause)
+    code, out, err = cli(*c, "run", "--now")
+    assert code == 0 and "asked the daemon" in out, err
+    asked = wait_for("the cycle asked for", new_cycle(state, paused["run_id"]), daemon)
+    assert "cycle due: asked for (petkeeper run --now)" in daemon.text()
+    assert asked["applies"] == [] and asked["hosts"]["alpha"]["plan"]["action"] == "wait"
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
 
-    assert petkeeper("--config", str(pets), "resume").returncode == 0
+    assert cli(*c, "resume")[0] == 0
     resumed = wait_for("an applying cycle", lambda: (r := last_run(state)).get("applies")
                        and r, daemon)
     assert resumed["applies"][0]["result"] == "converged"
     assert resumed["applies"][0]["approved_by"] == "policy: auto (default)"
     assert "edited by hand" not in host_pool.run("alpha", MOTD).stdout
     assert "paused" not in yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
-
-    now = petkeeper("--config", str(pets), "run", "--now")
-    assert now.returncode == 0 and "asked the daemon" in now.stdout, now.stderr
-    wait_for("the cycle asked for", new_cycle(state, resumed["run_id"]), daemon,
-                     timeout=240)
 
     good = pets.read_text()
     pets.write_text(good + "daemon: {fetch_interval: soon}\n")
@@ -209,8 +207,8 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(30) == 0
     assert "STOPPING=1\nSTATUS=stopping" in daemon.notified()
-    gone = petkeeper("--config", str(pets), "run", "--now")
-    assert gone.returncode == 1 and "no daemon is running" in gone.stderr
+    code, _, err = cli(*c, "run", "--now")
+    assert code == 1 and "no daemon is running" in err
 
 
 def test_stalled_input_is_reported_once_and_retried_when_the_source_changes(
