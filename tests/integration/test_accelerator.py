@@ -30,9 +30,9 @@ from agent.operate.output import render_check
 from agent.testhosts import TestHostPool
 from tests.conftest import (
     GitRemote,
-    converge,
     pets_repo_files,
     require_test_hosts,
+    settle,
     write_agent_config,
 )
 
@@ -68,7 +68,7 @@ def pets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHostPoo
         pool.start("web2", "127.0.101.12")
         remote = GitRemote(tmp / "git")
         remote.commit(pets_repo_files({n: (h.address, h.port) for n, h in pool.hosts.items()}))
-        converge(pool, remote, "web1", tmp)
+        settle(pool, "web1")
         yield pool, remote, write_agent_config(
             tmp / "agent.yml", remote.url, tmp / "state", pool,
             ansible={"private_key_file": str(pool.client_key),

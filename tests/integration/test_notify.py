@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.cli import main
 from tests.conftest import (
     GitRemote,
-    converge,
     git,
     pet_hosts,
     pets_repo_files,
+    settle,
     write_agent_config,
 )
 from tests.receivers import HttpReceiver, Received, SmtpReceiver, free_port, wait_until
@@ -85,7 +85,7 @@ def scene(host_pool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene
     tmp = tmp_path_factory.mktemp("notify")
     remote = GitRemote(tmp / "git")
     remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")))
-    converge(host_pool, remote, "alpha", tmp)
+    settle(host_pool, "alpha")
     hook, smtp = HttpReceiver(), SmtpReceiver("pet", SMTP_PASSWORD)
     write_agent_config(tmp / "agent.yml", remote.url, tmp / "state", host_pool, limit="alpha")
     settings = yaml.safe_load((tmp / "agent.yml").read_text())
