@@ -25,7 +25,8 @@ from agent.config import load_config
 from agent.cycle.steps import RUN_STEPS, run_cycle
 from agent.operate.output import render_check
 from agent.testhosts import TestHostPool
-from tests.conftest import GitRemote, converge, petkeeper, require_test_hosts, write_agent_config
+from tests.conftest import GitRemote, converge, require_test_hosts, write_agent_config
+from tests.unit.test_cli import Run, cli  # noqa: F401 (the in-process fixture)
 
 pytestmark = pytest.mark.hosts
 
@@ -129,18 +130,19 @@ def test_policy_auto_never_applies_a_partial_plan(shapes: Shapes):
     assert shapes.carol_after_first == 1  # nothing was applied: carol is still gone
 
 
-def test_a_partial_plan_applies_once_an_approval_acknowledges_it(shapes: Shapes):
+def test_a_partial_plan_applies_once_an_approval_acknowledges_it(
+        shapes: Shapes, cli: Run):  # noqa: F811
     pid = shapes.first["plans"]["pet1"]["plan_id"]
     approvals = StateDir(load_config(shapes.config).state_dir).approvals
 
-    refused = petkeeper("--config", str(shapes.config), "approve", pid)
-    assert refused.returncode == 1
-    assert f"plan {pid} (pet1) is partial" in refused.stderr
-    assert f"approve with --partial {pid}" in refused.stderr
+    code, _, err = cli("--config", str(shapes.config), "approve", pid)
+    assert code == 1
+    assert f"plan {pid} (pet1) is partial" in err
+    assert f"approve with --partial {pid}" in err
     assert not approvals.exists() or not any(approvals.iterdir())
 
-    approved = petkeeper("--config", str(shapes.config), "approve", pid, "--partial")
-    assert approved.returncode == 0, approved.stderr
+    code, _, err = cli("--config", str(shapes.config), "approve", pid, "--partial")
+    assert code == 0, err
     assert read_json(approvals / f"{pid}.json", {})["partial"] is True
 
     after, code = run(shapes.config)
