@@ -1,6 +1,11 @@
 """A `petkeeper run` killed at each step of its cycle, then run again: nothing is corrupt, no
 report is lost or doubled, and nothing is applied twice.
 
+Before the apply starts, a kill can lose only the report, the approval and the lock: there the
+next cycle is a `petkeeper plan` (one check, no apply), which shows all three intact and the
+approved plan still to apply. A kill at the apply's start is followed by a full run, which
+applies once; every kill from the apply's journal on is followed by a full run.
+
 The killed run is the real CLI in its own process group, armed by a small wrapper
 (``KILLER``) that wraps one function, a step of ``RUN_STEPS`` or a point inside one, to
 SIGKILL its whole process group when that function is called: no hook in the agent, and no
@@ -89,6 +94,7 @@ class KillPoint:
     nth: int = 1  # at its Nth call
     applied: bool = False  # the killed run applied the pet before it died
     expect: str = CONVERGED
+    then: str = "run"  # the next cycle: "plan" where the killed run cannot have begun an apply
 
 
 def _kill_points() -> list[KillPoint]:
@@ -99,9 +105,9 @@ def _kill_points() -> list[KillPoint]:
     push = "agent.adapters.gitrepo:Mirror.push"
     return [
         *(KillPoint(f"start of {s.__name__}", f"agent.cycle.steps:{s.__name__}",
-                    applied=i > applying)
+                    applied=i > applying, then="plan" if i < applying else "run")
           for i, s in enumerate(RUN_STEPS)),
-        KillPoint("record_step: queued, not pushed", push),
+        KillPoint("record_step: queued, not pushed", push, then="plan"),
         KillPoint("record_applies_step: queued, not pushed", push, nth=2, applied=True),
         # The snapshot is taken, nothing is journaled nor applied: the next run applies once.
         KillPoint("apply_step: snapshot taken, apply not started",
@@ -218,7 +224,7 @@ def test_run_killed_at_any_step_loses_no_report_and_applies_at_most_once(
         assert strays or point.where  # a kill during Ansible leaves its workers running
         assert_state_readable(state)  # at once: the lock died with its holder
 
-        code, after = run_json(config, "run")
+        code, after = run_json(config, point.then)
         assert not set(strays) & set(processes_in(state.trees))
     finally:
         host_pool.run(HOST, f"rm -f {SLOW}")
@@ -229,6 +235,14 @@ def test_run_killed_at_any_step_loses_no_report_and_applies_at_most_once(
     subjects = [s for s in pet.remote.log(HOST, branches=branches) if s.startswith(f"{HOST}:")]
     drifted = [s for s in subjects if s.startswith(f"{HOST}: drifted")]
     records = [s for s in subjects if s.startswith(f"{HOST}: apply of plan {pet.plan_id}: ")]
+    if point.then == "plan":  # the report pushed once, the approval unspent, nothing applied
+        assert len(drifted) == 1 and records == [] and subjects[0] == drifted[0], subjects
+        plan = after["plans"][HOST]
+        assert (plan["plan_id"], plan["action"]) == (pet.plan_id, "apply"), plan
+        assert after["hosts"][HOST]["status"] == "drifted" and code == 2
+        assert applies(pet) == 0
+        assert host_pool.run(HOST, f"cat {CONF}").stdout == "mode=hand-edited\n"
+        return
     result = CONVERGED if point.expect == CONVERGED else INTERRUPTED
     # none lost, none twice; after an interrupted apply the plan changes (the approval spent or
     # the apply to retry), and a report carries its plan: one more drifted report, not a copy
