@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.adapters.state import StateDir
+from agent.config import load_config
+from agent.cycle.source import Source, open_mirror, sync_source
 from tests.conftest import (
     GitRemote,
-    converge,
     git,
     pet_hosts,
     pets_repo_files,
@@ -137,28 +139,48 @@ def test_untrusted_heads_keep_the_last_verified_tree_and_each_host_says_why(
     assert report["source_sha"] == good and report["source_rejected"] is None, report
     good_tree = tree_digest(state / "trees" / good)
 
-    for case, (forge, why) in FORGERIES.items():
+    reports_before = remote.log()
+    *quick, last = FORGERIES.items()
+    for case, (forge, why) in quick:  # the trust step alone, in-process: no Ansible
         bad = forge(remote, ssh_keys)
-        reports_before = remote.log()
-
-        code, report, stderr = cli(config, "check")
-
-        assert code == 1, case
-        assert report["source_sha"] == good, case
-        rejected = report["source_rejected"]
-        assert rejected.startswith(f"source commit {bad[:12]} (head) is not trusted: {why}"), \
-            (case, rejected)
-        assert f"security: {rejected}" in stderr
+        source = fetch_source_step(config)
+        assert source.sha == good and source.tree.name == good, case
+        assert source.rejected.startswith(
+            f"source commit {bad[:12]} (head) is not trusted: {why}"), (case, source.rejected)
         assert bad not in trees(state) and tree_digest(state / "trees" / good) == good_tree
-        status = json.loads((state / "status.json").read_text())
-        assert status["hosts"]["alpha"]["source_rejected"] == rejected
-        assert status["hosts"]["alpha"]["source_sha"] == good
-        shown = petkeeper(config, "status").stdout
-        assert f"source head rejected: {rejected}" in shown
-        # Reports name only the commit that was really checked; none is lost.
-        sources = remote.log(fmt="%(trailers:key=Petkeeper-Source,valueonly)")
-        assert bad not in "".join(sources) and good in "".join(sources)
-        assert remote.log()[-len(reports_before):] == reports_before
+
+    case, (forge, why) = last  # and through a whole cycle: the host says why
+    bad = forge(remote, ssh_keys)
+
+    code, report, stderr = cli(config, "check")
+
+    assert code == 1, case
+    assert report["source_sha"] == good, case
+    rejected = report["source_rejected"]
+    assert rejected.startswith(f"source commit {bad[:12]} (head) is not trusted: {why}"), \
+        (case, rejected)
+    assert f"security: {rejected}" in stderr
+    assert bad not in trees(state) and tree_digest(state / "trees" / good) == good_tree
+    status = json.loads((state / "status.json").read_text())
+    assert status["hosts"]["alpha"]["source_rejected"] == rejected
+    assert status["hosts"]["alpha"]["source_sha"] == good
+    shown = petkeeper(config, "status").stdout
+    assert f"source head rejected: {rejected}" in shown
+    # Reports name only the commit that was really checked; none is lost.
+    sources = remote.log(fmt="%(trailers:key=Petkeeper-Source,valueonly)")
+    assert bad not in "".join(sources) and good in "".join(sources)
+    assert remote.log()[-len(reports_before):] == reports_before
+
+
+def fetch_source_step(config: Path) -> Source:
+    """What a cycle's fetch makes of the branch head (fetch, verify, materialise), in-process."""
+    loaded = load_config(config)
+    state = StateDir(loaded.state_dir)
+    mirror = open_mirror(loaded, state)
+    try:
+        return sync_source(loaded, state, mirror)
+    finally:
+        mirror.close()
 
 
 def merged_history(remote: GitRemote, keys: SshKeys, files: dict[str, str]) -> str:
@@ -235,7 +257,6 @@ def test_a_rewound_head_halts_applies_until_a_person_acknowledges_it(
     files = pets_repo_files(pet_hosts(host_pool, "alpha"))
     files["petkeeper/policy.yml"] = yaml.safe_dump({"default": "auto"})
     old = remote.commit(files, "Pets, corrected automatically")
-    converge(host_pool, remote, "alpha", tmp_path)
     new = remote.commit({"roles/motd/defaults/main.yml":
                          'motd_text: "Version two\\n"\npet_mode: steady\n'}, "Version two")
     config = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state",
