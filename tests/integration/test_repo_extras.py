@@ -13,7 +13,6 @@ import yaml
 
 from tests.conftest import (
     GitRemote,
-    converge,
     pet_hosts,
     petkeeper,
     pets_repo_files,
@@ -34,8 +33,9 @@ def test_pet_conf_is_steady(host):
 
 @pytest.fixture
 def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
+    """beta's repo, and beta drifted by hand. No converge first: each test's first cycle
+    checks (or applies) whatever drift the shared host has, the hand edit among it."""
     remote.commit(pets_repo_files(pet_hosts(host_pool, "beta")))
-    converge(host_pool, remote, "beta", tmp_path)
     host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
     return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
                               limit="beta")
