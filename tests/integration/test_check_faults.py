@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from agent.adapters.state import StateDir, cycle_lock
 from agent.config import load_config
 from agent.cycle.steps import run_check
+from agent.operate.output import render_check
+from tests.baseline import Saved, ensure_converged
 from tests.conftest import (
     GitRemote,
     check_json,
-    converge,
     git,
     pet_hosts,
     petkeeper,
@@ -30,12 +33,41 @@ pytestmark = pytest.mark.hosts
 BETA_REPORTS = "petkeeper/hosts/beta"
 
 
-@pytest.fixture
-def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
-    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta")))
-    converge(host_pool, remote, "alpha,beta", tmp_path)
-    return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool)
+@dataclass
+class Baseline:
+    config: Path
+    remote: GitRemote
+    report: dict
+    saved: Saved
 
+
+@pytest.fixture(scope="module")
+def baseline(host_pool, tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    """alpha and beta converged, checked once (their clean reports pushed): built once for the
+    module; each test gets it back as it was built (the `pets` fixture)."""
+    root = tmp_path_factory.mktemp("check-faults")
+    remote = GitRemote(root / "git")
+    remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta")))
+    ensure_converged(host_pool, remote, ("alpha", "beta"), root)
+    config = write_agent_config(root / "agent.yml", remote.url, root / "state", host_pool)
+    code, report = check_json(config)
+    assert code == 0, report
+    saved = Saved(root / "saved", root / "state", remote.bare, remote.work)
+    return Baseline(config, remote, report, saved)
+
+
+@pytest.fixture
+def pets(baseline: Baseline, host_pool) -> Path:
+    """The baseline's agent config, with its state, remote and hosts as the baseline left them."""
+    baseline.saved.restore()
+    ensure_converged(host_pool, baseline.remote, ("alpha", "beta"), baseline.config.parent)
+    return baseline.config
+
+
+@pytest.fixture
+def remote(pets: Path, baseline: Baseline) -> GitRemote:
+    """The baseline's remote (restored by `pets`), in place of tests.conftest's fresh one."""
+    return baseline.remote
 
 
 def push_as_other_writer(remote: GitRemote, tmp: Path, path: str, content: str) -> str:
@@ -63,11 +95,17 @@ def reject_next_push(remote: GitRemote, tmp: Path) -> Path:
 
 def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pets, remote,
                                                                           host_pool, tmp_path):
-    check_json(pets)
-    first_tip = remote.rev(BETA_REPORTS)
+    first_tip = remote.rev(BETA_REPORTS)  # the baseline's clean report
     reject_next_push(remote, tmp_path)
     host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
+    try:
+        rejected_push_then_rebased(pets, remote, tmp_path, first_tip)
+    finally:
+        host_pool.run("beta", "sed -i '/edited by hand/d' /etc/motd")
 
+
+def rejected_push_then_rebased(pets: Path, remote: GitRemote, tmp_path: Path,
+                               first_tip: str) -> None:
     code, rejected = check_json(pets)
     assert code == 2
     assert rejected["reports"]["committed"] == {"beta": ["hosts/beta.yml"]}
@@ -78,7 +116,7 @@ def test_rejected_push_stays_queued_then_is_rebased_and_pushed_without_force(pet
     status = json.loads(petkeeper("--config", str(pets), "status", "--json").stdout)
     assert status["last_run"]["reports"]["queued"] == 1
 
-    mirror = tmp_path / "state" / "mirror.git"
+    mirror = load_config(pets).state_dir / "mirror.git"
     queued = git("--git-dir", str(mirror), "show",
                  f"refs/petkeeper/queue/{BETA_REPORTS}:hosts/beta.yml")
     other = push_as_other_writer(remote, tmp_path, "notes/other.yml", "status: clean\n")
@@ -101,6 +139,7 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
     cfg = write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool,
                              reports={"url": elsewhere.url})
     elsewhere.bare.rename(moved)
+    source_refs = remote.refs()
     code, down = check_json(cfg)
     assert code == 0 and down["reports"]["queued"] == 2 and not down["reports"]["pushed"]
     assert down["reports"]["push"] == "failed" and down["reports"]["error"]
@@ -111,24 +150,25 @@ def test_unreachable_report_remote_keeps_commits_queued_until_it_answers(pets, r
     assert (up["reports"]["push"], up["reports"]["committed"]) == ("pushed", {})
     assert sorted(elsewhere.log()) == ["alpha: clean (0 changes, 1 check-blind)",
                                        "beta: clean (0 changes, 1 check-blind)"]
-    assert not remote.log()  # reports went only where configured
+    assert remote.refs() == source_refs  # reports went only where configured
 
 
-def test_failed_fetch_checks_the_last_good_commit_and_says_so(pets, remote, tmp_path):
-    _, good = check_json(pets)
+def test_failed_fetch_checks_the_last_good_commit_and_says_so(pets, remote, baseline,
+                                                              tmp_path):
+    good = baseline.report
     moved = tmp_path / "away.git"
     remote.bare.rename(moved)
     try:
         code, stale = check_json(pets)
-        human = petkeeper("--config", str(pets), "check")
     finally:
         moved.rename(remote.bare)
+    human = render_check(stale)  # what `petkeeper check` prints for this cycle (--json's data)
 
     assert code == 1
     assert stale["source_sha"] == good["source_sha"]
     assert "git fetch" in stale["fetch_error"] and str(remote.bare) in stale["fetch_error"]
     assert {h["status"] for h in stale["hosts"].values()} == {"clean"}
-    assert "checked the last good commit" in human.stdout
+    assert "checked the last good commit" in human
 
 
 def snapshot(config: Path, remote: GitRemote, pool) -> tuple[bytes, str, str]:
@@ -159,13 +199,12 @@ BAD_INPUT = [
                          ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool, tmp_path,
                                                              case, settings, args, expected):
-    check_json(pets)
     before = snapshot(pets, remote, host_pool)
     for key, value in settings.items():
         if isinstance(value, dict):
             settings[key] = {k: remote.url if v == "URL" else v for k, v in value.items()}
-    bad = write_agent_config(tmp_path / "bad.yml", remote.url, tmp_path / "state", host_pool,
-                             **settings)
+    bad = write_agent_config(tmp_path / "bad.yml", remote.url, load_config(pets).state_dir,
+                             host_pool, **settings)
     r = petkeeper("--config", str(bad), "check", *args)
 
     assert r.returncode == 1
@@ -187,7 +226,6 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_
 ], ids=["symlink", "inventory", "playbook"])
 def test_bad_repo_content_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool,
                                                                     case, files, expected):
-    check_json(pets)
     before_status, before_refs, before_host = snapshot(pets, remote, host_pool)
     if not files:  # a symlink cannot be written as text: make it in the clone
         (remote.work / "site.yml").unlink()
@@ -233,7 +271,8 @@ def test_second_cycle_is_refused_while_one_runs_and_a_killed_holder_frees_the_lo
         holder.send_signal(signal.SIGKILL)
         holder.wait()
         holder.stdout.close()
-    assert petkeeper("--config", str(pets), "check").returncode == 0
+    with cycle_lock(StateDir(state), "the next cycle"):  # LockedError if it were still held
+        pass
 
 
 def test_hung_playbook_is_killed_at_the_timeout_and_releases_the_lock(pets, remote, host_pool,
@@ -255,4 +294,5 @@ def test_hung_playbook_is_killed_at_the_timeout_and_releases_the_lock(pets, remo
     assert cycle.exit_code == 1
     assert elapsed < 60
     assert processes_in(config.state_dir / "trees") == {}
-    run_check(config)  # the lock is free again
+    with cycle_lock(StateDir(config.state_dir), "the next cycle"):  # the lock is free again
+        pass
