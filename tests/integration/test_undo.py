@@ -1,6 +1,6 @@
 """Undo an apply, end to end on a real SSH test host: snapshot before the apply, an undo plan
-with its own id and diffs back to the hand edits, approved, applied by run, recorded with its
-trailer; the package and command changes it cannot put back listed before and after; the host
+with its own id and diffs back to the hand edits, approved in Git, applied by run, recorded with
+its trailer; the package and command changes it cannot put back listed before and after; the host
 held until release; a conflict refused without --force-conflicts; a forced undo killed after
 its restore recorded interrupted and never run twice.
 
@@ -48,6 +48,7 @@ HAND_CONF = "mode=emergency\n"
 STAT = "stat -c '%a %U %G' /etc/motd /etc/pet.conf"
 INSTALLED = f"dpkg-query -W -f='${{Status}}' {PROBE}"
 IRREVERSIBLE = ["Refresh the package cache", "Install the probe package"]
+ADMIN = "Admin <admin@test.invalid>"  # who commits to the test repo (tests.conftest.GitRemote)
 
 
 class Pet:
@@ -182,11 +183,13 @@ def test_undo_plan_shows_the_diffs_back_to_the_hand_edits_and_what_it_cannot_und
 
 
 def test_approved_undo_restores_bytes_mode_and_owner_and_holds_the_host(pet: Pet):
-    code, _out, err = pet.cli("approve", pet.ids["undo_plan"], json_out=False)
-    assert code == 0, err
-    code, ran, err = pet.cli("run")
+    # Approved in Git like any plan (`petkeeper approve`: the conflict case below).
+    pet.remote.commit({"approvals/pet.yml": yaml.safe_dump(
+        {"host": "pet", "plan": pet.ids["undo_plan"], "expires": "8h"})}, "Undo pet's apply")
+    _code, ran, err = pet.cli("run")
     [undo] = ran["applies"]
     assert undo["result"] == "undone" and undo["undo_of"] == pet.ids["apply"], (undo, err)
+    assert undo["approval"]["how"] == "git" and undo["approved_by"] == ADMIN, undo
     assert pet.sh("cat /etc/motd") == HAND_MOTD and pet.sh("cat /etc/pet.conf") == HAND_CONF
     assert pet.sh(STAT).split("\n")[:2] == ["600 nobody nogroup", "640 nobody nogroup"]
     # What the undo could not put back: still there, and listed again in its record.
@@ -196,14 +199,14 @@ def test_approved_undo_restores_bytes_mode_and_owner_and_holds_the_host(pet: Pet
     assert "Irreversible (an undo cannot put back): Refresh the package cache (a command" in \
         message and "Install the probe package (a package install or removal)" in message
 
-    code, held, _ = pet.cli("run")  # the host drifts from Git, and is held
+    _code, held, _ = pet.cli("run")  # the host drifts from Git, and is held
     assert held["applies"] == [] and held["plans"]["pet"]["action"] == "wait"
-    assert f"held by undo of {pet.ids['apply']} (alice, " in held["plans"]["pet"]["reason"]
+    assert f"held by undo of {pet.ids['apply']} ({ADMIN}, " in held["plans"]["pet"]["reason"]
     assert pet.sh("cat /etc/motd") == HAND_MOTD
     status = pet.cli("status", json_out=False)[1]
     assert f"held by undo of {pet.ids['apply']}" in status
     report = pet.remote.show("petkeeper/hosts/pet", "hosts/pet.yml")
-    assert f"# held by undo of {pet.ids['apply']} (alice, " in report
+    assert f"# held by undo of {pet.ids['apply']} ({ADMIN}, " in report
 
 
 def test_release_lets_the_correction_come_back(pet: Pet):
