@@ -173,7 +173,6 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     hidden = {c["task"]: c["diff"] for c in undo["changes"]}
     assert hidden == {"restore /etc/pet-secret.conf": "(hidden: no_log)",
                       "restore /etc/pet-token": "(hidden: no_log)"}, undo
-    out.run("undo", "--host", "alpha")
     assert out.run("approve", undo["plan_id"]).returncode == 0
     assert [a["result"] for a in out.json("run")["applies"]] == ["undone"]
     on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
