@@ -264,3 +264,70 @@ def test_petkeeper_ci_sh_in_gitlab_and_jenkins(scene: Scene, tmp_path: Path, sys
                    <= set(i) for i in issues)
         assert CANARY not in json.dumps(issues)
     assert CANARY not in r.stdout + r.stderr + junit
+
+
+def test_after_merge_run_applies_with_its_persistent_state_dir_and_wait_names_who_is_behind(
+        scene: Scene, tmp_path: Path):
+    """After the merge of the pull request (with a policy letting Petkeeper correct),
+    petkeeper-ci.sh run on real hosts, in a persistent --state-dir: alpha (whose reports are
+    this machine's) gets the new notes; beta, whose newest report its own agent wrote, is
+    neither applied nor reported on. Then petkeeper-ci.sh wait: alpha checked the merged
+    commit, beta's agent has not yet."""
+    base_report = beta_report_by_its_own_agent(scene, tmp_path)
+    assert base_report == scene.base
+    # The remote's clone has the pull request's commit: the next commit to main merges it.
+    merged = scene.remote.commit({"petkeeper/policy.yml": "default: auto\n"}, "Merge, heal")
+    git("--git-dir", str(scene.remote.bare), "merge-base", "--is-ancestor", scene.head, merged)
+    beta_tip = scene.remote.rev("petkeeper/hosts/beta")
+    config = write_agent_config(tmp_path / "agent.yml", scene.remote.url,
+                                tmp_path / "configured-state", scene.pool,
+                                vault_password_file=scene.env["PETKEEPER_VAULT_PASSWORD_FILE"])
+    # Persistent: not under /tmp, where pytest's folders are (a temporary one is refused).
+    state = Path.home() / ".cache" / f"petkeeper-test-ci-{os.getpid()}-{tmp_path.name}"
+    env = {**scene.env, "GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": str(scene.checkout),
+           "RUNNER_TEMP": str(tmp_path), "PETKEEPER_CONFIG": str(config),
+           "PETKEEPER_STATE_DIR": str(state), "GITHUB_SHA": merged, "GITHUB_REF_NAME": "main",
+           "PETKEEPER_REPO": scene.remote.url, "PETKEEPER_TIMEOUT": "1s"}
+    try:
+        r = subprocess.run(["sh", str(SCRIPT), "run"], cwd=scene.checkout, env=env,
+                           capture_output=True, text=True, timeout=600)
+
+        assert r.returncode == 2, r.stderr  # beta's drift is left to its own agent
+        assert "managed by agent pet-beta (its last report); run --take-over" in r.stdout
+        assert scene.pool.hosts["alpha"].path(NOTES).read_text().startswith("notes v2 token=")
+        assert scene.pool.hosts["beta"].path(NOTES).read_text().startswith("notes v1 token=")
+        assert scene.pool.hosts["beta"].path("/etc/motd").read_bytes() == HAND_MOTD
+        assert scene.remote.rev("petkeeper/hosts/beta") == beta_tip  # not reported on
+        status = json.loads((state / "status.json").read_text())  # in --state-dir
+        assert status["last_run"]["source_sha"] == merged
+        assert status["hosts"]["alpha"]["last_apply"]["result"] == "converged"
+        assert status["hosts"]["beta"]["plan"]["action"] == "wait"
+        assert not (tmp_path / "configured-state").exists()  # --state-dir, not the config's
+
+        r = subprocess.run(["sh", str(SCRIPT), "wait"], cwd=scene.checkout, env=env,
+                           capture_output=True, text=True, timeout=120)
+
+        assert r.returncode == 1
+        assert re.search(f"--wait-for {merged[:12]}: after [0-9]+s, 1 of 2 host\\(s\\) have not "
+                         f"checked it: beta \\(checked {base_report[:12]}\\)", r.stderr), r.stderr
+        assert CANARY not in r.stdout + r.stderr
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def beta_report_by_its_own_agent(scene: Scene, tmp_path: Path) -> str:
+    """Make beta's newest report its own agent's (checked_by pet-beta), as that agent would
+    push it; return the source commit it checked."""
+    clone = tmp_path / "beta-reports"
+    git("clone", "--quiet", "--branch", "petkeeper/hosts/beta", scene.remote.url, str(clone))
+    path = clone / "hosts" / "beta.yml"
+    text = path.read_text()
+    checked_by = re.search(r"^checked_by: (.+)$", text, re.MULTILINE)
+    assert checked_by, text
+    path.write_text(text.replace(checked_by.group(0), "checked_by: pet-beta"))
+    git("-C", str(clone), "-c", "user.name=beta", "-c", "user.email=beta@test.invalid",
+        "commit", "--quiet", "-am", "beta: drifted (its own agent)")
+    git("-C", str(clone), "push", "--quiet", "origin", "HEAD:petkeeper/hosts/beta")
+    source = re.search(r"^source_sha: ([0-9a-f]{40})$", text, re.MULTILINE)
+    assert source, text
+    return source.group(1)
