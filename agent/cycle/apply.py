@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -31,13 +31,13 @@ from agent.adapters.verify import run_host_tests
 from agent.config import Config
 from agent.core.applied import parse_applied
 from agent.core.approval import Approval
-from agent.core.drift import CLEAN, HostReport, build_host_reports
+from agent.core.drift import CLEAN, DRIFTED, Change, HostReport, build_host_reports
 from agent.core.ledger import record_apply
 from agent.core.wording import task_title
 from agent.cycle.decide import Plan, mark_used, pause_reason
 from agent.cycle.detect import Targets, check_drift, playbook_run
 from agent.cycle.record import Record, format_message, host_path
-from agent.cycle.snapshot import read_after, take_snapshot
+from agent.cycle.snapshot import read_afters, take_snapshots
 from agent.cycle.source import Source, resolve_folder
 from agent.cycle.trust import mark_applied
 from agent.errors import AgentError
@@ -79,70 +79,143 @@ class ApplyResult:
                       "changed": tuple(known.get("changed") or ())})
 
 
-def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
-               run_id: str, now: Callable[[], datetime],
-               cancel: Callable[[], bool] | None = None,
-               watch: Watcher | None = None) -> tuple[ApplyResult, HostReport]:
-    """Re-check PLAN's host, apply if its drift is still the planned one, re-check again;
-    return the result and the host's report after it. Paused when a pause is in force
-    before the re-check or where the apply starts: then nothing is run or recorded."""
-    one = replace(targets, hosts=(plan.host,), limit=plan.host)
+def apply_plans(config: Config, source: Source, targets: Targets, state: StateDir,
+                plans: Sequence[Plan], run_id: str, now: Callable[[], datetime],
+                cancel: Callable[[], bool] | None = None,
+                watch: Watcher | None = None) -> list[tuple[ApplyResult, HostReport]]:
+    """Re-check the hosts of PLANS together, apply in one run those whose drift is still the
+    planned one (each judged on its own fingerprint), re-check them together; return each
+    result and its host's report after it, in PLANS' order. Paused when a pause is in force
+    before the re-check, before a host's snapshot or where the apply starts: then no apply
+    runs (the results already journaled are in Paused.done)."""
+    hosts = [plan.host for plan in plans]
+    tag = hosts[0] if len(hosts) == 1 else f"{len(hosts)}-hosts"
     started = now().isoformat(timespec="seconds")
-    approved_by = plan.approval.approver if plan.approval else f"policy: auto ({plan.rule})"
-    common: dict[str, Any] = dict(
-        host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
-        approved_by=approved_by, run_id=run_id, started=started,
-        approval=plan.approval.as_dict() if plan.approval else None, before_status=plan.status,
-        apply_id=apply_id(run_id, plan.host))
+    common = {plan.host: _common(plan, run_id, started) for plan in plans}
+    done: dict[str, tuple[ApplyResult, HostReport]] = {}
     unless_paused(state)  # a pause: not even the re-check runs
-    before = check_drift(config, source, one, state, f"{run_id}-before-{plan.host}", cancel,
-                         watch)
-    report = before[plan.host]
-    if report.fingerprint != plan.fingerprint:
+    before = check_drift(config, source, _only(targets, hosts), state, f"{run_id}-before-{tag}",
+                         cancel, watch)
+    changes = {}
+    for plan in plans:
+        report = before[plan.host]
+        if report.fingerprint == plan.fingerprint:
+            changes[plan.host] = plan.plan_id, report.changes
+            continue
         log.warning("%s: drift changed since it was planned; not applied", plan.host)
-        return journal_done(state, ApplyResult(
-            **common, result=DRIFT_CHANGED, after_status=report.status, finished=started,
-            message="the re-check found other drift than the plan's: plan and approve "
-                    "again")), report
-    try:
-        snapshot = take_snapshot(config, source, one, state, plan.host, report.changes,
-                                 plan.plan_id, f"{run_id}-snapshot-{plan.host}", cancel)
-    except AgentError as e:
-        log.warning("%s: not applied: %s", plan.host, e)
-        return journal_done(state, ApplyResult(
-            **common, result=FAILED_APPLY, after_status=report.status, finished=started,
-            message=source.mask(str(e)))), report
-    common["snapshot"] = snapshot
-    write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host, "state": "taken",
-                           "plan_id": plan.plan_id, "taken": started, **snapshot})
+        done[plan.host] = journal_done(state, ApplyResult(
+            **common[plan.host], result=DRIFT_CHANGED, after_status=report.status,
+            finished=started, message="the re-check found other drift than the plan's: plan "
+                                      "and approve again")), report
+    if changes:
+        unless_paused(state, done.values())  # a pause: no snapshot, no apply
+        done.update(_snapshots(config, source, targets, state, changes, common, before,
+                               f"{run_id}-snapshot-{tag}", cancel))
+    go = [plan for plan in plans if plan.host not in done]
+    if go and not (cancel is not None and cancel()):  # stopping: no apply starts
+        done.update(_apply_batch(config, source, targets, state, go, common, before, run_id,
+                                 now, cancel, watch, done.values()))
+    return [done[host] for host in hosts if host in done]
+
+
+def _apply_batch(config: Config, source: Source, targets: Targets, state: StateDir,
+                 go: Sequence[Plan], common: Mapping[str, dict[str, Any]],
+                 before: Mapping[str, HostReport], run_id: str, now: Callable[[], datetime],
+                 cancel: Callable[[], bool] | None, watch: Watcher | None,
+                 done: Iterable[tuple[ApplyResult, HostReport]]
+                 ) -> dict[str, tuple[ApplyResult, HostReport]]:
+    """Apply GO's plans in one run, their re-check after it together; each host's result."""
+    hosts = [plan.host for plan in go]
+    tag = hosts[0] if len(hosts) == 1 else f"{len(hosts)}-hosts"
     # Where the apply starts: said first, then the pause read again (see pause_applies).
-    note_applying(state, plan.host)
+    note_applying(state, ", ".join(hosts))
     try:
-        unless_paused(state)
+        unless_paused(state, done)
         mark_applied(state, source.sha)  # before: an apply cut short counts too
-        write_json(state.journal / f"{plan.plan_id}.json", {**common, "state": "applying"})
-        write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host,
-                               "state": "applying", "plan_id": plan.plan_id, "taken": started,
-                               **snapshot})
-        if plan.approval is not None:
-            mark_used(state, plan.approval)
-        failed, changed = _run_apply(config, source, one, state, f"{run_id}-apply-{plan.host}",
-                                     cancel, watch)
+        for plan in go:  # each journaled before the run: a kill mid-run is an interruption
+            mine = common[plan.host]
+            write_json(state.journal / f"{plan.plan_id}.json", {**mine, "state": "applying"})
+            write_manifest(state, {"apply_id": mine["apply_id"], "host": plan.host,
+                                   "state": "applying", "plan_id": plan.plan_id,
+                                   "taken": mine["started"], **mine["snapshot"]})
+            if plan.approval is not None:
+                mark_used(state, plan.approval)
+        failed, changed = _run_apply(config, source, _only(targets, hosts), state,
+                                     f"{run_id}-apply-{tag}", cancel, watch)
     finally:
         note_applying(state, None)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
-        return journal_done(state, ApplyResult(
-            **common, result=INTERRUPTED, after_status="unknown",
-            finished=now().isoformat(timespec="seconds"),
-            message="the agent was stopped during this apply; it will not be re-applied "
-                    "without a new approval", changed=tuple(changed))), \
-            replace(report, status="unknown", message="apply interrupted")
-    common["snapshot"] = _read_after(config, source, one, state, plan, common, run_id, cancel)
-    after = check_drift(config, source, one, state, f"{run_id}-after-{plan.host}",
-                        cancel, watch)[plan.host]
+        return {plan.host: _interrupted(state, common[plan.host], before[plan.host],
+                                        changed[plan.host], now) for plan in go}
+    _read_after(config, source, _only(targets, hosts), state, go, common,
+                f"{run_id}-snapshot-after-{tag}", cancel)
+    after = check_drift(config, source, _only(targets, hosts), state, f"{run_id}-after-{tag}",
+                        cancel, watch)
+    return {plan.host: _conclude(config, source, targets, state, plan, common[plan.host],
+                                 after[plan.host], failed.get(plan.host, ""),
+                                 changed[plan.host], now, cancel) for plan in go}
+
+
+def _common(plan: Plan, run_id: str, started: str) -> dict[str, Any]:
+    """The fields every result of PLAN's apply has."""
+    approved_by = plan.approval.approver if plan.approval else f"policy: auto ({plan.rule})"
+    return dict(host=plan.host, plan_id=plan.plan_id, source_sha=plan.source_sha,
+                approved_by=approved_by, run_id=run_id, started=started,
+                approval=plan.approval.as_dict() if plan.approval else None,
+                before_status=plan.status, apply_id=apply_id(run_id, plan.host))
+
+
+def _only(targets: Targets, hosts: Sequence[str]) -> Targets:
+    return replace(targets, hosts=tuple(hosts), limit=",".join(hosts))
+
+
+def _snapshots(config: Config, source: Source, targets: Targets, state: StateDir,
+               changes: Mapping[str, tuple[str, Sequence[Change]]],
+               common: Mapping[str, dict[str, Any]], before: Mapping[str, HostReport],
+               ident: str, cancel: Callable[[], bool] | None
+               ) -> dict[str, tuple[ApplyResult, HostReport]]:
+    """Take the snapshots of what the applies of CHANGES' hosts are about to change, each into
+    its COMMON; the journaled failure of each host that could not be read (not applied)."""
+    try:
+        snapshots, failed = take_snapshots(config, source, _only(targets, list(changes)),
+                                           state, changes, ident, cancel)
+    except AgentError as e:
+        snapshots, failed = {}, dict.fromkeys(changes, str(e))
+    done = {}
+    for host, why in failed.items():
+        log.warning("%s: not applied: %s", host, why)
+        done[host] = journal_done(state, ApplyResult(
+            **common[host], result=FAILED_APPLY, after_status=before[host].status,
+            finished=common[host]["started"], message=source.mask(why))), before[host]
+    for host, snapshot in snapshots.items():
+        mine = common[host]
+        mine["snapshot"] = snapshot
+        write_manifest(state, {"apply_id": mine["apply_id"], "host": host, "state": "taken",
+                               "plan_id": mine["plan_id"], "taken": mine["started"],
+                               **snapshot})
+    return done
+
+
+def _interrupted(state: StateDir, common: dict[str, Any], report: HostReport,
+                 changed: list[dict[str, Any]], now: Callable[[], datetime]
+                 ) -> tuple[ApplyResult, HostReport]:
+    return journal_done(state, ApplyResult(
+        **common, result=INTERRUPTED, after_status="unknown",
+        finished=now().isoformat(timespec="seconds"),
+        message="the agent was stopped during this apply; it will not be re-applied "
+                "without a new approval", changed=tuple(changed))), \
+        replace(report, status="unknown", message="apply interrupted")
+
+
+def _conclude(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
+              common: dict[str, Any], after: HostReport, failed: str,
+              changed: list[dict[str, Any]], now: Callable[[], datetime],
+              cancel: Callable[[], bool] | None) -> tuple[ApplyResult, HostReport]:
+    """One host's result after the apply and its re-check: converged or not, its tests, the
+    ledger."""
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
     converged = after.status == CLEAN and not failed
-    tests = _post_apply_tests(config, source, one, plan.host, cancel)
+    tests = _post_apply_tests(config, source, _only(targets, [plan.host]), plan.host, cancel)
     ledger = read_json(state.ledger_file, {})
     ledger[plan.host] = record_apply(ledger.get(plan.host), plan.source_sha, converged,
                                      [c for c in after.changes if not c.check_blind])
@@ -150,26 +223,29 @@ def apply_plan(config: Config, source: Source, targets: Targets, state: StateDir
     result = ApplyResult(**common, result=CONVERGED if converged else (
         FAILED_APPLY if failed else NOT_CONVERGED), after_status=after.status,
         leftovers=leftovers, finished=now().isoformat(timespec="seconds"),
-        message=failed and source.mask(failed),
-        tests=tests, changed=tuple(changed))
+        message=failed and source.mask(failed), tests=tests, changed=tuple(changed))
     journal_done(state, result)
     log.info("%s: apply of plan %s: %s", plan.host, plan.plan_id, result.result)
     return result, after
 
 
 class Paused(Exception):
-    """`petkeeper pause` was found where an apply would start: it does not start."""
+    """`petkeeper pause` was found where an apply would start: it does not start. DONE: the
+    results of a batch's hosts that were settled before (drift changed, host unreadable)."""
 
-    def __init__(self, pause: dict[str, Any]) -> None:
+    def __init__(self, pause: dict[str, Any],
+                 done: Iterable[tuple[ApplyResult, HostReport]] = ()) -> None:
         super().__init__(pause_reason(pause))
         self.pause = pause
+        self.done = list(done)
 
 
-def unless_paused(state: StateDir) -> None:
+def unless_paused(state: StateDir, done: Iterable[tuple[ApplyResult, HostReport]] = ()
+                  ) -> None:
     """Raise Paused when a pause is in force: read afresh, as a pause may come mid-cycle."""
     pause = read_pause(state)
     if pause is not None:
-        raise Paused(pause)
+        raise Paused(pause, done)
 
 
 def recover_interrupted(state: StateDir, now: datetime) -> list[ApplyResult]:
@@ -262,23 +338,28 @@ def approval_record(approval: Approval) -> Record:
                   message, approval.approved_at)
 
 
-def _read_after(config: Config, source: Source, targets: Targets, state: StateDir, plan: Plan,
-                common: Mapping[str, Any], run_id: str, cancel: Callable[[], bool] | None
-                ) -> dict[str, Any]:
-    """The snapshot with the state the apply left each file in, kept for an undo; when the
-    host cannot be read, the snapshot as it was (an undo then asks about every changed file)."""
-    snapshot = dict(common["snapshot"])
+def _read_after(config: Config, source: Source, targets: Targets, state: StateDir,
+                go: Sequence[Plan], common: Mapping[str, dict[str, Any]], ident: str,
+                cancel: Callable[[], bool] | None) -> None:
+    """Keep, in each COMMON's snapshot and manifest, the state the apply left each file in,
+    for an undo; when a host cannot be read, its snapshot as it was (an undo then asks about
+    every changed file)."""
     try:
-        snapshot["files"] = read_after(config, source, targets, state, plan.host, snapshot,
-                                       plan.plan_id, f"{run_id}-snapshot-after-{plan.host}",
-                                       cancel)
+        files, failed = read_afters(config, source, targets, state, {
+            p.host: (p.plan_id, common[p.host]["snapshot"]) for p in go}, ident, cancel)
     except AgentError as e:
-        log.warning("%s: the files as the apply left them could not be read (%s); an undo of "
-                    "this apply will treat each changed file as a conflict", plan.host, e)
-    write_manifest(state, {"apply_id": common["apply_id"], "host": plan.host,
-                           "state": "applied", "plan_id": plan.plan_id,
-                           "taken": common["started"], **snapshot})
-    return snapshot
+        files, failed = {}, {p.host: str(e) for p in go}
+    for plan in go:
+        mine = common[plan.host]
+        if plan.host in failed:
+            log.warning("%s: the files as the apply left them could not be read (%s); an undo "
+                        "of this apply will treat each changed file as a conflict", plan.host,
+                        failed[plan.host])
+        else:
+            mine["snapshot"] = {**mine["snapshot"], "files": files[plan.host]}
+        write_manifest(state, {"apply_id": mine["apply_id"], "host": plan.host,
+                               "state": "applied", "plan_id": plan.plan_id,
+                               "taken": mine["started"], **mine["snapshot"]})
 
 
 def _post_apply_tests(config: Config, source: Source, targets: Targets, host: str,
@@ -295,23 +376,29 @@ def _post_apply_tests(config: Config, source: Source, targets: Targets, host: st
 
 def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir, ident: str,
                cancel: Callable[[], bool] | None, watch: Watcher | None = None
-               ) -> tuple[str, list[dict[str, Any]]]:
-    """Apply every playbook to the one host; return why it failed ('' when it did not) and
-    the tasks that changed it (masked), also those before a failure."""
-    changed: list[dict[str, Any]] = []
+               ) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
+    """Apply every playbook to the hosts together; return why each host failed (only those
+    that did) and the tasks that changed each (masked), also those before a failure. A host
+    that failed gets no later playbook; the others go on."""
+    failed: dict[str, str] = {}
+    changed: dict[str, list[dict[str, Any]]] = {host: [] for host in targets.hosts}
     for i, playbook in enumerate(targets.playbooks):
-        run = playbook_run(config, source, targets, playbook, f"{ident}-{i}", check=False)
+        going = [host for host in targets.hosts if host not in failed]
+        if not going:
+            break
+        run = playbook_run(config, source, _only(targets, going), playbook, f"{ident}-{i}",
+                           check=False)
         result = targets.run(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
-        changed += parse_applied(result.events, targets.hosts[0], str(source.tree),
-                                 result.facts, source.mask)
+        for host in going:
+            changed[host] += parse_applied(result.events, host, str(source.tree),
+                                           result.facts, source.mask)
         if result.status != "successful":
-            reports = build_host_reports(result.events, targets.hosts, str(source.tree),
-                                         result.facts)
-            why = [r.message for r in reports.values() if r.status != CLEAN and r.message]
-            if not any(e.get("event") == "playbook_on_stats" for e in result.events):
-                why.append(result.error)  # Ansible stopped before its recap: say how
-            return f"{playbook}: " + ("; ".join(w for w in why if w) or
-                                      f"ansible-playbook {result.status} (rc {result.rc})"), \
-                changed
-    return "", changed
-
+            reports = build_host_reports(result.events, going, str(source.tree), result.facts)
+            why = {h: r.message for h, r in reports.items()
+                   if r.status not in (CLEAN, DRIFTED) and r.message}
+            if not why and not any(e.get("event") == "playbook_on_stats" for e in result.events):
+                why = dict.fromkeys(going, result.error)  # Ansible stopped before its recap
+            for host in why or going:  # no host named: the run itself failed
+                failed[host] = f"{playbook}: " + (why.get(host) or (
+                    f"ansible-playbook {result.status} (rc {result.rc})"))
+    return failed, changed

@@ -43,16 +43,18 @@ SNAPSHOT_PLAY = [{
                  "selectattr('stat.exists') | list | length > 0)",
          "ansible.builtin.command": {"argv": [
              "{{ (petkeeper_etckeeper_found.results | selectattr('stat.exists') | first)"
-             ".stat.path }}", "commit", "{{ petkeeper_etckeeper_message }}"]},
+             ".stat.path }}", "commit", "{{ petkeeper_etckeeper_message[inventory_hostname] }}"]},
          "register": "petkeeper_etckeeper_commit",
          "changed_when": "petkeeper_etckeeper_commit.rc == 0", "failed_when": False},
         {"name": STAT_TASK,
          "ansible.builtin.stat": {"path": "{{ item }}", "follow": False, "get_mime": False,
                                   "get_attributes": False, "checksum_algorithm": "sha256"},
-         "loop": "{{ petkeeper_paths }}", "register": "petkeeper_stat"},
+         "loop": "{{ petkeeper_paths[inventory_hostname] }}", "register": "petkeeper_stat"},
         {"name": FETCH_TASK,
-         "ansible.builtin.fetch": {"src": "{{ item.item }}", "flat": True,
-                                   "dest": "{{ petkeeper_fetch_dir }}/{{ index }}"},
+         "ansible.builtin.fetch": {
+             "src": "{{ item.item }}", "flat": True,
+             "dest": "{{ petkeeper_fetch_dir }}/{{ petkeeper_slot[inventory_hostname] }}/"
+                     "{{ index }}"},
          "loop": "{{ petkeeper_stat.results }}",
          "loop_control": {"index_var": "index", "label": "{{ item.item }}"},
          "when": "petkeeper_fetch and item.stat.exists and item.stat.isreg and "
@@ -68,7 +70,23 @@ def read_files(config: Config, source: Source, targets: Targets, state: StateDir
     the state directory, per path. ETCKEEPER, when set and undo.etckeeper is auto, is the
     message of an etckeeper commit of /etc made first where etckeeper is installed.
     TransientError when the host could not be read: then nothing may be applied."""
-    one = replace(targets, hosts=(host,), limit=host)
+    read, failed = read_hosts_files(config, source, targets, state, {host: paths}, ident,
+                                    fetch=fetch, etckeeper={host: etckeeper} if etckeeper else {},
+                                    cancel=cancel)
+    if host in failed:
+        raise TransientError(failed[host])
+    return read[host]
+
+
+def read_hosts_files(config: Config, source: Source, targets: Targets, state: StateDir,
+                     paths: Mapping[str, Sequence[str]], ident: str, *, fetch: bool,
+                     etckeeper: Mapping[str, str], cancel: Callable[[], bool] | None = None
+                     ) -> tuple[dict[str, tuple[dict[str, FileState], dict[str, str]]],
+                                dict[str, str]]:
+    """read_files for several hosts in one run (PATHS and ETCKEEPER's messages per host):
+    what was read per host, and why each host that could not be read was not."""
+    hosts = list(paths)
+    some = replace(targets, hosts=tuple(hosts), limit=",".join(hosts))
     with tempfile.TemporaryDirectory(dir=incoming(state)) as work:
         play = Path(work) / "snapshot.yml"
         write_atomic(play, yaml.safe_dump(SNAPSHOT_PLAY, sort_keys=False).encode())
@@ -76,27 +94,46 @@ def read_files(config: Config, source: Source, targets: Targets, state: StateDir
         fetched.mkdir(mode=0o700)
         variables = Path(work) / "vars.json"
         write_atomic(variables, json.dumps({
-            "petkeeper_paths": list(paths), "petkeeper_fetch": fetch,
+            "petkeeper_paths": {h: list(p) for h, p in paths.items()}, "petkeeper_fetch": fetch,
             "petkeeper_fetch_dir": str(fetched), "petkeeper_max_file": config.undo.max_file,
+            "petkeeper_slot": {h: i for i, h in enumerate(hosts)},
             "petkeeper_etckeeper": bool(etckeeper) and config.undo.etckeeper == "auto",
-            "petkeeper_etckeeper_message": etckeeper}).encode())
-        run = replace(playbook_run(config, source, one, str(play), ident, check=False),
+            "petkeeper_etckeeper_message": dict(etckeeper)}).encode())
+        run = replace(playbook_run(config, source, some, str(play), ident, check=False),
                       tags=(), skip_tags=(),
                       extra_vars=(*config.extra_vars, f"@{variables}"))
         result = run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
-        states = _stat_results(result.events, host)
-        if result.status != "successful" or len(states) != len(paths):
-            raise TransientError(f"{host}: the snapshot of {len(paths)} file(s) could not be "
-                                 f"read ({result.error if not result.started else result.status})"
-                                 "; nothing was applied: the next cycle tries again")
-        digests = {}
-        for i, path in enumerate(paths):
-            blob = fetched / str(i)
-            if fetch and blob.is_file():
-                digests[path] = store_blob(state, blob.read_bytes())
-                blob.unlink()
+        read, failed = {}, {}
+        whole = result.status != "successful" and (  # timed out, canceled, stopped: all fail
+            not result.started or result.status != "failed" or
+            not any(e.get("event") == "playbook_on_stats" for e in result.events))
+        for slot, host in enumerate(hosts):
+            states = _stat_results(result.events, host)
+            if whole or _failed(result.events, host) or len(states) != len(paths[host]):
+                failed[host] = (f"{host}: the snapshot of {len(paths[host])} file(s) could not "
+                                f"be read ({result.error if not result.started else result.status})"
+                                "; nothing was applied: the next cycle tries again")
+                continue
+            digests = {}
+            for i, path in enumerate(paths[host]):
+                blob = fetched / str(slot) / str(i)
+                if fetch and blob.is_file():
+                    digests[path] = store_blob(state, blob.read_bytes())
+                    blob.unlink()
+            read[host] = dict(zip(paths[host], states, strict=True)), digests
         shutil.rmtree(fetched, ignore_errors=True)
-    return dict(zip(paths, states, strict=True)), digests
+    return read, failed
+
+
+def _failed(events: Sequence[Mapping[str, Any]], host: str) -> bool:
+    """Whether a task failed on HOST (not one whose failure is ignored) or HOST was
+    unreachable."""
+    for event in events:
+        data = event.get("event_data") or {}
+        if data.get("host") == host and (event.get("event") == "runner_on_unreachable" or (
+                event.get("event") == "runner_on_failed" and not data.get("ignore_errors"))):
+            return True
+    return False
 
 
 def incoming(state: StateDir) -> Path:
@@ -117,16 +154,26 @@ def _stat_results(events: Sequence[Mapping[str, Any]], host: str) -> list[FileSt
     return []
 
 
-def take_snapshot(config: Config, source: Source, targets: Targets, state: StateDir,
-                  host: str, changes: Sequence[Change], plan_id: str, ident: str,
-                  cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Before an apply of CHANGES on HOST: the snapshot's files (path, before, blob, hidden,
-    skipped) and the changes no undo could put back (task, module, reason)."""
-    wanted = snapshot_paths(changes)
-    paths = [p for p, _ in wanted]
-    states, digests = read_files(config, source, targets, state, host, paths, ident,
-                                 fetch=True, etckeeper=f"petkeeper: before plan {plan_id}",
-                                 cancel=cancel) if paths else ({}, {})
+def take_snapshots(config: Config, source: Source, targets: Targets, state: StateDir,
+                   changes: Mapping[str, tuple[str, Sequence[Change]]], ident: str,
+                   cancel: Callable[[], bool] | None = None
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Before an apply of each host's (plan id, CHANGES), read in one run: per host the
+    snapshot's files (path, before, blob, hidden, skipped) and the changes no undo could put
+    back (task, module, reason); and why each host that could not be read was not."""
+    wanted = {host: snapshot_paths(c) for host, (_, c) in changes.items()}
+    paths = {host: [p for p, _ in w] for host, w in wanted.items() if w}
+    read, failed = read_hosts_files(
+        config, source, targets, state, paths, ident, fetch=True,
+        etckeeper={h: f"petkeeper: before plan {changes[h][0]}" for h in paths},
+        cancel=cancel) if paths else ({}, {})
+    return {host: _snapshot(config, source, state, wanted[host], *read.get(host, ({}, {})),
+                            changes[host][1]) for host in changes if host not in failed}, failed
+
+
+def _snapshot(config: Config, source: Source, state: StateDir, wanted: Sequence[tuple[str, bool]],
+              states: Mapping[str, FileState], digests: Mapping[str, str],
+              changes: Sequence[Change]) -> dict[str, Any]:
     files = []
     for path, hidden in wanted:
         before = states[path]
@@ -147,17 +194,23 @@ def take_snapshot(config: Config, source: Source, targets: Targets, state: State
     return {"files": files, "irreversible": irreversible}
 
 
-def read_after(config: Config, source: Source, targets: Targets, state: StateDir, host: str,
-               snapshot: Mapping[str, Any], plan_id: str, ident: str,
-               cancel: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
-    """After the apply: the snapshot's files, each with the state the apply left ("after"),
-    which an undo compares with what it finds (a file changed since is a conflict)."""
-    files = [dict(f) for f in snapshot["files"]]
-    if not files:
-        return files
-    states, _ = read_files(config, source, targets, state, host, [f["path"] for f in files],
-                           ident, fetch=False, etckeeper=f"petkeeper: after plan {plan_id}",
-                           cancel=cancel)
-    for f in files:
-        f["after"] = states[f["path"]].as_dict()
-    return files
+def read_afters(config: Config, source: Source, targets: Targets, state: StateDir,
+                snapshots: Mapping[str, tuple[str, Mapping[str, Any]]], ident: str,
+                cancel: Callable[[], bool] | None = None
+                ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """After the apply, read in one run: each host's (plan id, SNAPSHOT) files, each with
+    the state the apply left ("after"), which an undo compares with what it finds (a file
+    changed since is a conflict); and why each host that could not be read was not."""
+    paths = {host: [f["path"] for f in snapshot["files"]]
+             for host, (_, snapshot) in snapshots.items() if snapshot["files"]}
+    read, failed = read_hosts_files(
+        config, source, targets, state, paths, ident, fetch=False,
+        etckeeper={h: f"petkeeper: after plan {snapshots[h][0]}" for h in paths},
+        cancel=cancel) if paths else ({}, {})
+    files = {}
+    for host, (_, snapshot) in snapshots.items():
+        if host in failed:
+            continue
+        states = read.get(host, ({}, {}))[0]
+        files[host] = [{**f, "after": states[f["path"]].as_dict()} for f in snapshot["files"]]
+    return files, failed

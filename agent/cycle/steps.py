@@ -41,7 +41,7 @@ from agent.cycle.apply import (
     NOT_CONVERGED,
     ApplyResult,
     Paused,
-    apply_plan,
+    apply_plans,
     apply_record,
     clear_journal,
     recover_interrupted,
@@ -228,25 +228,30 @@ def undo_step(c: Cycle) -> None:
 
 
 def apply_step(c: Cycle) -> None:
-    """Apply the plans that policy or a valid approval allows, one host at a time; a pause
-    written meanwhile (read again where each apply starts) stops every apply not started."""
+    """Apply the plans that policy or a valid approval allows, all their hosts in one run
+    (each still judged on its own fingerprint); a pause written meanwhile (read again before
+    the re-check, the snapshot and where the apply starts) stops what has not started."""
     assert c.source is not None and c.targets is not None
+    plans = [plan for plan in c.plans.values() if plan.action == APPLY and
+             (not c.only_plan or plan.plan_id == c.only_plan)]
+    if not plans or (c.cancel is not None and c.cancel()):  # stopping: no apply starts
+        c.advance(Stage.APPLIED)
+        return
+    try:
+        done = apply_plans(c.config, c.source, c.targets, c.state, plans, c.run_id, c.clock,
+                           c.cancel, c.watch)
+    except Paused as p:
+        done = p.done
+        settled = {result.host for result, _ in done}
+        for plan in plans:
+            if plan.host not in settled:
+                log.warning("%s: not applied, %s", plan.host, pause_reason(p.pause))
+        c.pause, c.plans = p.pause, hold_paused(c.plans, p.pause)
     ledger = read_json(c.state.ledger_file, {})
-    for host, plan in list(c.plans.items()):
-        if plan.action != APPLY or (c.only_plan and plan.plan_id != c.only_plan):
-            continue
-        if c.cancel is not None and c.cancel():  # stopping: no apply starts
-            break
-        try:
-            result, after = apply_plan(c.config, c.source, c.targets, c.state, plan,
-                                       c.run_id, c.clock, c.cancel, c.watch)
-        except Paused as p:
-            log.warning("%s: not applied, %s", host, pause_reason(p.pause))
-            c.pause, c.plans = p.pause, hold_paused(c.plans, p.pause)
-            break
-        ledger = read_json(c.state.ledger_file, ledger)
-        c.hosts[host] = classify_report(after, ledger.get(host), plan.source_sha)
-        c.checked[host] = result.finished or c.clock().isoformat(timespec="seconds")
+    for result, after in done:
+        c.hosts[result.host] = classify_report(after, ledger.get(result.host),
+                                               result.source_sha)
+        c.checked[result.host] = result.finished or c.clock().isoformat(timespec="seconds")
         c.applies.append(result)
         c.pending.append(apply_record(result))
     c.advance(Stage.APPLIED)

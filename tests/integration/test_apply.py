@@ -120,14 +120,30 @@ def test_approval_is_used_once_and_never_replayed(pets, remote, host_pool):
     assert "already used" in again["plans"]["beta"]["reason"]
 
 
-def test_auto_corrects_without_asking(pets, remote, host_pool):
-    set_policy(remote, {"rules": [{"name": "self-heal", "hosts": ["beta"], "mode": "auto"}]})
-    _, ran = cli(pets, "run")
+def test_auto_corrects_without_asking_every_host_it_may_in_one_apply_run(pets, remote,
+                                                                        host_pool):
+    host_pool.run("alpha", "echo 'edited by hand' >> /etc/motd")
+    set_policy(remote, {"rules": [{"name": "self-heal", "hosts": ["alpha", "beta"],
+                                   "mode": "auto"}]})
+    r = subprocess.run([sys.executable, "-m", "agent", "--config", str(pets), "run", "--json",
+                        "-v"], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    ran = json.loads(r.stdout)
 
-    [applied] = ran["applies"]
-    assert applied["result"] == "converged"
-    assert applied["approved_by"] == "policy: auto (self-heal)"
-    assert "edited by hand" not in host_pool.run("beta", MOTD).stdout
+    assert [(a["host"], a["result"], a["approved_by"]) for a in ran["applies"]] == [
+        ("alpha", "converged", "policy: auto (self-heal)"),
+        ("beta", "converged", "policy: auto (self-heal)")]
+    for host in ("alpha", "beta"):
+        assert "edited by hand" not in host_pool.run(host, MOTD).stdout
+    # After the cycle's check, one run each for both hosts (issue 22, item 10): the re-check,
+    # the undo snapshot, the apply, the snapshot's after state and the re-check; each host
+    # still judged on its own fingerprint.
+    runs = [line.split("(ident ")[1].rstrip(")").split(", limit ")
+            for line in r.stderr.splitlines() if "mode (ident" in line]
+    steps = ["-before-", "-snapshot-", "-apply-", "-snapshot-after-", "-after-"]
+    assert [limit for _, limit in runs] == ["pets"] + ["alpha,beta"] * len(steps), r.stderr
+    assert all(step in ident for step, (ident, _) in zip(steps, runs[1:], strict=True)), runs
+    assert "Write the message of the day" in [c["task"] for c in ran["applies"][1]["changed"]]
 
 
 def test_report_only_never_applies_even_when_approved(pets, remote, host_pool):
