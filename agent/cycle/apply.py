@@ -89,7 +89,7 @@ def apply_plans(config: Config, source: Source, targets: Targets, state: StateDi
     before the re-check, before a host's snapshot or where the apply starts: then no apply
     runs (the results already journaled are in Paused.done)."""
     hosts = [plan.host for plan in plans]
-    tag = hosts[0] if len(hosts) == 1 else f"{len(hosts)}-hosts"
+    tag = _tag(hosts)
     started = now().isoformat(timespec="seconds")
     common = {plan.host: _common(plan, run_id, started) for plan in plans}
     done: dict[str, tuple[ApplyResult, HostReport]] = {}
@@ -126,7 +126,7 @@ def _apply_batch(config: Config, source: Source, targets: Targets, state: StateD
                  ) -> dict[str, tuple[ApplyResult, HostReport]]:
     """Apply GO's plans in one run, their re-check after it together; each host's result."""
     hosts = [plan.host for plan in go]
-    tag = hosts[0] if len(hosts) == 1 else f"{len(hosts)}-hosts"
+    tag = _tag(hosts)
     # Where the apply starts: said first, then the pause read again (see pause_applies).
     note_applying(state, ", ".join(hosts))
     try:
@@ -135,9 +135,7 @@ def _apply_batch(config: Config, source: Source, targets: Targets, state: StateD
         for plan in go:  # each journaled before the run: a kill mid-run is an interruption
             mine = common[plan.host]
             write_json(state.journal / f"{plan.plan_id}.json", {**mine, "state": "applying"})
-            write_manifest(state, {"apply_id": mine["apply_id"], "host": plan.host,
-                                   "state": "applying", "plan_id": plan.plan_id,
-                                   "taken": mine["started"], **mine["snapshot"]})
+            _manifest(state, mine, "applying")
             if plan.approval is not None:
                 mark_used(state, plan.approval)
         failed, changed = _run_apply(config, source, _only(targets, hosts), state,
@@ -169,6 +167,18 @@ def _only(targets: Targets, hosts: Sequence[str]) -> Targets:
     return replace(targets, hosts=tuple(hosts), limit=",".join(hosts))
 
 
+def _tag(hosts: Sequence[str]) -> str:
+    """The hosts of a batch as its runs' idents name them."""
+    return hosts[0] if len(hosts) == 1 else f"{len(hosts)}-hosts"
+
+
+def _manifest(state: StateDir, common: Mapping[str, Any], stage: str) -> None:
+    """Write the undo manifest of COMMON's apply at STAGE (taken, applying, applied)."""
+    write_manifest(state, {"apply_id": common["apply_id"], "host": common["host"],
+                           "state": stage, "plan_id": common["plan_id"],
+                           "taken": common["started"], **common["snapshot"]})
+
+
 def _snapshots(config: Config, source: Source, targets: Targets, state: StateDir,
                changes: Mapping[str, tuple[str, Sequence[Change]]],
                common: Mapping[str, dict[str, Any]], before: Mapping[str, HostReport],
@@ -190,9 +200,7 @@ def _snapshots(config: Config, source: Source, targets: Targets, state: StateDir
     for host, snapshot in snapshots.items():
         mine = common[host]
         mine["snapshot"] = snapshot
-        write_manifest(state, {"apply_id": mine["apply_id"], "host": host, "state": "taken",
-                               "plan_id": mine["plan_id"], "taken": mine["started"],
-                               **snapshot})
+        _manifest(state, mine, "taken")
     return done
 
 
@@ -357,9 +365,7 @@ def _read_after(config: Config, source: Source, targets: Targets, state: StateDi
                         failed[plan.host])
         else:
             mine["snapshot"] = {**mine["snapshot"], "files": files[plan.host]}
-        write_manifest(state, {"apply_id": mine["apply_id"], "host": plan.host,
-                               "state": "applied", "plan_id": plan.plan_id,
-                               "taken": mine["started"], **mine["snapshot"]})
+        _manifest(state, mine, "applied")
 
 
 def _post_apply_tests(config: Config, source: Source, targets: Targets, host: str,
