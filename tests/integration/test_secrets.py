@@ -110,44 +110,20 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     out = Outputs(config)
     host_pool.run("alpha", "rm -f /etc/pet-secret.conf /etc/pet-token")
 
-    # 1. Drift: the file would be written with two secrets, each shown as its own mask.
-    checked = out.json("check")
-    diff = secret_diff(checked)
+    # 1. Drift of a missing file: it would be written with two secrets, each shown as its own
+    #    mask. The same check (plan's, with its plans) ends in a failing task whose message
+    #    holds secrets: after the app config's change, a check-blind failure, partial.
+    failed = out.json("plan", "-e", "fail_now=true")
+    alpha = failed["hosts"]["alpha"]
+    diff = secret_diff(failed)
     masks = MASK.findall(diff)
     assert len(masks) == 2 and masks[0] != masks[1], diff
     assert "+plain=visible" in diff
-    assert checked["hosts"]["alpha"]["status"] == "drifted"
-
-    # 2. Applied by policy: the host really holds the secrets (they were used).
-    ran = out.json("run")
-    assert [a["result"] for a in ran["applies"]] == ["converged"], ran
-    on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
-    assert VAULT_CANARY in on_host and EXTRA_CANARY in on_host and NOLOG_CANARY in on_host
-
-    # 3. A hand edit of the secret file: the diff shows which secret line changed.
-    # 4. A rotated vault value: old and new values get different masks, both hidden.
-    #    (One check sees both: each line of its diff is asserted on its own.)
-    host_pool.run("alpha", "sed -i 's/^extra=.*/extra=edited by hand/' /etc/pet-secret.conf")
-    remote.commit({"inventory/group_vars/pets.yml":
-                   encrypt_string(ROTATED_CANARY, "canary_vault", password)}, "Rotate")
-    rotated = secret_diff(out.json("check"))
-    assert "-extra=edited by hand" in rotated and f"+extra={masks[1]}" in rotated, rotated
-    old_line = next(ln for ln in rotated.splitlines() if ln.startswith("-vault="))
-    new_line = next(ln for ln in rotated.splitlines() if ln.startswith("+vault="))
-    assert old_line == f"-vault={masks[0]}" and MASK.fullmatch(new_line[len("+vault="):])
-    assert new_line != f"+vault={masks[0]}"
-    host_pool.run("alpha", "sed -i 's/^extra=.*/extra=" + EXTRA_CANARY + "/' "
-                  "/etc/pet-secret.conf")  # the hand edit put back: only the vault line differs
-
-    # 5. A failing task whose message holds secrets (in plan's output: a check's, with its
-    #    plans), and every read-only command. It fails after the app config's change of the
-    #    same run: a check-blind failure, partial.
-    failed = out.json("plan", "-e", "fail_now=true")
-    alpha = failed["hosts"]["alpha"]
     assert (alpha["status"], alpha["partial"]) == ("drifted", True)
     [stopped] = [c for c in alpha["changes"] if c.get("error")]
     assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>", stopped["error"]), \
         stopped
+    # 2. Every read-only command, and an error message.
     out.json("status")
     out.run("status")
     out.run("history")
@@ -155,20 +131,45 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     out.run("notify", "--test")
     bad = out.run("approve", "no-such-plan")
     assert bad.returncode == 1
+
+    # 3. alpha as the first commit's apply would leave it (the first vault value in use: a
+    #    shell write, not one more apply), then edited by hand: the extra var's line and the
+    #    no_log token. The vault value rotated in the repo.
+    host_pool.run("alpha", f"printf 'vault={VAULT_CANARY}\\nextra=edited by hand\\n"
+                           f"plain=visible\\n' > /etc/pet-secret.conf && "
+                           "printf 'by hand\\n' > /etc/pet-token && "
+                           "chmod 0600 /etc/pet-secret.conf /etc/pet-token")
+    remote.commit({"inventory/group_vars/pets.yml":
+                   encrypt_string(ROTATED_CANARY, "canary_vault", password)}, "Rotate")
+
+    # 4. Applied by policy: the diff shows which secret line the hand edit changed, and the
+    #    rotated vault value's old and new values with different masks, both hidden; the host
+    #    really holds the secrets (they were used).
+    ran = out.json("run")
+    [applied] = ran["applies"]
+    assert applied["result"] == "converged", ran
+    [rotated] = [c["diff"] for c in applied["changed"] if c["task"] == "Write the app config"]
+    assert "-extra=edited by hand" in rotated and f"+extra={masks[1]}" in rotated, rotated
+    old_line = next(ln for ln in rotated.splitlines() if ln.startswith("-vault="))
+    new_line = next(ln for ln in rotated.splitlines() if ln.startswith("+vault="))
+    assert old_line == f"-vault={masks[0]}" and MASK.fullmatch(new_line[len("+vault="):])
+    assert new_line != f"+vault={masks[0]}"
+    [token] = [c for c in applied["changed"] if c["task"] == "Write the token"]
+    assert "diff" not in token, token  # no_log: changed, shown without its content
+    on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
+    assert ROTATED_CANARY in on_host and EXTRA_CANARY in on_host and NOLOG_CANARY in on_host
     # The webhook was told, with the masks in place of the secrets (not a vacuous check).
     told = [r.json() for r in receiver.accepted()]
     [error] = [c["error"] for e in told if e["type"] == "org.petkeeper.drift.detected"
-               for c in e["data"]["changes"] if c.get("error")]  # step 5's partial check
+               for c in e["data"]["changes"] if c.get("error")]  # step 1's partial check
     assert re.search(r"cannot log in with <secret:\w+> or <secret:\w+>", error), error
     assert {"org.petkeeper.drift.detected", "org.petkeeper.apply.succeeded",
             "org.petkeeper.test"} <= {e["type"] for e in told}
 
-    # 6. An apply over a hand edit, then its undo, approved and run: the snapshot holds the old
-    # vault value and the extra var in clear, in the state directory only; the undo diff of
-    # that file shows no content (the old value is no longer the source's to mask), nor the
-    # no_log one; the restore puts the old values back on the host, and only there.
-    host_pool.run("alpha", "printf 'by hand\\n' > /etc/pet-token")
-    assert [a["result"] for a in out.json("run")["applies"]] == ["converged"]
+    # 5. The apply's undo, approved and run: the snapshot holds the old vault value in clear,
+    # in the state directory only; the undo diff of that file shows no content (the old value
+    # is no longer the source's to mask), nor the no_log one; the restore puts the old values
+    # back on the host, and only there.
     undo = out.json("undo", "--host", "alpha")
     hidden = {c["task"]: c["diff"] for c in undo["changes"]}
     assert hidden == {"restore /etc/pet-secret.conf": "(hidden: no_log)",
@@ -176,7 +177,7 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
     assert out.run("approve", undo["plan_id"]).returncode == 0
     assert [a["result"] for a in out.json("run")["applies"]] == ["undone"]
     on_host = host_pool.run("alpha", "cat /etc/pet-secret.conf /etc/pet-token").stdout
-    assert f"vault={VAULT_CANARY}" in on_host and "by hand" in on_host
+    assert on_host == f"vault={VAULT_CANARY}\nextra=edited by hand\nplain=visible\nby hand\n"
     out.run("history", "alpha")
     out.run("status")
     snapshots = state / "undo" / "blobs"
