@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,21 +14,18 @@ import yaml
 
 from agent.config import load_config
 from agent.cycle.steps import run_check
-from tests.baseline import CONVERGED, Saved, ensure_converged, host_files
+from tests.baseline import Saved
 from tests.conftest import (
     GitRemote,
     check_json,
     pet_hosts,
     petkeeper,
     pets_repo_files,
+    settle,
     write_agent_config,
 )
 
 pytestmark = pytest.mark.hosts
-
-
-# beta's files once edited by hand, as the baseline leaves them
-BETA_EDITED = {**CONVERGED, "/etc/motd": CONVERGED["/etc/motd"] + "edited by hand\n"}
 
 
 @dataclass
@@ -40,14 +37,11 @@ class Baseline:
     saved: Saved
 
 
-def prepare_hosts(pool, remote: GitRemote, tmp: Path) -> None:
-    """alpha converged (clean), beta converged then edited by hand (drifted): an Ansible run
-    only for a host that is not so already."""
-    ensure_converged(pool, remote, ("alpha",), tmp)
-    if host_files(pool, "beta") != BETA_EDITED:
-        ensure_converged(pool, remote, ("beta",), tmp)
-        pool.run("beta", "echo 'edited by hand' >> /etc/motd")
-    assert host_files(pool, "beta") == BETA_EDITED
+def prepare_hosts(pool) -> None:
+    """alpha as a converge leaves it (clean), beta so and then edited by hand (drifted): shell
+    writes (tests.conftest.settle), not an Ansible run; the checks prove the rest."""
+    settle(pool, "alpha", "beta")
+    pool.run("beta", "echo 'edited by hand' >> /etc/motd")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def baseline(host_pool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ba
     root = tmp_path_factory.mktemp("check")
     remote = GitRemote(root / "git")
     remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta", ghost=True)))
-    prepare_hosts(host_pool, remote, root)
+    prepare_hosts(host_pool)
     config = write_agent_config(root / "agent.yml", remote.url, root / "state", host_pool)
     code, report = check_json(config)
     yield Baseline(config, remote, code, report,
@@ -69,7 +63,7 @@ def baseline(host_pool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ba
 def fleet(baseline: Baseline, host_pool) -> Path:
     """The baseline's agent config, with its state, remote and hosts as the baseline left them."""
     baseline.saved.restore()
-    prepare_hosts(host_pool, baseline.remote, baseline.config.parent)
+    prepare_hosts(host_pool)
     return baseline.config
 
 
@@ -77,6 +71,12 @@ def fleet(baseline: Baseline, host_pool) -> Path:
 def remote(fleet: Path, baseline: Baseline) -> GitRemote:
     """The baseline's remote (restored by `fleet`), in place of tests.conftest's fresh one."""
     return baseline.remote
+
+
+def checked_at(remote: GitRemote) -> datetime:
+    """When the baseline's check checked beta, as its committed report says."""
+    t0 = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))["checked_at"]
+    return t0 if isinstance(t0, datetime) else datetime.fromisoformat(t0)
 
 
 def test_check_reports_each_host_status_and_commits_one_report_per_host(baseline, remote):
@@ -118,13 +118,15 @@ def test_unchanged_drift_keeps_its_fingerprint_makes_no_new_commit_and_exits_two
         fleet, remote, baseline):
     first = baseline.report
     commits = remote.log()
-    code, second = check_json(fleet, "--limit", "alpha,beta")
+    # 23 hours after the baseline's check: the heartbeat period (a day) has not passed yet
+    second = run_check(replace(load_config(fleet), limit="alpha,beta"),
+                       now=checked_at(remote) + timedelta(hours=23))
 
-    assert code == 2  # drift (a clean host alone exits 0: test_state_dir_is_private...)
-    assert second["run_id"] != first["run_id"]
+    assert second.exit_code == 2  # drift (a clean host alone exits 0: test_state_dir_is_...)
+    assert second.run_id != first["run_id"]
     for host in ("alpha", "beta"):
-        assert second["hosts"][host]["fingerprint"] == first["hosts"][host]["fingerprint"]
-    assert second["reports"]["committed"] == {}
+        assert second.hosts[host].fingerprint == first["hosts"][host]["fingerprint"]
+    assert second.publish is not None and second.publish.committed == ()
     assert remote.log() == commits
 
 
@@ -144,13 +146,10 @@ def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remot
 
 def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, remote, tmp_path):
     config = load_config(fleet)
-    # The baseline's check committed each host's first report, checked at t0.
-    t0 = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))["checked_at"]
-    t0 = t0 if isinstance(t0, datetime) else datetime.fromisoformat(t0)
-    quiet = run_check(config, now=t0 + timedelta(hours=23))
-    beat = run_check(config, now=t0 + timedelta(hours=24, seconds=1))
+    # The baseline's check committed each host's first report, checked at t0. (Before the
+    # period, no commit: test_unchanged_drift_keeps_its_fingerprint_..., at t0 + 23 hours.)
+    beat = run_check(config, now=checked_at(remote) + timedelta(hours=24, seconds=1))
 
-    assert quiet.publish is not None and quiet.publish.committed == ()
     assert beat.publish is not None and set(beat.publish.committed_by_host()) == {
         "alpha", "beta", "ghost"}
     assert len(remote.log()) == 6
@@ -201,11 +200,10 @@ def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp
                                limit="alpha", ansible={
                                    "private_key_file": str(host_pool.client_key),
                                    "known_hosts_file": str(host_pool.known_hosts),
-                                   "artifacts_keep": 2})
+                                   "artifacts_keep": 1})
     config = load_config(fleet)
-    assert check_json(fleet)[0] == 0  # a clean host alone exits 0
-    for _ in range(config.ansible.artifacts_keep):  # keep + 2 runs in all
-        run_check(config)
+    # keep + 1 runs in all: the baseline's, and this one (a clean host alone exits 0)
+    assert check_json(fleet)[0] == 0
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     artifacts = list((state / "runner" / "artifacts").iterdir())
     assert 0 < len(artifacts) <= config.ansible.artifacts_keep
