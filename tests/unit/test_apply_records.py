@@ -81,6 +81,21 @@ def test_an_apply_records_message_carries_trailers_git_can_parse():
            "Rotate logs\n" in message
 
 
+@pytest.mark.parametrize(("tests", "line"), [
+    ({"passed": True, "tests": 2, "failures": 0, "errors": 0, "failed": []},
+     "Post-apply tests: passed (2 run, 0 failed)"),
+    ({"passed": False, "tests": 3, "failures": 1, "errors": 1, "failed": ["t::a", "t::b"]},
+     "Post-apply tests: FAILED (3 run, 2 failed)")])
+def test_an_apply_records_message_says_how_the_repo_tests_ended(tests: dict[str, Any],
+                                                                 line: str):
+    converged = dataclasses.replace(RESULT, result="converged", after_status="clean",
+                                    leftovers=(), tests=tests)
+    record = apply_record(converged)
+
+    assert line in record.message.splitlines()
+    assert yaml.safe_load(record.content)["tests"] == tests
+
+
 def test_an_auto_applys_trailer_names_the_policy_rule():
     auto = dataclasses.replace(RESULT, approved_by="policy: auto (self-heal the web tier)",
                                approval=None, leftovers=(), result="converged",

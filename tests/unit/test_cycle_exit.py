@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +131,17 @@ def applied(host: str, pid: str, result: str = "converged") -> ApplyResult:
     return ApplyResult(host, pid, "8f14e45fceea", result, "alice", None, DRIFTED, CLEAN,
                        started="2026-11-25T20:37:00+00:00", finished="2026-11-25T20:38:05+00:00",
                        run_id="20261125T203622Z-a1b2c3")
+
+
+@pytest.mark.parametrize(("passed", "code"), [(True, EXIT_CLEAN), (False, EXIT_ERROR)])
+def test_a_converged_apply_whose_repo_tests_failed_makes_the_exit_an_error(passed: bool,
+                                                                          code: int):
+    c = cycle_with({"web1": CLEAN})
+    c.applies = [dataclasses.replace(applied("web1", "30c4aa367513c4ee"), tests={
+        "passed": passed, "tests": 2, "failures": 0 if passed else 1, "errors": 0,
+        "failed": [] if passed else ["tests.test_pet::test_motd[ansible://web1]"]})]
+
+    assert c.exit_code == code
 
 
 def test_status_keeps_each_hosts_own_check_time_and_last_apply_across_cycles(tmp_path: Path):
