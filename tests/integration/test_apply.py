@@ -15,15 +15,15 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.cycle.steps import RUN_STEPS, run_cycle
+from agent.cycle.steps import CHECK_STEPS, RUN_STEPS, run_cycle
 from tests.conftest import (
     GitRemote,
-    converge,
     git,
     pet_hosts,
     petkeeper,
     pets_repo_files,
     processes_in,
+    settle,
     write_agent_config,
 )
 
@@ -34,9 +34,10 @@ MOTD = "cat /etc/motd"
 
 @pytest.fixture
 def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
-    """alpha and beta converged; beta's motd then edited by hand."""
+    """alpha and beta converged (settled: a shell command each, not an Ansible run; the
+    proofs of converging are the applies below); beta's motd then edited by hand."""
     remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha", "beta")))
-    converge(host_pool, remote, "alpha,beta", tmp_path)
+    settle(host_pool, "alpha", "beta")
     host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
     return write_agent_config(tmp_path / "agent.yml", remote.url, tmp_path / "state", host_pool)
 
@@ -63,16 +64,14 @@ def set_policy(remote: GitRemote, policy: dict) -> str:
     return remote.commit({"petkeeper/policy.yml": yaml.safe_dump(policy)}, "Set the policy")
 
 
-def test_hand_drift_is_found_approved_on_the_host_applied_and_rechecked_clean(
+def test_hand_drift_is_approved_on_the_host_applied_once_and_rechecked_clean(
         pets, remote, host_pool):
-    _, planned = cli(pets, "plan")
-    plan = planned["plans"]["beta"]
+    code, unapproved = cli(pets, "run")  # its check plans as `plan` would
+    plan = unapproved["plans"]["beta"]
     assert plan["action"] == "wait" and "awaiting approval" in plan["reason"]
-    assert planned["plans"]["alpha"]["action"] == "nothing"
-    [change] = [c for c in planned["hosts"]["beta"]["changes"] if not c["check_blind"]]
+    assert unapproved["plans"]["alpha"]["action"] == "nothing"
+    [change] = [c for c in unapproved["hosts"]["beta"]["changes"] if not c["check_blind"]]
     assert change["class"] == "intentional"  # no converged apply known yet
-
-    code, unapproved = cli(pets, "run")
     assert unapproved["applies"] == [] and code == 2
     assert "edited by hand" in host_pool.run("beta", MOTD).stdout  # nothing applied
 
@@ -106,18 +105,15 @@ def test_hand_drift_is_found_approved_on_the_host_applied_and_rechecked_clean(
     lines = history.stdout.splitlines()
     assert "apply of plan" in lines[1] and "approved by alice" in lines[1]
 
-
-def test_approval_is_used_once_and_never_replayed(pets, remote, host_pool):
-    _, planned = cli(pets, "plan")
-    pid = planned["plans"]["beta"]["plan_id"]
-    assert approve(pets, pid).returncode == 0
-    cli(pets, "run")
-    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")  # the very same drift again
-
+    # The approval is used once, never replayed: the very same drift again is the same plan,
+    # and it waits.
+    host_pool.run("beta", "echo 'edited by hand' >> /etc/motd")
     _, again = cli(pets, "run")
-    assert again["plans"]["beta"]["plan_id"] == pid
+    assert again["plans"]["beta"]["plan_id"] == plan["plan_id"]
     assert again["applies"] == []
+    assert again["plans"]["beta"]["action"] == "wait"
     assert "already used" in again["plans"]["beta"]["reason"]
+    assert "edited by hand" in host_pool.run("beta", MOTD).stdout
 
 
 def test_auto_corrects_without_asking_every_host_it_may_in_one_apply_run(pets, remote,
@@ -176,9 +172,14 @@ def test_closed_window_holds_an_approved_correction_until_it_opens(pets, remote,
     assert "'early' opens" in plan.reason and closed.applies == []
     assert "edited by hand" in host_pool.run("beta", MOTD).stdout
 
-    opened = run_cycle(config, RUN_STEPS, "run",
+    # Once it opens, the held approval makes the plan an apply (a check's decide, as a run's
+    # decide: that a run applies what its decide says is proven by the approved applies
+    # above, at five Ansible runs each).
+    opened = run_cycle(config, CHECK_STEPS, "check",
                        now=(tomorrow + timedelta(days=1)).replace(hour=3, minute=30))
-    assert [a.result for a in opened.applies] == ["converged"]
+    plan = opened.plans["beta"]
+    assert plan.action == "apply" and "approved by alice" in plan.reason, plan.reason
+    assert opened.applies == []
 
 
 @pytest.mark.parametrize("case", ["new commit", "different drift", "expired",
