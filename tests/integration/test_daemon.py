@@ -6,10 +6,12 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +60,11 @@ class Daemon:
         self.sock.bind(str(tmp / "notify.sock"))
         self.sock.setblocking(False)
         self.messages: list[str] = []
+        # Read as systemd does, all the time: the socket's queue holds only a few datagrams
+        # (net.unix.max_dgram_qlen), which watchdog pings alone fill within seconds.
+        self.lock, self.reading = threading.Lock(), True
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")},
                **env}
         with open(self.log, "wb") as log:
@@ -67,11 +74,19 @@ class Daemon:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 env={**env, "NOTIFY_SOCKET": str(tmp / "notify.sock")})
 
-    def notified(self) -> list[str]:
-        with contextlib.suppress(BlockingIOError):
+    def _read(self) -> None:
+        while self.reading:
+            if select.select([self.sock], [], [], 0.2)[0]:
+                self._drain()
+
+    def _drain(self) -> None:
+        with self.lock, contextlib.suppress(BlockingIOError):
             while True:
                 self.messages.append(self.sock.recv(4096).decode())
-        return self.messages
+
+    def notified(self) -> list[str]:
+        self._drain()  # what came since the reader's last look, too
+        return list(self.messages)
 
     def text(self) -> str:
         return self.log.read_text()
@@ -80,6 +95,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.reading = False
+        self.reader.join(10)
         self.sock.close()
 
 
@@ -139,14 +156,35 @@ def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
                               limit="alpha", daemon=FAST)
 
 
-def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
-        pets, remote, host_pool, tmp_path, start_daemon, cli: Run):  # noqa: F811
+def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reloads_and_stops(
+        host_pool, remote, tmp_path, start_daemon, cli: Run):  # noqa: F811
     state = tmp_path / "state"
+    settle(host_pool, "alpha")  # converged: the first cycle finds it clean
+    remote.commit({"README.md": "not yet\n"}, branch="other")  # no main branch yet
+    pets = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
+                              limit="alpha", daemon=FAST)
     c = ("--config", str(pets))
-    daemon = start_daemon(pets)
+    daemon = start_daemon(pets, WATCHDOG_USEC="1000000")
     wait_for("READY=1", lambda: "READY=1\nSTATUS=waiting for the first cycle"
              in daemon.notified(), daemon, timeout=90)
-    first = wait_for("the first cycle", new_cycle(state, None, exit_code=0), daemon)
+
+    # Stalled input: reported once, the service stays alive (watchdog pings), no cycle ran.
+    wait_for("the stall", lambda: "stalled, a person must fix this" in daemon.text(), daemon,
+             timeout=240)
+    wait_for("watchdog pings", lambda: daemon.notified().count("WATCHDOG=1") >= 3, daemon,
+             timeout=60)  # a few fetch intervals pass meanwhile
+    [stalled] = [x for x in daemon.text().splitlines() if "stalled" in x]
+    assert "branch 'main' not found" in stalled and "set repo.branch" in stalled
+    assert any(m.startswith("STATUS=stalled: ") for m in daemon.notified())
+    assert not (state / "status.json").exists()
+
+    # Retried when the source changes: the first cycle, of the fixed source; the policy would
+    # apply anything (default: auto).
+    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    fixed = remote.commit({**files, "petkeeper/policy.yml": yaml.safe_dump({"default": "auto"})})
+    first = wait_for("the first cycle, of the fixed source",
+                     new_cycle(state, None, source_sha=fixed), daemon)
+    assert first["exit_code"] == 0
     assert remote.log()[0] == "alpha: clean (0 changes, 1 check-blind)"
     wait_for("STATUS after the cycle", lambda: any(
         m.startswith(f"STATUS=run {first['run_id']}: exit 0, 1 clean") for m in
@@ -168,7 +206,8 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert paused["paused"]["reason"] == "swapping disks"
     assert "edited by hand" in host_pool.run("alpha", MOTD).stdout
     assert "paused by" in daemon.text() and "nothing is applied" in daemon.text()
-    assert any(m.endswith("; paused: swapping disks") for m in daemon.notified())
+    wait_for("STATUS after the paused cycle", lambda: any(
+        m.endswith("; paused: swapping disks") for m in daemon.notified()), daemon, timeout=60)
     assert json.loads(cli(*c, "status", "--json")[1])["paused"]["reason"] == "swapping disks"
     assert "swapping disks" in cli(*c, "status")[1]
     reported = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
@@ -209,26 +248,6 @@ def test_daemon_cycles_on_commits_pauses_resumes_reloads_and_stops(
     assert "STOPPING=1\nSTATUS=stopping" in daemon.notified()
     code, _, err = cli(*c, "run", "--now")
     assert code == 1 and "no daemon is running" in err
-
-
-def test_stalled_input_is_reported_once_and_retried_when_the_source_changes(
-        host_pool, remote, tmp_path, start_daemon):
-    state = tmp_path / "state"
-    remote.commit({"README.md": "not yet\n"}, branch="other")  # no main branch yet
-    config = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
-                                limit="alpha", daemon=FAST)
-    daemon = start_daemon(config, WATCHDOG_USEC="1000000")
-    wait_for("the stall", lambda: "stalled, a person must fix this" in daemon.text(), daemon,
-             timeout=240)
-    wait_for("watchdog pings", lambda: daemon.notified().count("WATCHDOG=1") >= 3, daemon,
-             timeout=60)  # a few fetch intervals pass meanwhile
-    [stalled] = [x for x in daemon.text().splitlines() if "stalled" in x]
-    assert "branch 'main' not found" in stalled and "set repo.branch" in stalled
-    assert any(m.startswith("STATUS=stalled: ") for m in daemon.notified())
-    assert not (state / "status.json").exists()
-
-    sha = remote.commit(pets_repo_files(pet_hosts(host_pool, "alpha")))
-    wait_for("a cycle of the fixed source", new_cycle(state, None, source_sha=sha), daemon)
 
 
 def test_sigterm_mid_apply_exits_promptly_and_leaves_no_ansible_behind(
