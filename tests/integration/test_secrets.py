@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from agent.cli import main
 from tests.conftest import GitRemote, git, pet_hosts, write_agent_config
 
 pytestmark = pytest.mark.hosts
@@ -60,22 +62,38 @@ def encrypt_string(value: str, name: str, password: Path) -> str:
 
 
 class Outputs:
-    """Every stdout and stderr the test's petkeeper commands printed."""
+    """Every stdout and stderr the test's petkeeper commands printed: each runs as the CLI's
+    main() in this process (no interpreter started per command), its output and that of
+    every child process it starts read from file descriptors 1 and 2 (capfd)."""
 
-    def __init__(self, config: Path) -> None:
-        self.config, self.texts = config, []
+    def __init__(self, config: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        self.config, self.capfd, self.texts = config, capfd, []
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([sys.executable, "-m", "agent", "--config", str(self.config), "-v",
-                            *args], capture_output=True, text=True, timeout=300,
-                           stdin=subprocess.DEVNULL, env={**os.environ, "SUDO_USER": "alice"})
-        self.texts += [r.stdout, r.stderr]
-        return r
+        argv = ["--config", str(self.config), "-v", *args]
+        code = main(argv)
+        out = self.capfd.readouterr()
+        self.texts += [out.out, out.err]
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
     def json(self, *args: str) -> dict:
         r = self.run(*args, "--json")
         assert r.stdout.strip(), r.stderr
         return json.loads(r.stdout)
+
+
+@pytest.fixture
+def outputs(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[Callable[[Path], Outputs]]:
+    """Outputs for a config, as the admin alice under sudo; the logging the commands set up is
+    undone afterwards."""
+    monkeypatch.setenv("SUDO_USER", "alice")
+    root, agent = logging.getLogger(), logging.getLogger("agent")
+    saved = root.handlers[:], root.level, agent.level
+    yield lambda config: Outputs(config, capfd)
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    agent.setLevel(saved[2])
 
 
 def secret_diff(report: dict) -> str:
@@ -85,7 +103,7 @@ def secret_diff(report: dict) -> str:
 
 
 def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tmp_path,
-                                                                   receiver):
+                                                                   receiver, outputs):
     remote = GitRemote(tmp_path / "git")
     password = tmp_path / "vault_pass"
     password.write_text("correct horse battery\n")
@@ -107,7 +125,7 @@ def test_canary_secrets_reach_no_output_and_each_gets_its_own_mask(host_pool, tm
                                                         f"{WEBHOOK_CANARY}"),
                                     "format": "cloudevents"}]},
                                 metrics={"textfile": str(tmp_path / "petkeeper.prom")})
-    out = Outputs(config)
+    out = outputs(config)
     host_pool.run("alpha", "rm -f /etc/pet-secret.conf /etc/pet-token")
 
     # 1. Drift of a missing file: it would be written with two secrets, each shown as its own
