@@ -87,11 +87,25 @@ def fetch_source(config: Config, mirror: Mirror) -> None:
         raise MissingBranchError(f"{config.path}: repo.branch: {e}; {fix}") from None
 
 
-def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
-    """Fetch the branch and materialise its head; on a failed fetch, keep the last good one."""
-    fetch_error = None
+@dataclass(frozen=True)
+class Refusal:
+    """A step after the pull refused HEAD's content (ERROR): the cycle runs again on the last
+    good commit, without fetching again (FETCH_ERROR: what the first fetch said)."""
+
+    head: str
+    error: RepoError
+    fetch_error: str | None = None
+
+
+def sync_source(config: Config, state: StateDir, mirror: Mirror,
+                refused: Refusal | None = None) -> Source:
+    """Fetch the branch and materialise its head; on a failed fetch, keep the last good one.
+    A head whose content is refused (its ansible.cfg here, or REFUSED by a later step) gives
+    way to the last commit whose content passed, and Source.rejected says why."""
+    fetch_error = refused.fetch_error if refused else None
     try:
-        fetch_source(config, mirror)
+        if refused is None:  # a second pass works on what the first one fetched
+            fetch_source(config, mirror)
     except FetchError as e:
         if mirror.resolve(config.repo.branch) is None:
             raise
@@ -108,26 +122,39 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror) -> Source:
         hold = f"{rejected}; checking the last verified commit {sha[:12]}, applying nothing"
     elif hold:
         log.warning("%s", hold)
-    tree = mirror.materialise(sha, state.trees / sha)
     try:
+        if refused is not None and refused.head == sha and not rejected:
+            raise refused.error
+        tree = mirror.materialise(sha, state.trees / sha)
         check_ansible_cfg(tree)
     except RepoError as e:  # the last good commit is still checked, as after a failed fetch
         sha, tree, rejected = _last_good(state, mirror, sha, e)
         hold = f"{rejected}; checking the last good commit {sha[:12]}, applying nothing"
-    else:
-        if read_trust(state).get("content_ok") != sha:
-            write_trust(state, {**read_trust(state), "content_ok": sha})
     prune_trees(state.trees, keep=sha)
     return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
+
+
+def has_last_good(state: StateDir, mirror: Mirror, head: str) -> bool:
+    """Whether a commit other than HEAD passed every content check (see mark_content_ok)."""
+    good = read_trust(state).get("content_ok")
+    return isinstance(good, str) and good != head and mirror.has_commit(good)
+
+
+def mark_content_ok(state: StateDir, source: Source) -> None:
+    """SOURCE's commit passed every check of its content (ansible.cfg, playbooks, inventory,
+    requirements, policy, Ansible's own reading of them): a later refused head falls back to
+    it."""
+    if source.rejected is None and read_trust(state).get("content_ok") != source.sha:
+        write_trust(state, {**read_trust(state), "content_ok": source.sha})
 
 
 def _last_good(state: StateDir, mirror: Mirror, head: str,
                error: RepoError) -> tuple[str, Path, str]:
     """HEAD's content was refused (ERROR): return the last commit whose content passed, its
     tree and why HEAD was refused. With none (a first run), ERROR itself."""
-    good = read_trust(state).get("content_ok")
-    if not good or good == head or not mirror.has_commit(good):
+    if not has_last_good(state, mirror, head):
         raise error
+    good = read_trust(state)["content_ok"]
     shutil.rmtree(state.trees / head, ignore_errors=True)  # refused: none of it is used
     problem = f"source commit {head[:12]} refused: {error}"
     log.error("%s; checking the last good commit %s", problem, good[:12])

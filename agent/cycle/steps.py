@@ -60,7 +60,15 @@ from agent.cycle.decide import (
 from agent.cycle.detect import Targets, check_drift, select_targets
 from agent.cycle.outcome import build_status, result_line
 from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, new_records, publish
-from agent.cycle.source import Source, open_mirror, secret_masker, sync_source
+from agent.cycle.source import (
+    Refusal,
+    Source,
+    has_last_good,
+    mark_content_ok,
+    open_mirror,
+    secret_masker,
+    sync_source,
+)
 from agent.cycle.undo import CONFLICTED, apply_undos, undo_index
 from agent.errors import AgentError, RepoError, StalledError
 
@@ -107,6 +115,7 @@ class Cycle:
     trigger: str | None = None  # what made the daemon check: "check triggered by a change of X"
     # Hosts checked but never recorded: their reports are another agent's (run --state-dir)
     unrecorded: frozenset[str] = frozenset()
+    refused: Refusal | None = None  # a second pass: the head's content was refused, and why
     began: float = field(default_factory=time.monotonic)
 
     def advance(self, stage: Stage) -> None:
@@ -152,10 +161,11 @@ class Cycle:
 def fetch_step(c: Cycle) -> None:
     """Pull: fetch, pin the commit, materialise it, install its Galaxy requirements."""
     c.mirror = open_mirror(c.config, c.state, cancel=c.cancel)
-    source = sync_source(c.config, c.state, c.mirror)
+    source = sync_source(c.config, c.state, c.mirror, c.refused)
+    c.source = replace(source, mask=secret_masker(c.config, c.state, source.tree))
     env = install_requirements(source.tree, c.config.requirements, c.state.root / "galaxy",
                                c.config.ansible.timeout, c.cancel)
-    c.source = replace(source, env=env, mask=secret_masker(c.config, c.state, source.tree))
+    c.source = replace(c.source, env=env)
     c.advance(Stage.FETCHED)
 
 
@@ -191,6 +201,7 @@ def decide_step(c: Cycle) -> None:
     if c.only_plan and c.only_plan not in {p.plan_id for p in c.plans.values()}:
         raise RepoError(f"plan {c.only_plan}: not a current plan (the drift or the source "
                         "changed since); run petkeeper plan and approve the new plan id")
+    mark_content_ok(c.state, c.source)  # read, listed, run by Ansible and decided on: good
     c.advance(Stage.DECIDED)
 
 
@@ -323,8 +334,7 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
         try:
             log.info("cycle %s: %s of %s of %s", cycle.run_id, command, config.repo.branch,
                      redact_text(config.repo.url))
-            for step in steps:
-                step(cycle)
+            cycle = _run_steps(cycle, steps)
             log.log(logging.WARNING if cycle.exit_code == EXIT_ERROR else logging.INFO, "%s",
                     result_line(cycle, command))
         except BaseException as e:
@@ -337,6 +347,51 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
             if cycle.mirror is not None:
                 cycle.mirror.close()
     return cycle
+
+
+def _run_steps(cycle: Cycle, steps: tuple[Step, ...]) -> Cycle:
+    """Run STEPS on CYCLE. When a step up to the decision refuses the head's content (a
+    RepoError: playbooks, inventory, requirements, policy, Ansible's reading of them), run them
+    again, as a new cycle, on the last good commit (issue 22, item 6): the reports, status and
+    notifications then say the head was refused and why. Without a last good commit, or when
+    it fails too, the head's error."""
+    try:
+        for step in steps:
+            step(cycle)
+        return cycle
+    except RepoError as e:
+        again = _on_last_good(cycle, e)
+        if again is None:
+            raise
+        refused = e
+    try:
+        for step in steps:
+            step(again)
+    except BaseException as e:
+        if again.mirror is not None:  # run_cycle closes the mirror of the cycle it returns
+            again.mirror.close()
+        if isinstance(e, RepoError):
+            raise refused from None
+        raise
+    return again
+
+
+def _on_last_good(c: Cycle, error: RepoError) -> Cycle | None:
+    """The cycle that checks the last good commit instead of C's refused head (None: C's
+    ERROR stands: no good commit, not the head's content, or `apply PLAN_ID`)."""
+    if c.only_plan or c.refused or c.source is None or c.source.rejected or \
+            c.stage >= Stage.DECIDED or c.mirror is None or \
+            not has_last_good(c.state, c.mirror, c.source.sha):
+        return None
+    c.mirror.close()
+    c.mirror = None
+    again = Cycle(c.config, c.state, new_run_id(c.clock()), c.started, cancel=c.cancel,
+                  watch=c.watch, clock=c.clock, command=c.command, trigger=c.trigger,
+                  refused=Refusal(c.source.sha, error, c.source.fetch_error))
+    note_cycle(c.state, again.run_id, f"petkeeper {c.command}")
+    log.info("cycle %s: the head's content was refused; cycle %s checks the last good commit",
+             c.run_id, again.run_id)
+    return again
 
 
 def new_run_id(when: datetime) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.adapters.state import StateDir, cycle_lock
 from agent.config import load_config
@@ -217,30 +218,36 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_
 
 @pytest.mark.parametrize(("case", "files", "expected"), [
     ("symlinked playbook leaving the repo", {},
-     "error: security: {CONFIG}: playbooks[0]: 'site.yml' resolves outside the "
+     "security: {CONFIG}: playbooks[0]: 'site.yml' resolves outside the "
      "repository (to /etc/passwd), so the whole commit is refused"),
     ("inventory Ansible cannot parse", {"inventory/hosts.yml": "all: [\n"},
      "inventory/hosts.yml: "),
     ("playbook Ansible refuses", {"site.yml": "- hosts: all\n  tasks: {bad\n"},
      "Ansible refused to run it"),
 ], ids=["symlink", "inventory", "playbook"])
-def test_bad_repo_content_gives_one_clear_error_and_changes_nothing(pets, remote, host_pool,
-                                                                    case, files, expected):
-    before_status, before_refs, before_host = snapshot(pets, remote, host_pool)
+def test_bad_repo_content_is_refused_and_the_last_good_commit_checked_and_reported(
+        pets, remote, host_pool, case, files, expected):
+    good = remote.rev("main")  # the module baseline checked it
+    _, _, before_host = snapshot(pets, remote, host_pool)
     if not files:  # a symlink cannot be written as text: make it in the clone
         (remote.work / "site.yml").unlink()
         os.symlink("/etc/passwd", remote.work / "site.yml")
-    remote.commit(files, f"Break the repo: {case}")
+    bad = remote.commit(files, f"Break the repo: {case}")
     r = petkeeper("--config", str(pets), "check")
 
-    assert r.returncode == 1
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected.replace("{CONFIG}", str(pets)) in lines[0], r.stderr
-    after_status, after_refs, after_host = snapshot(pets, remote, host_pool)
-    assert after_status == before_status and after_host == before_host
-    assert remote.has(BETA_REPORTS)
-    assert [ln for ln in after_refs.splitlines() if "reports" in ln] == \
-        [ln for ln in before_refs.splitlines() if "reports" in ln]
+    # Issue 22, item 6: the refusal is one clear error line, and the last good commit is
+    # still checked: its reports, status and exit 1 say the head was refused and why.
+    why = f"source commit {bad[:12]} refused: " + expected.replace("{CONFIG}", str(pets))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    [line] = [ln for ln in r.stderr.splitlines() if "refused" in ln]
+    assert line.startswith(f"petkeeper: error: {why}") and line.endswith(
+        f"; checking the last good commit {good[:12]}"), r.stderr
+    report = yaml.safe_load(remote.show(BETA_REPORTS, "hosts/beta.yml"))
+    assert report["source_sha"] == good and report["source_refused"].startswith(why)
+    status = json.loads(petkeeper("--config", str(pets), "status", "--json").stdout)
+    assert status["hosts"]["beta"]["source_rejected"].startswith(why)
+    assert status["last_run"]["exit_code"] == 1
+    assert snapshot(pets, remote, host_pool)[2] == before_host  # nothing applied
 
 
 def test_unreachable_repo_on_first_run_is_one_clear_error(host_pool, tmp_path):

@@ -131,19 +131,22 @@ def test_galaxy_requirements_are_installed_once_per_content_and_used(pets, remot
     assert again.stat().st_ino == inode  # the same requirements are not installed twice
 
 
-def test_a_failed_galaxy_install_is_one_clear_error_and_changes_nothing(pets, remote,
-                                                                        tmp_path):
-    run_json(pets, "check")
-    status = (tmp_path / "state" / "status.json").read_bytes()
-    remote.commit({"requirements.yml": yaml.safe_dump(
+def test_a_failed_galaxy_install_refuses_the_commit_and_the_last_good_one_is_checked(
+        pets, remote, tmp_path):
+    _, first = run_json(pets, "check")
+    bad = remote.commit({"requirements.yml": yaml.safe_dump(
         {"roles": [{"name": "gone", "src": f"file://{tmp_path}/missing.tar.gz"}]})})
     r = petkeeper("--config", str(pets), "check")
 
-    assert r.returncode == 1
-    [line] = r.stderr.strip().splitlines()
-    assert line.startswith("petkeeper: error: requirements.yml: ansible-galaxy could not "
-                           "install its roles")
-    assert (tmp_path / "state" / "status.json").read_bytes() == status
+    # One clear error line, and the refusal is visible (issue 22, item 6).
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    why = (f"source commit {bad[:12]} refused: requirements.yml: ansible-galaxy could not "
+           "install its roles")
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("petkeeper: error:")]
+    assert line.startswith(f"petkeeper: error: {why}"), r.stderr
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["hosts"]["beta"]["source_sha"] == first["source_sha"]
+    assert status["hosts"]["beta"]["source_rejected"].startswith(why)
     assert [p for p in (tmp_path / "state" / "galaxy").iterdir()
             if not p.name.startswith(".")] == []
     assert len(remote.log()) == 1
