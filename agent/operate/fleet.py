@@ -203,6 +203,8 @@ def _details(row: Mapping[str, Any]) -> list[str]:
         out.append(f"paused by {p.get('by')} since {p.get('at')}: {p.get('reason')}")
     if row["held"]:
         out.append(held_line(row["held"], row["host"]))
+    if row["source_refused"]:
+        out.append(f"source head refused: {row['source_refused']}")
     if a := row["last_apply"]:
         undo = f"undo of {a['undo_of']}: " if a.get("undo_of") else ""
         out.append(f"last apply {a['finished']}: {undo}{a['result']} (plan {a['plan_id']}, "

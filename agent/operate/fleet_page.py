@@ -107,6 +107,8 @@ def _row(r: Mapping[str, Any], view: Mapping[str, Any]) -> str:
         notes.append(f"paused by {p.get('by')} since {p.get('at')}: {p.get('reason')}")
     if r["held"]:
         notes.append(held_line(r["held"], r["host"]))
+    if r["source_refused"]:
+        notes.append(f"source head refused: {r['source_refused']}")
     checked = f"{e(r['checked_at'])}<br><span class=small>by {e(r['checked_by'])}</span>" \
         if r["checked_at"] else "never"
     behind = f"<br><span class=small>behind {e(view['source']['branch'])}</span>" \

@@ -97,22 +97,23 @@ def test_an_untrusted_or_unreadable_report_is_never_its_claimed_status():
     assert "untrusted: signed by the key of web2" in line
 
 
-def test_one_line_per_host_with_plan_behind_pause_and_last_apply():
+def test_one_line_per_host_with_plan_behind_pause_refusal_and_last_apply():
     plan = {"id": "30c4aa367513c4ee", "action": "wait", "mode": "approve", "rule": "default",
             "reason": "awaiting approval: petkeeper approve 30c4aa367513c4ee",
             "approved_by": None}
     pause = {"by": "alice", "at": "2026-11-25T10:00:00+00:00", "reason": "disks", "checks": False}
     applied = {"plan_id": "8381b01fc31e59fe", "result": "converged", "approved_by": "bob",
                "finished": "2026-11-24T21:56:11+00:00"}
-    v = view(found("beta", "drifted", age=180, source=OLD, report={"plan": plan, "paused": pause},
-                   apply=applied))
+    refused = "source commit 9f0e1d2c3b4a refused: ansible.cfg: [defaults] log_path: not allowed"
+    v = view(found("beta", "drifted", age=180, source=OLD, report={
+        "plan": plan, "paused": pause, "source_refused": refused}, apply=applied))
 
     assert render_fleet(v).splitlines()[0] == (
         "beta: drifted, 1 change; checked 3m ago at 2a215dff1786 (behind main 9f0e1d2c3b4a); "
         "plan 30c4aa367513c4ee [wait] awaiting approval; approve: petkeeper approve "
         "30c4aa367513c4ee --via-git; paused by alice since 2026-11-25T10:00:00+00:00: disks; "
-        "last apply 2026-11-24T21:56:11+00:00: converged (plan 8381b01fc31e59fe, approved by "
-        "bob)")
+        f"source head refused: {refused}; last apply 2026-11-24T21:56:11+00:00: converged "
+        "(plan 8381b01fc31e59fe, approved by bob)")
     row = v["hosts"][0]
     assert row["behind"]
     assert row["plan"]["approve"] == "petkeeper approve 30c4aa367513c4ee --via-git"

@@ -38,6 +38,7 @@ def hostile_page() -> str:
             "approved_by": None}
     report = {"plan": plan, "paused": {"by": text, "at": text, "reason": text},
               "held": {"apply_id": text, "by": text, "at": text},
+              "source_refused": text,
               "changes": [{"play": text, "role": text, "task": text, "module": text,
                            "diff": "\n".join(f"-{h}" for h in HOSTILE), "check_blind": False}],
               "checked_by": text}
