@@ -223,7 +223,7 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(pets, remote, host_
     ("inventory Ansible cannot parse", {"inventory/hosts.yml": "all: [\n"},
      "inventory/hosts.yml: "),
     ("playbook Ansible refuses", {"site.yml": "- hosts: all\n  tasks: {bad\n"},
-     "Ansible refused to run it"),
+     "site.yml: Ansible refused to run it"),
 ], ids=["symlink", "inventory", "playbook"])
 def test_bad_repo_content_is_refused_and_the_last_good_commit_checked_and_reported(
         pets, remote, host_pool, case, files, expected):

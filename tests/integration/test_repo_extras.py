@@ -149,7 +149,11 @@ def test_a_failed_galaxy_install_refuses_the_commit_and_the_last_good_one_is_che
     assert status["hosts"]["beta"]["source_rejected"].startswith(why)
     assert [p for p in (tmp_path / "state" / "galaxy").iterdir()
             if not p.name.startswith(".")] == []
-    assert len(remote.log()) == 1
+    # One more report: the last good commit's, which now says the head was refused.
+    assert len(remote.log()) == 2
+    report = yaml.safe_load(remote.show("petkeeper/hosts/beta", "hosts/beta.yml"))
+    assert report["source_sha"] == first["source_sha"]
+    assert report["source_refused"].startswith(why)
 
 
 def collection_tarball(tmp: Path, text: str) -> bytes:
