@@ -55,6 +55,10 @@ class PlaybookRun:
     private_key_file: str | None = None
     known_hosts_file: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # e.g. agent.adapters.galaxy's paths
+    # Petkeeper's own playbooks (absolute paths), run after PLAYBOOK by the same
+    # ansible-playbook process: each keeps its own folder, so PLAYBOOK's playbook_dir and
+    # adjacent group_vars stay its own. split_run tells their events apart.
+    then: tuple[str, ...] = ()
 
 
 # Sees each event of a run as it happens (a progress line on a terminal, say).
@@ -144,8 +148,7 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
             try:
                 r = ansible_runner.run(
                     private_data_dir=str(work_dir), project_dir=str(run.tree),
-                    playbook=run.playbook, inventory=str(run.inventory), limit=run.limit,
-                    cmdline=shlex.join(cmdline),
+                    **runner_targets(run, cmdline),
                     envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
                              "PETKEEPER_FACTS_FILE": str(facts_file)},
                     ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
@@ -154,7 +157,6 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                     # ansible-runner's default, a jsonfile cache in the artifacts, would
                     # override strict_env's memory cache: facts stay in memory, never on disk.
                     fact_cache_type="memory",
-                    forks=run.forks,
                 )
             except BaseException:
                 # ansible-runner gave up (e.g. it could not write its artifacts), or Ctrl-C,
@@ -195,6 +197,41 @@ def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:
     if run.vault_password_file:
         args += ["--vault-password-file", run.vault_password_file]
     return args
+
+
+def runner_targets(run: PlaybookRun, cmdline: Sequence[str]) -> dict[str, Any]:
+    """ansible-runner's playbook, inventory, limit, forks and cmdline arguments for RUN.
+
+    ansible-runner puts -i, --limit and --forks after the cmdline and its one playbook last,
+    and ansible-playbook takes its playbooks as one run of positionals, with no option between
+    them. So with playbooks to run after RUN's, the last of them is ansible-runner's playbook
+    and the options and the others end the cmdline: `[OPTIONS] -i INV --limit L --forks N
+    site.yml [...] LAST.yml`."""
+    if not run.then:
+        return {"playbook": run.playbook, "inventory": str(run.inventory), "limit": run.limit,
+                "forks": run.forks, "cmdline": shlex.join(cmdline)}
+    *first, last = run.playbook, *run.then
+    return {"playbook": last, "inventory": None, "limit": None, "forks": None,
+            "cmdline": shlex.join([*cmdline, "-i", str(run.inventory), "--limit", run.limit,
+                                   "--forks", str(run.forks), *first])}
+
+
+def split_run(result: RunResult) -> tuple[RunResult, RunResult | None]:
+    """RESULT of a run with playbooks after its own (PlaybookRun.then), as two: its own
+    playbook's part (events up to the second playbook_on_start, the first recap included) and
+    the later playbooks' part (None when they never started). ansible-playbook starts the next
+    playbook only when the one before ended with no failed or unreachable host: so when the
+    later part started, the first part succeeded; the later part has the run's rc and status.
+    Each part has the petkeeper_facts of its own tasks."""
+    starts = [i for i, e in enumerate(result.events) if e.get("event") == "playbook_on_start"]
+    if len(starts) < 2:
+        return result, None
+    own, later = result.events[:starts[1]], result.events[starts[1]:]
+    tasks = {str((e.get("event_data") or {}).get("task_uuid")) for e in later}
+    facts = [f for f in result.facts if str(f.get("task_uuid")) not in tasks]
+    return (RunResult(rc=0, status="successful", events=own, facts=facts),
+            RunResult(rc=result.rc, status=result.status, events=later,
+                      facts=[f for f in result.facts if str(f.get("task_uuid")) in tasks]))
 
 
 def build_env(run: PlaybookRun) -> dict[str, str]:

@@ -31,16 +31,15 @@ from agent.adapters.verify import run_host_tests
 from agent.config import Config
 from agent.core.applied import parse_applied
 from agent.core.approval import Approval
-from agent.core.drift import CLEAN, DRIFTED, Change, HostReport, build_host_reports
+from agent.core.drift import CLEAN, DRIFTED, HostReport, build_host_reports
 from agent.core.ledger import record_apply
 from agent.core.wording import task_title
 from agent.cycle.decide import Plan, mark_used, pause_reason
-from agent.cycle.detect import Targets, check_drift, playbook_run
+from agent.cycle.detect import Targets, playbook_run
 from agent.cycle.record import Record, format_message, host_path
-from agent.cycle.snapshot import read_afters, take_snapshots
+from agent.cycle.snapshot import check_and_read_after, check_and_snapshot
 from agent.cycle.source import Source, resolve_folder
 from agent.cycle.trust import mark_applied
-from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -86,31 +85,31 @@ def apply_plans(config: Config, source: Source, targets: Targets, state: StateDi
     """Re-check the hosts of PLANS together, apply in one run those whose drift is still the
     planned one (each judged on its own fingerprint), re-check them together; return each
     result and its host's report after it, in PLANS' order. Paused when a pause is in force
-    before the re-check, before a host's snapshot or where the apply starts: then no apply
-    runs (the results already journaled are in Paused.done)."""
+    before the re-check, after it (and the snapshots its run took) or where the apply starts:
+    then no apply runs (the results already journaled are in Paused.done)."""
     hosts = [plan.host for plan in plans]
     tag = _tag(hosts)
     started = now().isoformat(timespec="seconds")
     common = {plan.host: _common(plan, run_id, started) for plan in plans}
     done: dict[str, tuple[ApplyResult, HostReport]] = {}
     unless_paused(state)  # a pause: not even the re-check runs
-    before = check_drift(config, source, _only(targets, hosts), state, f"{run_id}-before-{tag}",
-                         cancel, watch)
-    changes = {}
+    # The re-check and, in its run, the snapshot of what each plan's changes would change: a
+    # host whose drift is no longer its plan's is not applied, and its snapshot is dropped.
+    before, snapshots, unread = check_and_snapshot(
+        config, source, _only(targets, hosts), state,
+        {p.host: (p.plan_id, p.fingerprint, p.changes) for p in plans},
+        f"{run_id}-before-{tag}", f"{run_id}-snapshot-{tag}", cancel, watch)
     for plan in plans:
         report = before[plan.host]
         if report.fingerprint == plan.fingerprint:
-            changes[plan.host] = plan.plan_id, report.changes
             continue
         log.warning("%s: drift changed since it was planned; not applied", plan.host)
         done[plan.host] = journal_done(state, ApplyResult(
             **common[plan.host], result=DRIFT_CHANGED, after_status=report.status,
             finished=started, message="the re-check found other drift than the plan's: plan "
                                       "and approve again")), report
-    if changes:
-        unless_paused(state, done.values())  # a pause: no snapshot, no apply
-        done.update(_snapshots(config, source, targets, state, changes, common, before,
-                               f"{run_id}-snapshot-{tag}", cancel))
+    done.update(_snapshots(state, source, snapshots, unread, common, before))
+    unless_paused(state, done.values())  # a pause: no apply
     go = [plan for plan in plans if plan.host not in done]
     if go and not (cancel is not None and cancel()):  # stopping: no apply starts
         done.update(_apply_batch(config, source, targets, state, go, common, before, run_id,
@@ -145,10 +144,9 @@ def _apply_batch(config: Config, source: Source, targets: Targets, state: StateD
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
         return {plan.host: _interrupted(state, common[plan.host], before[plan.host],
                                         changed[plan.host], now) for plan in go}
-    _read_after(config, source, _only(targets, hosts), state, go, common,
-                f"{run_id}-snapshot-after-{tag}", cancel)
-    after = check_drift(config, source, _only(targets, hosts), state, f"{run_id}-after-{tag}",
-                        cancel, watch)
+    after = _check_and_read_after(config, source, _only(targets, hosts), state, go, common,
+                                  f"{run_id}-after-{tag}", f"{run_id}-snapshot-after-{tag}",
+                                  cancel, watch)
     return {plan.host: _conclude(config, source, targets, state, plan, common[plan.host],
                                  after[plan.host], failed.get(plan.host, ""),
                                  changed[plan.host], now, cancel) for plan in go}
@@ -179,20 +177,13 @@ def _manifest(state: StateDir, common: Mapping[str, Any], stage: str) -> None:
                            "taken": common["started"], **common["snapshot"]})
 
 
-def _snapshots(config: Config, source: Source, targets: Targets, state: StateDir,
-               changes: Mapping[str, tuple[str, Sequence[Change]]],
-               common: Mapping[str, dict[str, Any]], before: Mapping[str, HostReport],
-               ident: str, cancel: Callable[[], bool] | None
-               ) -> dict[str, tuple[ApplyResult, HostReport]]:
-    """Take the snapshots of what the applies of CHANGES' hosts are about to change, each into
-    its COMMON; the journaled failure of each host that could not be read (not applied)."""
-    try:
-        snapshots, failed = take_snapshots(config, source, _only(targets, list(changes)),
-                                           state, changes, ident, cancel)
-    except AgentError as e:
-        snapshots, failed = {}, dict.fromkeys(changes, str(e))
+def _snapshots(state: StateDir, source: Source, snapshots: Mapping[str, dict[str, Any]],
+               unread: Mapping[str, str], common: Mapping[str, dict[str, Any]],
+               before: Mapping[str, HostReport]) -> dict[str, tuple[ApplyResult, HostReport]]:
+    """Keep each snapshot taken before an apply in its host's COMMON and manifest; the
+    journaled failure of each host that could not be read (UNREAD: not applied)."""
     done = {}
-    for host, why in failed.items():
+    for host, why in unread.items():
         log.warning("%s: not applied: %s", host, why)
         done[host] = journal_done(state, ApplyResult(
             **common[host], result=FAILED_APPLY, after_status=before[host].status,
@@ -346,17 +337,16 @@ def approval_record(approval: Approval) -> Record:
                   message, approval.approved_at)
 
 
-def _read_after(config: Config, source: Source, targets: Targets, state: StateDir,
-                go: Sequence[Plan], common: Mapping[str, dict[str, Any]], ident: str,
-                cancel: Callable[[], bool] | None) -> None:
-    """Keep, in each COMMON's snapshot and manifest, the state the apply left each file in,
-    for an undo; when a host cannot be read, its snapshot as it was (an undo then asks about
-    every changed file)."""
-    try:
-        files, failed = read_afters(config, source, targets, state, {
-            p.host: (p.plan_id, common[p.host]["snapshot"]) for p in go}, ident, cancel)
-    except AgentError as e:
-        files, failed = {}, {p.host: str(e) for p in go}
+def _check_and_read_after(config: Config, source: Source, targets: Targets, state: StateDir,
+                          go: Sequence[Plan], common: Mapping[str, dict[str, Any]],
+                          run_id: str, ident: str, cancel: Callable[[], bool] | None,
+                          watch: Watcher | None) -> dict[str, HostReport]:
+    """The re-check after the apply, its reports; in the same run, keep in each COMMON's
+    snapshot and manifest the state the apply left each file in, for an undo; when a host
+    cannot be read, its snapshot as it was (an undo then asks about every changed file)."""
+    after, files, failed = check_and_read_after(config, source, targets, state, {
+        p.host: (p.plan_id, common[p.host]["snapshot"]) for p in go}, run_id, ident, cancel,
+        watch)
     for plan in go:
         mine = common[plan.host]
         if plan.host in failed:
@@ -366,6 +356,7 @@ def _read_after(config: Config, source: Source, targets: Targets, state: StateDi
         else:
             mine["snapshot"] = {**mine["snapshot"], "files": files[plan.host]}
         _manifest(state, mine, "applied")
+    return after
 
 
 def _post_apply_tests(config: Config, source: Source, targets: Targets, host: str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from agent.core.approval import (
     plan_id,
     void_reason,
 )
-from agent.core.drift import CLEAN, DRIFTED, HostReport
+from agent.core.drift import CLEAN, DRIFTED, Change, HostReport
 from agent.core.ledger import classify, record_check
 from agent.core.policy import Gate, Policy, decide_change, decide_host, parse_policy, window_gate
 from agent.core.schema import load_yaml, printable_key, yaml_problem
@@ -59,6 +59,9 @@ class Plan:
     gate: Gate | None = None
     approval: Approval | None = None
     partial: bool = False  # the check stopped early: never auto, approved only knowingly
+    # The drift planned for (masked): the files they name are read before an apply, in the
+    # re-check's run. Not part of as_dict: the fingerprint stands for them.
+    changes: tuple[Change, ...] = field(default=(), compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"plan_id": self.plan_id, "source_sha": self.source_sha,
@@ -76,7 +79,7 @@ def build_plan(report: HostReport, groups: Sequence[str], policy: Policy, source
     a reason it cannot count (bad signature, already used) or None."""
     base: dict[str, Any] = dict(host=report.name, plan_id=plan_id, source_sha=source_sha,
                                 fingerprint=report.fingerprint, status=report.status,
-                                partial=report.partial)
+                                partial=report.partial, changes=report.changes)
     if report.status != DRIFTED:
         why = "nothing to correct" if report.status == CLEAN else \
             f"not corrected while {report.status}"

@@ -14,7 +14,7 @@ import yaml
 from agent.adapters.accelerator import Accelerator, choose_accelerator
 from agent.adapters.inventory import Listing, NoHostMatches, list_hosts, list_inventory
 from agent.adapters.inventory_cache import cached_listing
-from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook
+from agent.adapters.runner import PlaybookRun, RunResult, Watcher, run_playbook, split_run
 from agent.adapters.state import StateDir, write_atomic, write_managed_paths
 from agent.config import COMMAND_LINE, Config, origin
 from agent.core.drift import (
@@ -184,11 +184,28 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
                 cancel: Callable[[], bool] | None = None,
                 watch: Watcher | None = None) -> dict[str, HostReport]:
     """Run every playbook in check + diff mode; return the drift report per targeted host."""
+    return check_drift_then(config, source, targets, state, run_id, None, cancel, watch)[0]
+
+
+def check_drift_then(config: Config, source: Source, targets: Targets, state: StateDir,
+                     run_id: str, then: str | None, cancel: Callable[[], bool] | None = None,
+                     watch: Watcher | None = None
+                     ) -> tuple[dict[str, HostReport], RunResult | None]:
+    """check_drift, with THEN (a playbook of Petkeeper's own, an absolute path) run by the
+    last playbook's ansible-playbook process right after that playbook's check, which saves
+    a process; the drift is read from the check's events only. Also return THEN's part of
+    that run: None when THEN did not start (a host failed or was unreachable in the check,
+    which ends ansible-playbook before its next playbook, or the run was stopped)."""
     events, facts, broken = [], [], []
+    later: RunResult | None = None
     for i, playbook in enumerate(targets.playbooks):
-        result = targets.run(playbook_run(config, source, targets, playbook,
-                                          f"{run_id}-check-{i}"),
-                             state.runner, config.ansible.artifacts_keep, cancel, watch)
+        run = playbook_run(config, source, targets, playbook, f"{run_id}-check-{i}")
+        last = i == len(targets.playbooks) - 1
+        if then is not None and last:
+            run = replace(run, then=(then,))
+        result = targets.run(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
+        if then is not None and last:
+            result, later = split_run(result)
         log.debug("check of %s finished: ansible-runner says %s (rc %s)", playbook,
                   result.status, result.rc)  # what it means per host: the cycle's result line
         if result.status == "timeout":
@@ -205,7 +222,7 @@ def check_drift(config: Config, source: Source, targets: Targets, state: StateDi
     reports = _refusals_told(config, source, targets, state, run_id, reports, cancel)
     reports = mask_reports(_with_reason(reports, broken), source.mask)
     record_managed_paths(state, facts, reports, source.sha)
-    return reports
+    return reports, later
 
 
 def _refusals_told(config: Config, source: Source, targets: Targets, state: StateDir,

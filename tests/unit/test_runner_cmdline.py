@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.adapters.runner import PlaybookRun, _extra_var_files, build_cmdline, build_env
+from agent.adapters.runner import (
+    PlaybookRun,
+    RunResult,
+    _extra_var_files,
+    build_cmdline,
+    build_env,
+    runner_targets,
+    split_run,
+)
 
 CANARY = "hunter2-canary"
 
@@ -181,3 +189,111 @@ def test_every_ansible_setting_the_env_names_is_one_ansible_core_reads():
 
     assert {"ANSIBLE_SSH_COMMON_ARGS", "ANSIBLE_HOST_PATTERN_MISMATCH"} <= known
     assert {name for name in env if name.startswith("ANSIBLE_")} - known == set()
+
+
+# --- a playbook of Petkeeper's own after the repo's, in one ansible-playbook ----------------
+
+def ansible_playbook_command(run: PlaybookRun, folder: Path) -> list[str]:
+    """The command ansible-runner itself builds for RUN (nothing is started)."""
+    from ansible_runner.config.runner import RunnerConfig
+
+    config = RunnerConfig(private_data_dir=str(folder), project_dir=str(folder),
+                          **runner_targets(run, build_cmdline(run, [])))
+    config.prepare()
+    return list(config.command)
+
+
+def parsed_by_ansible_playbook(command: list[str]) -> dict[str, object]:
+    from ansible.cli.playbook import PlaybookCLI
+
+    cli = PlaybookCLI(command)
+    cli.init_parser()
+    return vars(cli.parser.parse_args(command[1:]))
+
+
+def test_without_a_playbook_after_it_runner_passes_playbook_inventory_limit_and_forks(
+        tmp_path: Path):
+    command = ansible_playbook_command(playbook_run(forks=7), tmp_path)
+
+    assert command[0] == "ansible-playbook" and command[-1] == "site.yml"
+    options = parsed_by_ansible_playbook(command)
+    assert (options["args"], options["inventory"], options["subset"], options["forks"],
+            options["check"]) == (["site.yml"], [str(playbook_run().inventory)], "web1", 7, True)
+
+
+def test_a_playbook_after_the_repo_ones_follows_it_on_one_command_line_with_its_options(
+        tmp_path: Path):
+    # ansible-runner appends -i, --limit and --forks after the cmdline and its playbook last;
+    # argparse takes the playbooks only as one run of positionals: both must end the line.
+    run = playbook_run(forks=3, tags=("base",), then=("/state/undo/incoming/x/snapshot.yml",))
+
+    command = ansible_playbook_command(run, tmp_path)
+
+    assert command[-2:] == ["site.yml", "/state/undo/incoming/x/snapshot.yml"]
+    options = parsed_by_ansible_playbook(command)
+    assert options["args"] == ["site.yml", "/state/undo/incoming/x/snapshot.yml"]
+    assert (options["inventory"], options["subset"], options["forks"], options["check"],
+            options["tags"]) == ([str(run.inventory)], "web1", 3, True, ["base"])
+    assert command.count("-i") == command.count("--limit") == command.count("--forks") == 1
+
+
+def _event(kind: str, counter: int, **data: object) -> dict[str, object]:
+    return {"event": kind, "counter": counter, "runner_ident": "r-before-web1-check-0",
+            "event_data": data}
+
+
+def ridden_run(rc: int = 0, status: str = "successful") -> RunResult:
+    """A check of site.yml with Petkeeper's snapshot play after it, as ansible-runner's events
+    give it: a playbook_on_start and a recap (cumulative stats) per playbook."""
+    events = [
+        _event("playbook_on_start", 1, playbook="site.yml", playbook_uuid="pb1", uuid="pb1"),
+        _event("playbook_on_play_start", 2, playbook="site.yml", playbook_uuid="pb1"),
+        _event("playbook_on_task_start", 3, task="Write motd", task_uuid="t1"),
+        _event("runner_on_ok", 4, host="web1", task="Write motd", task_uuid="t1",
+               res={"changed": True}),
+        _event("playbook_on_stats", 5, playbook="site.yml", playbook_uuid="pb1",
+               changed={"web1": 1}, processed={"web1": 1}),
+        _event("playbook_on_start", 6, playbook="snapshot.yml", playbook_uuid="pb2",
+               uuid="pb2"),
+        _event("playbook_on_play_start", 7, playbook="snapshot.yml", playbook_uuid="pb2"),
+        _event("playbook_on_task_start", 8, task="petkeeper snapshot: stat", task_uuid="t2"),
+        _event("runner_on_ok", 9, host="web1", task="petkeeper snapshot: stat",
+               task_uuid="t2", res={"results": []}),
+        _event("playbook_on_stats", 10, playbook="snapshot.yml", playbook_uuid="pb2",
+               changed={"web1": 1}, processed={"web1": 1}),
+    ]
+    facts = [{"host": "web1", "task_uuid": "t1", "event": "changed"},
+             {"host": "web1", "task_uuid": "t1", "event": "paths", "paths": ["/etc/motd"]},
+             {"host": "web1", "task_uuid": "t2", "event": "paths", "paths": ["/etc/motd"]}]
+    return RunResult(rc=rc, status=status, events=events, facts=facts)
+
+
+def test_split_gives_the_check_its_own_events_recap_and_facts_and_the_rest_to_the_play():
+    own, later = split_run(ridden_run(rc=4, status="failed"))
+
+    assert [e["counter"] for e in own.events] == [1, 2, 3, 4, 5]
+    assert later is not None and [e["counter"] for e in later.events] == [6, 7, 8, 9, 10]
+    assert [f["task_uuid"] for f in own.facts] == ["t1", "t1"]
+    assert [f["task_uuid"] for f in later.facts] == ["t2"]
+    # ansible-playbook went on to the next playbook: the check's part had no failed host.
+    assert (own.rc, own.status, later.rc, later.status) == (0, "successful", 4, "failed")
+    assert own.started and later.started
+
+
+def test_split_of_a_run_that_never_reached_the_second_playbook_keeps_it_whole():
+    whole = ridden_run(rc=2, status="failed")
+    whole.events = whole.events[:5]
+
+    own, later = split_run(whole)
+
+    assert later is None and own is whole
+
+
+def test_the_drift_of_a_ridden_check_is_that_of_its_own_events():
+    from agent.core.drift import build_host_reports
+
+    own, _ = split_run(ridden_run())
+    alone = build_host_reports(own.events, ["web1"], "", own.facts)
+
+    assert alone["web1"].status == "drifted"
+    assert [c.task for c in alone["web1"].changes] == ["Write motd"]
