@@ -11,9 +11,9 @@ inventory of bench/bench_check.py, converged once, with ``default: auto`` as the
 hand, then corrects all of them with, interleaved:
 
   batched           a real ``petkeeper run`` cycle, in process (run_cycle, RUN_STEPS): one
-                    re-check, one undo snapshot, one apply, one read of what it left and one
-                    re-check for all the hosts
-  one-by-one        the same cycle with the apply step as it was: those five runs per host
+                    re-check (its run also reads the undo snapshot), one apply and one
+                    re-check (its run also reads what the apply left) for all the hosts
+  one-by-one        the same cycle with the apply step as it was: those three runs per host
                     (apply_plans with one plan at a time)
   ansible-playbook  ansible-playbook PLAYBOOK --diff --limit ALL in a clone, with the
                     environment Petkeeper gives Ansible: no check, no re-check (the floor)
