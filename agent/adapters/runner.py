@@ -143,7 +143,8 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
             control_dir = Path(cp_dir)
             facts_file = Path(vars_dir) / "facts.jsonl"
             cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
-            log.info("running %s in %s mode (ident %s, limit %s)", run.playbook,
+            log.info("running %s%s in %s mode (ident %s, limit %s)", run.playbook,
+                     "".join(f" then {Path(p).name}" for p in run.then),
                      "check" if run.check else "apply", run.ident, run.limit)
             try:
                 r = ansible_runner.run(

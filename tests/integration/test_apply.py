@@ -132,14 +132,20 @@ def test_auto_corrects_without_asking_every_host_it_may_in_one_apply_run(pets, r
     for host in ("alpha", "beta"):
         assert "edited by hand" not in host_pool.run(host, MOTD).stdout
     # After the cycle's check, one run each for both hosts (issue 22, item 10): the re-check,
-    # the undo snapshot, the apply, the snapshot's after state and the re-check; each host
-    # still judged on its own fingerprint.
-    runs = [line.split("(ident ")[1].rstrip(")").split(", limit ")
-            for line in r.stderr.splitlines() if "mode (ident" in line]
-    steps = ["-before-", "-snapshot-", "-apply-", "-snapshot-after-", "-after-"]
-    assert [limit for _, limit in runs] == ["pets"] + ["alpha,beta"] * len(steps), r.stderr
-    assert all(step in ident for step, (ident, _) in zip(steps, runs[1:], strict=True)), runs
+    # which reads the undo snapshot in its own ansible-playbook process, the apply, and the
+    # re-check, which reads the snapshot's after state; each host judged on its own fingerprint.
+    runs = [line.split("running ")[1].split(" mode (ident ") for line in r.stderr.splitlines()
+            if "mode (ident" in line]
+    assert [(what, ident.split(", limit ")[1].rstrip(")")) for what, ident in runs] == [
+        ("site.yml in check", "pets"), ("site.yml then snapshot.yml in check", "alpha,beta"),
+        ("site.yml in apply", "alpha,beta"),
+        ("site.yml then snapshot.yml in check", "alpha,beta")], r.stderr
+    assert all(step in ident for step, (_, ident) in zip(
+        ["-check-", "-before-", "-apply-", "-after-"], runs, strict=True)), runs
     assert "Write the message of the day" in [c["task"] for c in ran["applies"][1]["changed"]]
+    for apply in ran["applies"]:  # read before and after the apply, in the re-checks' runs
+        [motd] = [f for f in apply["snapshot"]["files"] if f["path"] == "/etc/motd"]
+        assert motd["blob"] and motd["before"]["sha256"] != motd["after"]["sha256"], motd
 
 
 def test_report_only_never_applies_even_when_approved(pets, remote, host_pool):
