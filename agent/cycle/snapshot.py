@@ -137,7 +137,8 @@ def check_and_read(config: Config, source: Source, targets: Targets, state: Stat
         ride = not SKIPS_ALWAYS & set(config.skip_tags)
         reports, later = check_drift_then(config, source, targets, state, run_id,
                                           str(play.path) if ride else None, cancel, watch)
-        hosts = [h for h in reading.paths if h in set(keep(reports))]
+        kept = set(keep(reports))
+        hosts = [h for h in reading.paths if h in kept]
         if not hosts:
             return reports, {}, {}
         try:
