@@ -19,11 +19,11 @@ from tests.conftest import (
     GitRemote,
     check_json,
     pet_hosts,
-    petkeeper,
     pets_repo_files,
     settle,
     write_agent_config,
 )
+from tests.unit.test_cli import Run, cli  # noqa: F401 (the in-process fixture)
 
 pytestmark = pytest.mark.hosts
 
@@ -71,6 +71,15 @@ def fleet(baseline: Baseline, host_pool) -> Path:
 def remote(fleet: Path, baseline: Baseline) -> GitRemote:
     """The baseline's remote (restored by `fleet`), in place of tests.conftest's fresh one."""
     return baseline.remote
+
+
+def check_in_process(run: Run, config: Path, *args: str) -> tuple[int, dict]:
+    """`petkeeper check --json` as the CLI's main() in this process, through RUN (the `cli`
+    fixture; the baseline's check is a child process, as a person or cron runs it): its exit
+    code and report."""
+    code, out, err = run("--config", str(config), "check", "--json", *args)
+    assert out.strip(), err
+    return code, json.loads(out)
 
 
 def checked_at(remote: GitRemote) -> datetime:
@@ -130,12 +139,12 @@ def test_unchanged_drift_keeps_its_fingerprint_makes_no_new_commit_and_exits_two
     assert remote.log() == commits
 
 
-def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(fleet, remote, host_pool,
-                                                                    baseline):
+def test_a_different_drift_gives_a_new_fingerprint_and_a_new_commit(
+        fleet, remote, host_pool, baseline, cli: Run):  # noqa: F811
     first = baseline.report
     host_pool.run("beta", "echo 'edited again' >> /etc/motd")
     try:
-        _, second = check_json(fleet, "--limit", "beta")
+        _, second = check_in_process(cli, fleet, "--limit", "beta")
     finally:
         host_pool.run("beta", "sed -i '/edited again/d' /etc/motd")
 
@@ -156,45 +165,47 @@ def test_heartbeat_commits_an_unchanged_report_once_the_period_passed(fleet, rem
     assert "(heartbeat)" in remote.log(fmt="%b")[0]
 
 
-def test_new_source_commit_is_checked_and_named_in_the_reports(fleet, remote):
+def test_new_source_commit_is_checked_and_named_in_the_reports(
+        fleet, remote, cli: Run):  # noqa: F811
     files = pets_repo_files({})
     new_sha = remote.commit({"roles/motd/defaults/main.yml":
                              files["roles/motd/defaults/main.yml"].replace("Managed", "Kept")})
-    code, report = check_json(fleet, "--limit", "alpha")
+    code, report = check_in_process(cli, fleet, "--limit", "alpha")
 
     assert code == 2 and report["source_sha"] == new_sha
     assert report["hosts"]["alpha"]["status"] == "drifted"
     assert f"Petkeeper-Source: {new_sha}" in remote.log(fmt="%B%x00")[0]
 
 
-def test_tags_extra_vars_and_config_after_subcommand_work_like_ansible_pull(fleet):
-    r = petkeeper("check", "--config", str(fleet), "--json", "--limit", "alpha", "--tags", "conf",
-                  "-e", "pet_mode=racing")
-    report = json.loads(r.stdout)
+def test_tags_extra_vars_and_config_after_subcommand_work_like_ansible_pull(
+        fleet, cli: Run):  # noqa: F811
+    code, out, _ = cli("check", "--config", str(fleet), "--json", "--limit", "alpha", "--tags",
+                       "conf", "-e", "pet_mode=racing")
+    report = json.loads(out)
     tasks = [c["task"] for c in report["hosts"]["alpha"]["changes"]]
     assert tasks == ["Write the pet config", "Refresh the package cache"]
     assert "+mode=racing" in report["hosts"]["alpha"]["changes"][0]["diff"]
-    assert r.returncode == 2
+    assert code == 2
 
 
-def test_status_shows_the_last_cycle_per_host(fleet, baseline):
+def test_status_shows_the_last_cycle_per_host(fleet, baseline, cli: Run):  # noqa: F811
     report = baseline.report  # the last cycle: the baseline's check
-    r = petkeeper("--config", str(fleet), "status", "--json")
-    status = json.loads(r.stdout)
+    code, out, _ = cli("--config", str(fleet), "status", "--json")
+    status = json.loads(out)
 
-    assert r.returncode == 1
+    assert code == 1
     assert status["last_run"]["run_id"] == report["run_id"]
     assert status["last_run"]["reports"]["queued"] == 0
     beta = status["hosts"]["beta"]
     assert beta["status"] == "drifted" and beta["changes"] == 2
     assert beta["source_sha"] == report["source_sha"] and beta["checked_at"]
-    human = petkeeper("--config", str(fleet), "status").stdout
+    human = cli("--config", str(fleet), "status")[1]
     assert beta["check_blind"] == 1
     assert "beta: drifted (1 change, 1 check-blind)" in human and "all pushed" in human
 
 
-def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp_path, remote,
-                                                                     host_pool):
+def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(
+        fleet, tmp_path, remote, host_pool, cli: Run):  # noqa: F811
     state = load_config(fleet).state_dir  # the baseline's check ran there: one run
     fleet = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
                                limit="alpha", ansible={
@@ -203,7 +214,7 @@ def test_state_dir_is_private_and_artifacts_stay_bounded_and_scrubbed(fleet, tmp
                                    "artifacts_keep": 1})
     config = load_config(fleet)
     # keep + 1 runs in all: the baseline's, and this one (a clean host alone exits 0)
-    assert check_json(fleet)[0] == 0
+    assert check_in_process(cli, fleet)[0] == 0
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     artifacts = list((state / "runner" / "artifacts").iterdir())
     assert 0 < len(artifacts) <= config.ansible.artifacts_keep
