@@ -78,6 +78,11 @@ class RunResult:
         return any(e.get("event") == "playbook_on_play_start" for e in self.events)
 
     @property
+    def finished(self) -> bool:
+        """Whether Ansible reached its recap; if not, it stopped mid-run."""
+        return any(e.get("event") == "playbook_on_stats" for e in self.events)
+
+    @property
     def error(self) -> str:
         """Ansible's own error line, for a playbook it refused to run."""
         for event in self.events:

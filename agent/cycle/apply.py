@@ -96,7 +96,7 @@ def apply_plans(config: Config, source: Source, targets: Targets, state: StateDi
     # The re-check and, in its run, the snapshot of what each plan's changes would change: a
     # host whose drift is no longer its plan's is not applied, and its snapshot is dropped.
     before, snapshots, unread = check_and_snapshot(
-        config, source, _only(targets, hosts), state,
+        config, source, targets.only(hosts), state,
         {p.host: (p.plan_id, p.fingerprint, p.changes) for p in plans},
         f"{run_id}-before-{tag}", f"{run_id}-snapshot-{tag}", cancel, watch)
     for plan in plans:
@@ -137,14 +137,14 @@ def _apply_batch(config: Config, source: Source, targets: Targets, state: StateD
             _manifest(state, mine, "applying")
             if plan.approval is not None:
                 mark_used(state, plan.approval)
-        failed, changed = _run_apply(config, source, _only(targets, hosts), state,
+        failed, changed = _run_apply(config, source, targets.only(hosts), state,
                                      f"{run_id}-apply-{tag}", cancel, watch)
     finally:
         note_applying(state, None)
     if cancel is not None and cancel():  # shutting down: what ran is unknown, not failed
         return {plan.host: _interrupted(state, common[plan.host], before[plan.host],
                                         changed[plan.host], now) for plan in go}
-    after = _check_and_read_after(config, source, _only(targets, hosts), state, go, common,
+    after = _check_and_read_after(config, source, targets.only(hosts), state, go, common,
                                   f"{run_id}-after-{tag}", f"{run_id}-snapshot-after-{tag}",
                                   cancel, watch)
     return {plan.host: _conclude(config, source, targets, state, plan, common[plan.host],
@@ -159,10 +159,6 @@ def _common(plan: Plan, run_id: str, started: str) -> dict[str, Any]:
                 approved_by=approved_by, run_id=run_id, started=started,
                 approval=plan.approval.as_dict() if plan.approval else None,
                 before_status=plan.status, apply_id=apply_id(run_id, plan.host))
-
-
-def _only(targets: Targets, hosts: Sequence[str]) -> Targets:
-    return replace(targets, hosts=tuple(hosts), limit=",".join(hosts))
 
 
 def _tag(hosts: Sequence[str]) -> str:
@@ -214,7 +210,7 @@ def _conclude(config: Config, source: Source, targets: Targets, state: StateDir,
     ledger."""
     leftovers = tuple(c.task for c in after.changes if not c.check_blind)
     converged = after.status == CLEAN and not failed
-    tests = _post_apply_tests(config, source, _only(targets, [plan.host]), plan.host, cancel)
+    tests = _post_apply_tests(config, source, targets.only([plan.host]), plan.host, cancel)
     ledger = read_json(state.ledger_file, {})
     ledger[plan.host] = record_apply(ledger.get(plan.host), plan.source_sha, converged,
                                      [c for c in after.changes if not c.check_blind])
@@ -383,7 +379,7 @@ def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir
         going = [host for host in targets.hosts if host not in failed]
         if not going:
             break
-        run = playbook_run(config, source, _only(targets, going), playbook, f"{ident}-{i}",
+        run = playbook_run(config, source, targets.only(going), playbook, f"{ident}-{i}",
                            check=False)
         result = targets.run(run, state.runner, config.ansible.artifacts_keep, cancel, watch)
         for host in going:
@@ -393,7 +389,7 @@ def _run_apply(config: Config, source: Source, targets: Targets, state: StateDir
             reports = build_host_reports(result.events, going, str(source.tree), result.facts)
             why = {h: r.message for h, r in reports.items()
                    if r.status not in (CLEAN, DRIFTED) and r.message}
-            if not why and not any(e.get("event") == "playbook_on_stats" for e in result.events):
+            if not why and not result.finished:
                 why = dict.fromkeys(going, result.error)  # Ansible stopped before its recap
             for host in why or going:  # no host named: the run itself failed
                 failed[host] = f"{playbook}: " + (why.get(host) or (

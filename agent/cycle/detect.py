@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ class Targets:
     limit: str
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # host -> its groups
     accelerator: Accelerator | None = None  # the cycle's strategy; None: plain
+
+    def only(self, hosts: Sequence[str]) -> Targets:
+        """These targets limited to HOSTS."""
+        return replace(self, hosts=tuple(hosts), limit=",".join(hosts))
 
     def run(self, run: PlaybookRun, work_dir: Path, keep_artifacts: int,
             cancel: Callable[[], bool] | None, watch: Watcher | None = None) -> RunResult:
@@ -214,7 +218,7 @@ def check_drift_then(config: Config, source: Source, targets: Targets, state: St
         elif not result.started and result.status != "canceled":  # stopped: unknown
             raise RepoError(f"{playbook}: Ansible refused to run it: {result.error}; fix the "
                             f"playbook (commit {source.sha[:12]})")
-        elif result.status == "failed" and not _finished(result):
+        elif result.status == "failed" and not result.finished:
             broken.append(f"{playbook}: {result.error}")  # Ansible itself stopped mid-run
         events.extend(result.events)
         facts.extend(result.facts)
@@ -242,10 +246,6 @@ def _refusals_told(config: Config, source: Source, targets: Targets, state: Stat
     return {n: replace(r, message=told[n].message)
             if n in refused and told[n].status == UNREACHABLE else r
             for n, r in reports.items()}
-
-
-def _finished(result: RunResult) -> bool:
-    return any(e.get("event") == "playbook_on_stats" for e in result.events)
 
 
 def _with_reason(reports: dict[str, HostReport], broken: list[str]) -> dict[str, HostReport]:

@@ -84,6 +84,11 @@ class Reading:
     fetch: bool
     etckeeper: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def slots(self) -> dict[str, int]:
+        """Each host's folder of fetched bytes (a number: a host name is no path)."""
+        return {host: i for i, host in enumerate(self.paths)}
+
 
 @dataclass(frozen=True)
 class _Play:
@@ -157,12 +162,11 @@ def _snapshot_play(config: Config, state: StateDir, reading: Reading) -> Iterato
         fetched = Path(work) / "files"
         fetched.mkdir(mode=0o700)
         variables = Path(work) / "vars.json"
-        hosts = list(reading.paths)
         write_atomic(variables, json.dumps({
             "petkeeper_paths": {h: list(p) for h, p in reading.paths.items()},
             "petkeeper_fetch": reading.fetch, "petkeeper_fetch_dir": str(fetched),
             "petkeeper_max_file": config.undo.max_file,
-            "petkeeper_slot": {h: i for i, h in enumerate(hosts)},
+            "petkeeper_slot": reading.slots,
             "petkeeper_etckeeper": bool(reading.etckeeper) and config.undo.etckeeper == "auto",
             "petkeeper_etckeeper_message": dict(reading.etckeeper)}).encode())
         play = Path(work) / "snapshot.yml"
@@ -177,8 +181,8 @@ def _snapshot_play(config: Config, state: StateDir, reading: Reading) -> Iterato
 def _run_alone(config: Config, source: Source, targets: Targets, state: StateDir, play: _Play,
                hosts: Sequence[str], ident: str, cancel: Callable[[], bool] | None
                ) -> RunResult:
-    some = replace(targets, hosts=tuple(hosts), limit=",".join(hosts))
-    run = replace(playbook_run(config, source, some, str(play.path), ident, check=False),
+    run = replace(playbook_run(config, source, targets.only(hosts), str(play.path), ident,
+                               check=False),
                   tags=(), skip_tags=())
     return run_playbook(run, state.runner, config.ansible.artifacts_keep, cancel)
 
@@ -189,9 +193,8 @@ def _parse(state: StateDir, reading: Reading, play: _Play, hosts: Sequence[str],
     store."""
     read, failed = {}, {}
     whole = result.status != "successful" and (  # timed out, canceled, stopped: all fail
-        not result.started or result.status != "failed" or
-        not any(e.get("event") == "playbook_on_stats" for e in result.events))
-    slots = {h: i for i, h in enumerate(reading.paths)}
+        not result.started or result.status != "failed" or not result.finished)
+    slots = reading.slots
     for host in hosts:
         paths = reading.paths[host]
         states = _stat_results(result.events, host)

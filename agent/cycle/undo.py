@@ -111,7 +111,7 @@ def run_restore(config: Config, source: Source, targets: Targets, state: StateDi
     """Run the restore play of ENTRIES on HOST (CHECK: in check + diff mode); its report."""
     if not entries:
         return HostReport(host, CLEAN)
-    one = replace(targets, hosts=(host,), limit=host)
+    one = targets.only([host])
     with tempfile.TemporaryDirectory(dir=incoming(state)) as work:
         play = Path(work) / "restore.yml"
         write_atomic(play, yaml.safe_dump(build_restore_play(state, entries),
