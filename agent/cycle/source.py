@@ -134,10 +134,11 @@ def sync_source(config: Config, state: StateDir, mirror: Mirror,
     return Source(sha=sha, tree=tree, fetch_error=fetch_error, rejected=rejected, hold=hold)
 
 
-def has_last_good(state: StateDir, mirror: Mirror, head: str) -> bool:
-    """Whether a commit other than HEAD passed every content check (see mark_content_ok)."""
+def last_good(state: StateDir, mirror: Mirror, head: str) -> str | None:
+    """The last commit other than HEAD that passed every content check (see mark_content_ok);
+    None when there is none in the mirror."""
     good = read_trust(state).get("content_ok")
-    return isinstance(good, str) and good != head and mirror.has_commit(good)
+    return good if isinstance(good, str) and good != head and mirror.has_commit(good) else None
 
 
 def mark_content_ok(state: StateDir, source: Source) -> None:
@@ -152,9 +153,9 @@ def _last_good(state: StateDir, mirror: Mirror, head: str,
                error: RepoError) -> tuple[str, Path, str]:
     """HEAD's content was refused (ERROR): return the last commit whose content passed, its
     tree and why HEAD was refused. With none (a first run), ERROR itself."""
-    if not has_last_good(state, mirror, head):
+    good = last_good(state, mirror, head)
+    if good is None:
         raise error
-    good = read_trust(state)["content_ok"]
     shutil.rmtree(state.trees / head, ignore_errors=True)  # refused: none of it is used
     problem = f"source commit {head[:12]} refused: {error}"
     log.error("%s; checking the last good commit %s", problem, good[:12])

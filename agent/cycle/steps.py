@@ -63,7 +63,7 @@ from agent.cycle.record import PublishResult, Record, RunInfo, drift_records, ne
 from agent.cycle.source import (
     Refusal,
     Source,
-    has_last_good,
+    last_good,
     mark_content_ok,
     open_mirror,
     secret_masker,
@@ -381,7 +381,7 @@ def _on_last_good(c: Cycle, error: RepoError) -> Cycle | None:
     ERROR stands: no good commit, not the head's content, or `apply PLAN_ID`)."""
     if c.only_plan or c.refused or c.source is None or c.source.rejected or \
             c.stage >= Stage.DECIDED or c.mirror is None or \
-            not has_last_good(c.state, c.mirror, c.source.sha):
+            last_good(c.state, c.mirror, c.source.sha) is None:
         return None
     c.mirror.close()
     c.mirror = None
