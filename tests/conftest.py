@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -148,6 +149,18 @@ def require_test_hosts() -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None or not Path("/usr/sbin/sshd").exists():
         pytest.fail("the integration tests need root, unshare and /usr/sbin/sshd "
                     "(apt-get install openssh-server): run .ci/run or the README's setup")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo, after the test, the logging that the CLI's main() or setup_logging set up in
+    this process (the root logger's handlers and level, the agent logger's level)."""
+    root, agent = logging.getLogger(), logging.getLogger("agent")
+    saved = root.handlers[:], root.level, agent.level
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    agent.setLevel(saved[2])
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
@@ -83,17 +82,12 @@ class Outputs:
 
 
 @pytest.fixture
-def outputs(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Callable[[Path], Outputs]]:
+def outputs(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+            restore_logging: None) -> Iterator[Callable[[Path], Outputs]]:
     """Outputs for a config, as the admin alice under sudo; the logging the commands set up is
-    undone afterwards."""
+    undone afterwards (restore_logging)."""
     monkeypatch.setenv("SUDO_USER", "alice")
-    root, agent = logging.getLogger(), logging.getLogger("agent")
-    saved = root.handlers[:], root.level, agent.level
     yield lambda config: Outputs(config, capfd)
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    agent.setLevel(saved[2])
 
 
 def secret_diff(report: dict) -> str:

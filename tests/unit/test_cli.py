@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import pty
@@ -25,11 +24,9 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
+def cli(capsys: pytest.CaptureFixture[str], restore_logging: None) -> Iterator[Run]:
     """Run `petkeeper ARGV...` in this process: (exit code, stdout, stderr). The logging it
-    sets up is undone afterwards."""
-    root, agent = logging.getLogger(), logging.getLogger("agent")
-    saved = root.handlers[:], root.level, agent.level
+    sets up is undone afterwards (restore_logging)."""
 
     def run(*argv: str) -> tuple[int, str, str]:
         try:
@@ -40,9 +37,6 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
         return code, out.out, out.err
 
     yield run
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    agent.setLevel(saved[2])
 
 
 COMMANDS = sorted(build_parser().commands)

@@ -8,19 +8,7 @@ import os
 import re
 from pathlib import Path
 
-import pytest
-
 from agent.operate.logs import JournalFormatter, PlainFormatter, journal_stream, setup_logging
-
-
-@pytest.fixture
-def restore_logging():
-    root, agent = logging.getLogger(), logging.getLogger("agent")
-    saved = root.handlers[:], root.level, agent.level
-    yield
-    root.handlers[:], _, _ = saved
-    root.setLevel(saved[1])
-    agent.setLevel(saved[2])
 
 
 def record(level: int, message: str, exc: bool = False) -> logging.LogRecord:
