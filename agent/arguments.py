@@ -64,6 +64,22 @@ def build_parser() -> Parser:
     return parser
 
 
+def misused_option(args: argparse.Namespace) -> str | None:
+    """A usage error argparse cannot see: an option given where it would be silently ignored."""
+    if args.command != "approve":
+        return None
+    if args.via_git and args.force_conflicts:
+        return ("--force-conflicts: undo plans are approved on the host itself (sudo petkeeper "
+                "approve PLAN_ID --force-conflicts), not --via-git")
+    remote = {"--sign": args.sign, "--repo": args.repo, "--branch": args.branch,
+              "--reports-url": args.reports_url, "--cache": args.cache}
+    given = [option for option, value in remote.items() if value]
+    if given and not args.via_git:
+        return (f"{given[0]}: only with --via-git (approving from a workstation); add "
+                f"--via-git, or drop {given[0]} to approve on the host itself")
+    return None
+
+
 def _command(sub: Any, name: str, parents: list[argparse.ArgumentParser], summary: str,
              description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
     """A subcommand with its one-line SUMMARY (in petkeeper --help), its DESCRIPTION and

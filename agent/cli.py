@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.adapters.runner import Watcher, warn_untested_ansible
 from agent.adapters.state import StateDir
-from agent.arguments import build_parser
+from agent.arguments import build_parser, misused_option
 from agent.config import DEFAULT_PATH, Overrides, load_config
 from agent.cycle.pipeline import pipeline_run
 from agent.cycle.steps import CHECK_STEPS, EXIT_DRIFT, EXIT_ERROR, RUN_STEPS, Cycle, run_cycle
@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"choose a command: {', '.join(parser.commands)}")
     if extra:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if problem := misused_option(args):
+        parser.commands[args.command].error(problem)
     verbosity = getattr(args, "verbose", 0)
     args.log = setup_logging(verbosity, timestamps=args.command == "daemon" or verbosity > 0)
     if args.command in RUNS_ANSIBLE:
@@ -168,7 +170,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def cmd_approve_via_git(args: argparse.Namespace) -> int:
     config = remote_config(_config_path(args), args.repo, args.branch, args.reports_url)
     for a in approve_plans_via_git(config, args.cache, args.plan_ids, args.expires,
-                                   args.comment, args.sign):
+                                   args.comment, args.sign, partial=args.partial):
         print(f"approved plan {a.plan_id} for {a.host} as {a.approver}, until {a.expires_at}: "
               f"commit {a.commit[:12]} pushed to {a.branch}; the host's next run applies it")
     return 0

@@ -43,9 +43,11 @@ class GitApproval:
 
 def approve_plans_via_git(config: Config, cache: Path | None, plan_ids: Sequence[str],
                           expires: str | None, comment: str, sign: bool,
-                          now: datetime | None = None) -> list[GitApproval]:
+                          now: datetime | None = None,
+                          partial: bool = False) -> list[GitApproval]:
     """`petkeeper approve PLAN_ID... --via-git`: each plan's approval file committed and pushed
-    on its own, once every plan is known to be waiting (else nothing is written)."""
+    on its own, once every plan is known to be waiting (else nothing is written). A partial
+    plan needs PARTIAL (`--partial`: the approver knows its check stopped early)."""
     now = now or datetime.now(UTC).replace(microsecond=0)
     until = approval_expiry(config, now, expires)
     cache = cache or default_cache(config.reports_url)
@@ -56,19 +58,20 @@ def approve_plans_via_git(config: Config, cache: Path | None, plan_ids: Sequence
         reader.fetch()
         found = reader.latest()
         for plan_id in ids:
-            waiting_host(found, plan_id)
+            waiting_host(found, plan_id, partial)
     return [approve_via_git(config, cache, plan_id, now=now, expires=until, comment=comment,
-                            sign=sign) for plan_id in ids]
+                            sign=sign, partial=partial) for plan_id in ids]
 
 
 def approve_via_git(config: Config, cache: Path, plan_id: str, *, now: datetime,
-                    expires: datetime, comment: str, sign: bool) -> GitApproval:
+                    expires: datetime, comment: str, sign: bool,
+                    partial: bool = False) -> GitApproval:
     """Commit and push the approval of PLAN_ID; RepoError when no report shows it waiting,
     AgentError when verification is on and SIGN is not, or the push is rejected twice."""
     mirror = open_cache(config, cache)
     reader = ReportReader(mirror, config.reports_url, layout_of(config), allowed_signers(config))
     reader.fetch()
-    host = waiting_host(reader.latest(), plan_id)
+    host = waiting_host(reader.latest(), plan_id, partial)
     branch = config.repo.branch
     head = fetch_head(mirror, config)
     if not sign and (config.repo.verify != "off" or config.approvals.verify or
@@ -82,7 +85,7 @@ def approve_via_git(config: Config, cache: Path, plan_id: str, *, now: datetime,
     author = Author(name, email, own_signature=sign)
     path = f"{APPROVALS_DIR}/{file_name(host)}.yml"
     when = now.isoformat(timespec="seconds")
-    content = approval_file(host, plan_id, f"{name} <{email}>", expires, comment)
+    content = approval_file(host, plan_id, f"{name} <{email}>", expires, comment, partial)
     message = format_message(f"Approve plan {plan_id} for {host}", comment or
                              f"Approved by {name} from a workstation.",
                              {"Host": host, "Plan": plan_id})
@@ -99,8 +102,9 @@ def approve_via_git(config: Config, cache: Path, plan_id: str, *, now: datetime,
                      "nothing was written: try again, or ask who guards the branch")
 
 
-def waiting_host(found: list[HostReports], plan_id: str) -> str:
-    """The host whose newest report shows PLAN_ID waiting for an approval; RepoError why not."""
+def waiting_host(found: list[HostReports], plan_id: str, partial: bool = False) -> str:
+    """The host whose newest report shows PLAN_ID waiting for an approval; RepoError why not
+    (a partial plan without PARTIAL, too: its host would refuse the approval)."""
     mine = [r for r in found if r.report and (r.report.get("plan") or {}).get("id") == plan_id]
     pid = printable_key(plan_id)
     if not mine:
@@ -119,13 +123,17 @@ def waiting_host(found: list[HostReports], plan_id: str) -> str:
         by = f", approved by {plan['approved_by']}" if plan.get("approved_by") else ""
         raise RepoError(f"plan {pid} ({r.host}): not waiting for an approval "
                         f"([{plan.get('action')}] {plan.get('reason')}{by})")
+    if r.report.get("partial") and not partial:
+        raise RepoError(f"plan {pid} ({r.host}): its check was partial (it stopped at a task "
+                        "that failed in check mode; the tasks after it were not checked): "
+                        "approve it knowingly with --partial")
     return r.host
 
 
 def approval_file(host: str, plan_id: str, approver: str, expires: datetime,
-                  comment: str) -> bytes:
+                  comment: str, partial: bool = False) -> bytes:
     """approvals/<host>.yml as agent.core.approval.parse_git_approval reads it."""
     data = {"host": host, "plan": plan_id, "expires": expires.isoformat(timespec="seconds"),
-            **({"comment": comment} if comment else {})}
+            **({"comment": comment} if comment else {}), **({"partial": True} if partial else {})}
     head = f"# plan {plan_id} of {host}, approved by {approver} with petkeeper approve --via-git"
     return (" ".join(head.split()) + "\n" + yaml.safe_dump(data, sort_keys=False)).encode()

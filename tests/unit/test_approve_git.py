@@ -71,12 +71,13 @@ def commit_signed(work: Path, who: str, key: Path | None, message: str) -> None:
         env={"GIT_CONFIG_GLOBAL": "/dev/null"})
 
 
-def report_plan(bare: Path, tmp: Path, plan: dict) -> None:
-    """beta's agent reports its drift and PLAN."""
+def report_plan(bare: Path, tmp: Path, plan: dict, partial: bool = False) -> None:
+    """beta's agent reports its drift (PARTIAL: its check stopped early) and PLAN."""
     config = config_for(bare)
     mirror = Mirror(tmp / "beta-agent.git", f"file://{bare}", 30)
     head = git("--git-dir", str(bare), "rev-parse", "main").strip()
-    reports = {"beta": HostReport("beta", DRIFTED, (MOTD,), fingerprint(DRIFTED, (MOTD,)))}
+    reports = {"beta": HostReport("beta", DRIFTED, (MOTD,), fingerprint(DRIFTED, (MOTD,)),
+                                  partial=partial)}
     run = RunInfo(f"r{datetime.now(UTC).timestamp()}", head, datetime.now(UTC), "beta",
                   plans={"beta": plan})
     publish(mirror, config, reports, lambda base: drift_records(mirror, base, reports, run, 1))
@@ -163,6 +164,28 @@ def test_a_plan_that_is_not_waiting_for_an_approval_is_refused(pets, action, app
 
     assert problem in str(e.value)
     assert main_of(pets["bare"]) == before
+
+
+def test_a_partial_plan_is_approved_only_with_partial_and_its_file_says_so(pets):
+    report_plan(pets["bare"], pets["tmp"], {
+        "plan_id": PID, "action": "wait", "mode": "approve", "reason": "partial check",
+        "rule": "default", "approval": None}, partial=True)
+    config = config_for(pets["bare"])
+    before = main_of(pets["bare"])
+
+    with pytest.raises(RepoError, match=f"plan {PID} \\(beta\\): its check was partial .*"
+                                        "approve it knowingly with --partial"):
+        approve_plans_via_git(config, pets["tmp"] / "cache.git", [PID], "2h", "", sign=True,
+                              now=NOW)
+    assert main_of(pets["bare"]) == before
+
+    approve_plans_via_git(config, pets["tmp"] / "cache.git", [PID], "2h", "", sign=True,
+                          now=NOW, partial=True)
+    head = main_of(pets["bare"])
+    blob = git("--git-dir", str(pets["bare"]), "show", f"{head}:approvals/beta.yml")
+    approval = parse_git_approval(yaml.safe_load(blob), "approvals/beta.yml", head,
+                                  "Bob <bob@test.invalid>", NOW, {PID: ("beta", "s", "f")})
+    assert approval.partial is True
 
 
 def test_with_verification_on_an_unsigned_approval_is_refused_before_anything_is_written(pets):

@@ -90,6 +90,18 @@ def test_a_usage_error_shows_the_commands_usage_and_exits_1_not_2_which_means_dr
     assert "petkeeper approve: error: the following arguments are required: PLAN_ID" in err
 
 
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--sign"], "--sign: only with --via-git (approving from a workstation); add --via-git, "
+                 "or drop --sign to approve on the host itself"),
+    (["--cache", "/tmp/x.git"], "--cache: only with --via-git"),
+    (["--via-git", "--force-conflicts"], "--force-conflicts: undo plans are approved on the "
+                                         "host itself")])
+def test_an_approve_option_that_would_be_ignored_is_a_usage_error(cli: Run, args, problem):
+    code, out, err = cli("approve", "30c4aa367513c4ee", *args)
+    assert (code, out) == (1, "")
+    assert f"petkeeper approve: error: {problem}" in err
+
+
 def test_no_command_at_all_lists_the_commands(cli: Run):
     code, _, err = cli()
     assert code == 1
