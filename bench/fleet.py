@@ -411,13 +411,18 @@ def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
             run.fault()
         run.wait_workers()
         real = time.time() - run.t0
+        say(f"every agent done after {real:.0f} real seconds")
         server.stop()
-        after = {"cpu": server.cpu(), "load": os.getloadavg()[0], "real": real,
-                 "faults": run.faults, "size": disk_size(remote),
-                 "daemon_log": server.log.read_text(errors="replace")}
+        after: dict[str, Any] = {"cpu": server.cpu(), "load": os.getloadavg()[0], "real": real,
+                                 "faults": run.faults, "size": disk_size(remote),
+                                 "daemon_log": server.log.read_text(errors="replace")}
         server.start()  # for the reader alone
         after["fleet"] = read_fleet(server.url, workdir)
-        return measure(args, workdir, remote, names, run.t0, before, after)
+        say(f"petkeeper fleet read the remote in {after['fleet'][0]:.1f}s; measuring")
+        t = time.monotonic()
+        figures = measure(args, workdir, remote, names, run.t0, before, after)
+        say(f"measured in {time.monotonic() - t:.0f}s")
+        return figures
     finally:
         run.workers.stop_all()
         server.stop(graceful=False)

@@ -225,10 +225,13 @@ class Worker:
     def finished(self, agent: Agent, future: Any) -> None:
         with self.lock:
             agent.busy = False
-            if self.over(agent, self.sim()):
-                agent.done = True  # what its next tick would decide: the run ends sooner
+            now = self.sim()
+            # What its next tick would decide, decided now: nothing a tick reads (the span,
+            # the queue, the last cycle) changes before it, so the run ends a tick sooner.
+            if self.over(agent, agent.next_tick(now)):
+                agent.done = True
                 return
-            self.schedule(agent, self.sim())
+            self.schedule(agent, now)
 
     def over(self, agent: Agent, now: float) -> bool:
         """The measured span is over for AGENT and nothing waits in its queue."""
