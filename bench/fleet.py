@@ -331,6 +331,7 @@ class Run:
     sha: str = ""
     base: str = ""
     faults: list[str] = field(default_factory=list)
+    killed: dict[str, Any] = field(default_factory=dict)  # --fault kill: whom, when (real)
 
     def sim(self) -> float:
         return (time.time() - self.t0) / self.args.time_scale
@@ -375,11 +376,14 @@ class Run:
                 index, pid = found
                 self.workers.kill(index)
                 at = self.sim()
+                self.killed = {"agents": [a["name"] for a in self.workers.specs[index]["agents"]],
+                               "at": time.time()}
                 self.faults.append(f"worker {index} (pid {self.workers.procs[index].pid}, "
                                    f"{len(self.workers.specs[index]['agents'])} agents) killed "
                                    f"at {at:.1f}s while pid {pid} pushed")
                 self.sleep_until(at + RESTART_SEC)
                 self.workers.restart(index, self.t0, self.sha, self.base, self.sim())
+                self.killed["restart"] = time.time()
                 self.faults.append(f"worker {index} restarted at {self.sim():.1f}s")
                 return
             time.sleep(0.005)
@@ -414,7 +418,8 @@ def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
         say(f"every agent done after {real:.0f} real seconds")
         server.stop()
         after: dict[str, Any] = {"cpu": server.cpu(), "load": os.getloadavg()[0], "real": real,
-                                 "faults": run.faults, "size": disk_size(remote),
+                                 "faults": run.faults, "killed": run.killed,
+                                 "size": disk_size(remote),
                                  "daemon_log": server.log.read_text(errors="replace")}
         server.start()  # for the reader alone
         after["fleet"] = read_fleet(server.url, workdir)

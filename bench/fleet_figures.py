@@ -68,6 +68,9 @@ class Figures:
     ref_updates: int = 0
     forced: list[str] = field(default_factory=list)
     deletions: int = 0
+    # --fault kill: the killed worker's reports committed before the kill, by when they landed
+    killed_before: int = 0  # landed before the worker restarted (the interrupted push landed)
+    killed_after: int = 0  # landed after it restarted: pushed by the agent's next start
 
     @property
     def ok(self) -> bool:
@@ -271,6 +274,12 @@ def measure(args: argparse.Namespace, workdir: Path, remote: Path, names: list[s
     landed = landed_at(commits, rows)
     f.latency = spread([(landed[r] - started[r[1]]) / args.time_scale
                         for r in committed if r in landed])
+    killed = after.get("killed") or {}
+    if killed.get("restart"):
+        theirs = [r for r in committed if r[0] in set(killed["agents"]) and
+                  started[r[1]] < killed["at"] and r in landed]
+        f.killed_after = sum(1 for r in theirs if landed[r] >= killed["restart"])
+        f.killed_before = len(theirs) - f.killed_after
     history = reflog(remote)
     f.forced = [f"{ref} {old[:12]} -> {new[:12]}" for ref, old, new in history
                 if old != ZERO and new != ZERO and not descends(commits, new, old)]
@@ -325,6 +334,10 @@ def print_figures(f: Figures) -> None:
           f"{f.load[1]:.1f}")
     for line in f.faults:
         row("fault", line)
+    if f.killed_before or f.killed_after:
+        row("killed worker's earlier reports", f"{f.killed_before + f.killed_after} committed "
+            f"before the kill: {f.killed_after} landed after its restart, {f.killed_before} "
+            "before it")
     row("reports committed", f"{f.committed}")
     row("reports on the remote", f"{f.on_remote}")
     row("still queued when agents gave up", f"{len(f.unlanded)}" +
@@ -339,7 +352,8 @@ def print_figures(f: Figures) -> None:
         f"{f.client_push_failures} rejected or failed")
     for kind, n in sorted(f.push_errors.items()):
         print(f"      {n:5} x {kind}")
-    row("retries per report", f"{(f.client_pushes - f.landed_pushes) / per:.2f}")
+    # A killed worker's last attempts are in no log; its push may have landed all the same.
+    row("retries per report", f"{max(0, f.client_pushes - f.landed_pushes) / per:.2f}")
     row("commit to landed", "p50 {:.2f}s, p99 {:.2f}s, max {:.2f}s".format(*f.latency))
     row("git server CPU", f"{f.server_cpu:.1f}s (git daemon and its children), "
         f"{1000 * f.server_cpu / per:.0f} ms per report; {f.fetches} fetches served")
