@@ -77,7 +77,7 @@ class AnsibleConfig:
     private_key_file: str | None = None
     known_hosts_file: str | None = None
     artifacts_keep: int = 5
-    accelerator: str = "off"  # off, auto or mitogen: Mitogen's strategy (docs/accelerator.md)
+    accelerator: str = "auto"  # auto, mitogen or off: Mitogen's strategy (docs/accelerator.md)
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ def _parse_ansible(p: Problems, data: dict[str, Any]) -> AnsibleConfig:
         private_key_file=ans.string("private_key_file"),
         known_hosts_file=ans.string("known_hosts_file"),
         artifacts_keep=ans.integer("artifacts_keep", 5, minimum=1),
-        accelerator=_accelerator(p, data.get("accelerator", "off")),
+        accelerator=_accelerator(p, data.get("accelerator", "auto")),
     )
     if ansible.timeout > MAX_RUN_TIMEOUT:  # Python's subprocess waits fail beyond 24.8 days
         p.add("ansible.timeout", f"at most 7d, got {data['timeout']!r}",

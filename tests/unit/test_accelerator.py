@@ -70,11 +70,11 @@ def test_off_is_plain_even_with_mitogen_installed():
 
 # --- the setting ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [(None, "off"), ("auto", "auto"),
+@pytest.mark.parametrize("value, expected", [(None, "auto"), ("auto", "auto"),
                                              ("mitogen", "mitogen"), ("off", "off"),
                                              (False, "off")])
-def test_the_accelerator_setting_defaults_to_off_and_takes_a_bare_off(value: Any,
-                                                                       expected: str):
+def test_the_accelerator_setting_defaults_to_auto_and_takes_a_bare_off(
+        value: Any, expected: str):
     ansible = {} if value is None else {"accelerator": value}
     config = parse_config({"repo": {"url": "file:///r.git"}, "ansible": ansible}, "agent.yml",
                           Overrides())
