@@ -19,7 +19,7 @@ site.yml's roles and ten more tasks, 32 task results per host) and limit are che
 times by each of (--tools), interleaved:
 
   petkeeper         petkeeper -v --config agent-N.yml check      (the real CLI; exit 0 asserted)
-                    with the defaults: ansible.accelerator auto, Mitogen's strategy
+                    with the defaults (ansible.accelerator auto: Mitogen's strategy)
   petkeeper-plain   the same with ansible.accelerator: off (Ansible's own linear strategy)
   ansible-playbook  ansible-playbook --check --diff -i INV --limit L PLAYBOOK
                     in a clone, with the environment Petkeeper gives Ansible (runner.build_env:
@@ -333,15 +333,16 @@ def add_inventory(remote: Path, workdir: Path, pool: TestHostPool, names: list[s
 
 def bench_config(workdir: Path, remote: Path, pool: TestHostPool, names: list[str],
                  state: str, playbook: str = PLAYBOOK, forks: int = 5,
-                 accelerator: str = "auto") -> Path:
+                 accelerator: str | None = None) -> Path:
     """The demo's agent.yml (agent.demo.write_config), pointed at the bench inventory and
     PLAYBOOK, limited to NAMES, FORKS hosts at a time, with state in WORKDIR/STATE and
-    ansible.accelerator set."""
+    ansible.accelerator set to ACCELERATOR (None: the default, auto)."""
     data = yaml.safe_load(write_config(workdir, remote, pool).read_text())
     data.update(inventory=INVENTORY, limit=",".join(names), state_dir=str(workdir / state),
                 playbooks=[playbook])
     data["ansible"]["forks"] = forks
-    data["ansible"]["accelerator"] = accelerator
+    if accelerator is not None:
+        data["ansible"]["accelerator"] = accelerator
     path = workdir / f"agent-{state}.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -384,7 +385,7 @@ class Bench:
     def pull_dir(self) -> Path:
         return self.workdir / "pull"
 
-    def config(self, names: list[str], state: str, accelerator: str = "auto") -> Path:
+    def config(self, names: list[str], state: str, accelerator: str | None = None) -> Path:
         return bench_config(self.workdir, self.remote, self.pool, names, state,
                             self.playbook, self.forks, accelerator)
 
@@ -488,15 +489,16 @@ def run_tool(tool: str, argv: list[str], env: dict[str, str], cwd: Path) -> Samp
             close_control_masters(Path(folder))
 
 
-def profile_check(bench: Bench, names: list[str], out: Path) -> None:
-    """One more no-change petkeeper check of NAMES, in a process run under cProfile: where
-    Petkeeper's own process spends its time (Ansible runs in children, not profiled)."""
-    argv, env, cwd = bench.commands(names, f"state-{len(names)}")["petkeeper"]
+def profile_check(bench: Bench, names: list[str], out: Path, tool: str = "petkeeper") -> None:
+    """One more no-change check of NAMES by TOOL (petkeeper or petkeeper-plain), in a process
+    run under cProfile: where Petkeeper's own process spends its time (Ansible runs in
+    children, not profiled)."""
+    argv, env, cwd = bench.commands(names, f"state-{len(names)}")[tool]
     profiled = [sys.executable, "-m", "cProfile", "-o", str(out.resolve()), "-m", "agent",
                 *argv[1:]]
     sample = expect(run_timed(profiled, env, cwd), "petkeeper check under cProfile")
     stats = pstats.Stats(str(out.resolve()), stream=sys.stdout)
-    print(f"\n== profile of petkeeper's own process, {len(names)} host(s): {sample.wall:.2f}s "
+    print(f"\n== profile of {tool}'s own process, {len(names)} host(s): {sample.wall:.2f}s "
           f"wall, {sample.own_cpu:.2f}s CPU; top 25 by cumulative time ({out})")
     stats.sort_stats("cumulative").print_stats(25)
 
@@ -577,18 +579,22 @@ def spread(values: Sequence[float], unit: str = "s") -> str:
 
 
 def split_of(sample: Sample) -> dict[str, float] | None:
-    """From petkeeper -v stderr stamps: start-up, fetch+target, Ansible, the rest."""
-    marks: dict[str, float | None] = {": cycle ": None, ": running ": None, " finished: ": None}
+    """From petkeeper -v stderr stamps: start-up, fetch+target, Ansible (up to the next line
+    logged after its run started: none in a no-change cycle, so up to the exit), the rest."""
+    cycle = running = after = None
     for at, line in sample.err:
-        for key, seen in marks.items():
-            if seen is None and key in line:
-                marks[key] = at
-    c, r, f = marks.values()
-    if c is None or r is None or f is None:
+        if cycle is None and ": cycle " in line:
+            cycle = at
+        elif running is None and ": running " in line:
+            running = at
+        elif running is not None and after is None:
+            after = at
+    if cycle is None or running is None:
         return None
-    return {"start-up (imports, config, lock)": c, "fetch + target": r - c,
-            "ansible-runner + ansible-playbook": f - r,
-            "later steps (record, save) + exit": sample.wall - f}
+    end = sample.wall if after is None else after
+    return {"start-up (imports, config, lock)": cycle, "fetch + target": running - cycle,
+            "ansible-runner + ansible-playbook": end - running,
+            "later steps (record, save) + exit": sample.wall - end}
 
 
 def print_point(p: Point) -> None:
@@ -617,23 +623,31 @@ def print_point(p: Point) -> None:
 
 
 def print_split(p: Point) -> None:
-    rounds = [(s, ap.wall) for s, ap in zip(map(split_of, p.runs["petkeeper"]),
+    for tool in (t for t in PETKEEPERS if t in p.tools):
+        print_split_of(p, tool)
+
+
+def print_split_of(p: Point, tool: str) -> None:
+    rounds = [(s, ap.wall) for s, ap in zip(map(split_of, p.runs[tool]),
                                             p.runs["ansible-playbook"], strict=True) if s]
     splits = [s for s, _ in rounds]
     if not splits:
-        print("  petkeeper cycle split: not found in its -v log")
+        print(f"  {tool} cycle split: not found in its -v log")
         return
-    print("  petkeeper cycle split (median of -v log line arrival times):")
+    print(f"  {tool} cycle split (median of -v log line arrival times):")
     for key in splits[0]:
         print(f"    {key:34} {statistics.median(s[key] for s in splits):6.2f}s")
-    print(f"      fetch step alone, in process   {statistics.median(p.fetch):6.2f}s")
-    print(f"      ansible-inventory, in process  {statistics.median(p.inventory):6.2f}s "
-          f"(CPU {statistics.median(p.inventory_cpu):.2f}s)")
+    if tool == "petkeeper":  # timed once per host count, in process: the same for both
+        print(f"      fetch step alone, in process   {statistics.median(p.fetch):6.2f}s")
+        print(f"      ansible-inventory, in process  {statistics.median(p.inventory):6.2f}s "
+              f"(CPU {statistics.median(p.inventory_cpu):.2f}s)")
     alone = [sum(v for k, v in s.items() if not k.startswith("ansible")) for s in splits]
-    print(f"    petkeeper alone (all but the Ansible part) {statistics.median(alone):6.2f}s")
+    print(f"    {tool} alone (all but the Ansible part) {statistics.median(alone):6.2f}s")
     paired = [s["ansible-runner + ansible-playbook"] - ap for s, ap in rounds]
     print(f"    Ansible part minus bare ansible-playbook, paired per round, median "
           f"{statistics.median(paired):+.2f}s")
+    own_cpu = [s.own_cpu for s in p.runs[tool]]
+    print(f"    {tool}'s own process CPU {spread(own_cpu)}")
 
 
 def print_disk(p: Point) -> None:
@@ -711,6 +725,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="after the largest host count, one more petkeeper check under "
                         "cProfile: its stats go to PROFILE, the top entries are printed")
+    parser.add_argument("--profile-tool", choices=PETKEEPERS, default="petkeeper",
+                        help="whose check --profile runs (default petkeeper)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
@@ -760,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 points.append(measure_point(bench, names[:count], args.runs))
                 print_point(points[-1])
                 if args.profile and count == max(args.counts):
-                    profile_check(bench, names[:count], args.profile)
+                    profile_check(bench, names[:count], args.profile, args.profile_tool)
         print_table(sorted(points, key=lambda p: p.hosts))
         say(f"total {time.monotonic() - began:.0f}s")
     finally:
