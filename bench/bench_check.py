@@ -53,6 +53,7 @@ import os
 import pstats
 import re
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -442,6 +443,39 @@ class Bench:
             f"{pk.wall:.2f}s; ansible-pull clone + facts {pull.wall:.2f}s")
 
 
+def settle_light(pool: TestHostPool, names: list[str]) -> None:
+    """Leave NAMES as a converge of --playbook light leaves them, with one shell command per
+    host instead of an Ansible run (its four tasks' files, contents and modes), so that the
+    first check is a no-change check: hundreds of hosts converge in seconds, not minutes."""
+    files = (("/etc/motd", "{name}: benchmark pet\n"),
+             ("/srv/soak/conf/app.conf", "workers = 4\nfeatures = compression,static_files\n"),
+             ("/etc/cron.d/petkeeper-backup", "17 3 * * * root /usr/local/sbin/petkeeper-backup\n"))
+    folders = " ".join(f"/srv/soak/{f}" for f in ("conf", "data", "logs", "spool"))
+    for name in names:
+        writes = " && ".join(f"printf %s {shlex.quote(text.format(name=name))} > {path} && "
+                             f"chmod 0644 {path}" for path, text in files)
+        pool.run(name, f"mkdir -p {folders} /etc/cron.d && chmod 0755 {folders} && {writes}")
+
+
+def measure_memory(bench: Bench) -> Sample:
+    """One petkeeper check of every host, the agent's first (it clones its mirror and
+    commits every host's first report), for its time and peak memory."""
+    argv, env, cwd = bench.commands(bench.names, "state")["petkeeper"]
+    sample = run_timed(argv, env, cwd)
+    if sample.rc not in (0, 2):  # 2: drift, which the settle should have left none of
+        expect(sample, "petkeeper check")
+    hosts = len(bench.names)
+    print(f"\n== memory: one petkeeper check of {hosts} host(s), its first (mirror clone, "
+          f"{hosts} first reports committed and pushed), exit {sample.rc}"
+          f"{' (drift: the settle left something to change)' if sample.rc else ''}")
+    print(f"  wall {sample.wall:.1f}s; CPU on this side {sample.cpu:.1f}s, of its own process "
+          f"{sample.own_cpu:.1f}s")
+    print(f"  petkeeper peak RSS: its own process {sample.own_rss_kb / 1024:.1f} MiB (VmHWM, "
+          f"sampled every 20 ms); largest process of its tree {sample.tree_rss_kb / 1024:.1f} "
+          "MiB (wait4 ru_maxrss)")
+    return sample
+
+
 # -- measures --------------------------------------------------------------------------------
 
 def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
@@ -727,6 +761,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "cProfile: its stats go to PROFILE, the top entries are printed")
     parser.add_argument("--profile-tool", choices=PETKEEPERS, default="petkeeper",
                         help="whose check --profile runs (default petkeeper)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="--playbook light only: the hosts settled by shell instead of "
+                        "converged, then one petkeeper check of the largest host count, its "
+                        "time and peak RSS (the agent's memory at that size); no other tool")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
@@ -738,6 +776,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--tools: petkeeper and ansible-playbook, and optionally petkeeper-plain "
                      f"and ansible-pull; got {args.tools!r}")
     args.tools = tuple(t for t in TOOLS if t in wanted)
+    if args.memory_only and args.playbook != "light":
+        parser.error("--memory-only: only with --playbook light (its settle is a shell command)")
     args.playbook = PLAYBOOKS[args.playbook]
     if args.forks < 1:
         parser.error("--forks must be >= 1")
@@ -767,6 +807,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             t = time.monotonic()
             bench = Bench(workdir, remote, pool, names, base_env, args.playbook, args.tools,
                           args.forks)
+            if args.memory_only:
+                settle_light(pool, names)
+                say(f"{len(names)} host(s) on {address(1)}.. settled by shell in "
+                    f"{time.monotonic() - t:.1f}s (setup, not measured)")
+                measure_memory(bench)
+                say(f"total {time.monotonic() - began:.0f}s")
+                return 0
             converge(load_config(bench.config(names, "state")), remote, workdir, names)
             say(f"{len(names)} host(s) on {address(1)}.. converged in "
                 f"{time.monotonic() - t:.1f}s (setup, not measured)")
