@@ -72,7 +72,8 @@ import yaml
 import agent
 from agent.adapters.accelerator import mitogen_version
 from agent.adapters.inventory import list_hosts
-from agent.adapters.runner import PlaybookRun, build_env, close_control_masters, run_playbook
+from agent.adapters.masters import close_masters
+from agent.adapters.runner import PlaybookRun, build_env, run_playbook
 from agent.adapters.state import StateDir
 from agent.config import Config, load_config
 from agent.cycle.source import open_mirror, sync_source
@@ -520,7 +521,7 @@ def run_tool(tool: str, argv: list[str], env: dict[str, str], cwd: Path) -> Samp
         try:
             return run_timed(argv, {**env, "ANSIBLE_SSH_CONTROL_PATH_DIR": folder}, cwd)
         finally:
-            close_control_masters(Path(folder))
+            close_masters(Path(folder))
 
 
 def profile_check(bench: Bench, names: list[str], out: Path, tool: str = "petkeeper") -> None:

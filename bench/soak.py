@@ -31,10 +31,11 @@ hand (a clean commit).
 
 After each cycle it samples the daemon process alone (VmRSS and its heap and file parts,
 VmHWM, threads, open fds, own CPU and that of the processes it starts for cycles, from their log
-lines), its child processes, the processes inside the test hosts
-(SSH sessions left open), the state directory by part (mirror.git, trees, runner =
-ansible-runner's artifacts, other) and the bare remote. At the end: SIGTERM, exit 0 expected;
-hosts stopped; a summary with a verdict.
+lines), its child processes, the processes inside the test hosts (the daemon's kept SSH
+connections: steady, one per host, never growing), the state directory by part (mirror.git,
+trees, runner = ansible-runner's artifacts, other) and the bare remote. At the end: SIGTERM,
+exit 0 expected, and no SSH session left on the hosts (stop means stop: the kept connections
+close with the daemon); hosts stopped; a summary with a verdict.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Sample:
     threads: int
     fds: int
     children: int  # the daemon's descendant processes, between cycles
-    host_procs: int  # processes in the test hosts beyond their sshd: sessions left open
+    host_procs: int  # processes in the test hosts beyond their sshd: the kept connections
     cpu: float  # the daemon's own user + system seconds so far
     commits: int  # report commits on the remote's reports branch
     remote: int  # bytes of the bare remote
@@ -409,7 +410,22 @@ def soak(args: argparse.Namespace, workdir: Path) -> list[Sample]:
             notified.close()
         if rc != 0:
             raise SystemExit(f"soak: the daemon exited {rc} on SIGTERM, expected 0")
+        left = sessions_after_stop(pool)
+        say(f"SSH sessions on the hosts after the stop: {left}")
+        if left:
+            raise SystemExit(f"soak: {left} SSH session process(es) left on the hosts after "
+                             "the daemon stopped; expected none")
     return samples
+
+
+def sessions_after_stop(pool: TestHostPool, timeout: float = 15.0) -> int:
+    """The test hosts' processes beyond their sshd once the daemon stopped: the far end of a
+    closed connection ends on its own, so poll until none is left or TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while (left := sum(len(descendants(h.pid)) for h in pool.hosts.values())) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def one_cycle(cycle: int, args: argparse.Namespace, pool: TestHostPool, clone: SourceClone,

@@ -124,12 +124,16 @@ def stop_process_tree(roots: Iterable[int], sessions: Iterable[int] = (),
     return names
 
 
-def stop_strays(folder: Path) -> list[int]:
+def stop_strays(folder: Path, spare: Path | None = None) -> list[int]:
     """Stop the processes left running in FOLDER by a run whose agent was killed (Ansible's
-    workers outlive it); only a lock holder may call this. Return their PIDs."""
+    workers outlive it); only a lock holder may call this. Return their PIDs. The daemon's
+    kept SSH masters, with their sockets in SPARE, are not strays: they live in the folder
+    where the run that opened them started them, and serve the next cycle."""
     root = str(folder.resolve())
+    kept = f"ssh: {spare}{os.sep}".encode() if spare is not None else None
     strays = [pid for pid in parents() if pid != os.getpid() and
-              _cwd(pid).startswith(root + os.sep)]
+              _cwd(pid).startswith(root + os.sep) and
+              not (kept and read_proc(pid, "cmdline").startswith(kept))]
     if strays:
         log.warning("stopping %d process(es) left by an interrupted run: %s", len(strays),
                     ", ".join(map(str, strays)))

@@ -16,17 +16,18 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from agent.adapters.process import parents, read_proc, run_process, stop_process_tree
+from agent.adapters.masters import close_masters
+from agent.adapters.process import parents, read_proc, stop_process_tree
 from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
+from agent.core.ssh_masters import Masters
 from agent.core.versions import untested_ansible
-from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class PlaybookRun:
     # ansible-playbook process: each keeps its own folder, so PLAYBOOK's playbook_dir and
     # adjacent group_vars stay its own. split_run tells their events apart.
     then: tuple[str, ...] = ()
+    # The daemon's kept SSH masters (agent.core.ssh_masters); None: a control folder of the
+    # run's own, its masters closed when the run ends.
+    masters: Masters | None = None
 
 
 # Sees each event of a run as it happens (a progress line on a terminal, say).
@@ -111,8 +115,9 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
     given, sees each one as it comes).
 
     At RUN.timeout, or when CANCEL returns True, every process of the run is stopped: Ansible's
-    workers leave the run's process group (setsid), so the whole process tree is signalled,
-    and the run's SSH control masters are closed."""
+    workers leave the run's process group (setsid), so the whole process tree is signalled.
+    The run's SSH control masters are closed when it ends, except the daemon's (RUN.masters),
+    which its stop closes."""
     if cancel is not None and cancel():  # shutting down: start no new Ansible run at all
         log.info("not running %s (ident %s): canceled", run.playbook, run.ident)
         return RunResult(rc=-1, status="canceled", events=[], facts=[])
@@ -142,12 +147,11 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
 
     try:
         work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # SSH control sockets need a short path (108 bytes at most): a private folder in /tmp.
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="vars-") as vars_dir, \
-                tempfile.TemporaryDirectory(prefix="pk-cp-") as cp_dir:
-            control_dir = Path(cp_dir)
+                control_folder(run.masters) as control_dir:
             facts_file = Path(vars_dir) / "facts.jsonl"
-            cmdline = build_cmdline(run, _extra_var_files(run.extra_vars, Path(vars_dir)))
+            cmdline = build_cmdline(run, [*_extra_var_files(run.extra_vars, Path(vars_dir)),
+                                          *_masters_var_file(run.masters, Path(vars_dir))])
             log.info("running %s%s in %s mode (ident %s, limit %s)", run.playbook,
                      "".join(f" then {Path(p).name}" for p in run.then),
                      "check" if run.check else "apply", run.ident, run.limit)
@@ -155,7 +159,7 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                 r = ansible_runner.run(
                     private_data_dir=str(work_dir), project_dir=str(run.tree),
                     **runner_targets(run, cmdline),
-                    envvars={**build_env(run), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
+                    envvars={**build_env(run), **ssh_control_env(run.masters, control_dir),
                              "PETKEEPER_FACTS_FILE": str(facts_file)},
                     ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
                     settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
@@ -169,9 +173,6 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                 # while Ansible may still run: stop it, so that nothing outlives the cycle.
                 _stop_ansible()
                 raise
-            finally:
-                # Masters of a per-run control folder cannot serve a later run: close them.
-                close_control_masters(control_dir)
             facts = _read_facts(facts_file)
     except OSError as e:
         if e.errno in DISK_FULL:
@@ -183,12 +184,28 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                      facts=facts)
 
 
-def close_control_masters(control_dir: Path) -> None:
-    """Ask each SSH ControlPersist master of a run to exit (they left its process tree)."""
-    for sock in control_dir.iterdir():
-        with contextlib.suppress(AgentError, OSError):
-            run_process(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "petkeeper"],
-                        what="ssh -O exit", timeout=10)
+@contextlib.contextmanager
+def control_folder(masters: Masters | None) -> Iterator[Path]:
+    """The folder of a run's SSH control sockets: the daemon's, whose masters outlive the run
+    (MASTERS), or a fresh private one in /tmp (a short path: a socket's is 107 bytes at most),
+    whose masters are closed when the run ends: they left its process tree."""
+    if masters is not None:
+        yield masters.folder
+        return
+    with tempfile.TemporaryDirectory(prefix="pk-cp-") as folder:
+        try:
+            yield Path(folder)
+        finally:
+            close_masters(Path(folder))
+
+
+def ssh_control_env(masters: Masters | None, folder: Path) -> dict[str, str]:
+    """Where Ansible's SSH connections keep their control sockets, and for the daemon's kept
+    masters, how long an idle one lives."""
+    env = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(folder)}
+    if masters is not None:
+        env["ANSIBLE_SSH_ARGS"] = masters.ssh_args()
+    return env
 
 
 def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:
@@ -269,6 +286,18 @@ def _extra_var_files(values: Sequence[str], folder: Path) -> list[str]:
             json.dump(parse_extra_var(value), f)
         args.append(f"@{path}")
     return args
+
+
+def _masters_var_file(masters: Masters | None, folder: Path) -> list[str]:
+    """The extra var that gives each inventory host its own folder of kept masters (Ansible
+    renders it per host), last: it outranks the inventory's."""
+    if masters is None:
+        return []
+    path = folder / "ssh-masters.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"ansible_control_path_dir": masters.control_path_dir()}, f)
+    return [f"@{path}"]
 
 
 def _read_facts(path: Path) -> list[dict[str, Any]]:

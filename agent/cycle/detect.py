@@ -27,6 +27,7 @@ from agent.core.drift import (
     mask_reports,
 )
 from agent.core.hostkeys import MITOGEN_KEY_LINE
+from agent.core.ssh_masters import Masters
 from agent.cycle.source import Source, resolve_in_tree
 from agent.errors import RepoError
 
@@ -43,6 +44,7 @@ class Targets:
     limit: str
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # host -> its groups
     accelerator: Accelerator | None = None  # the cycle's strategy; None: plain
+    masters: Masters | None = None  # the daemon's kept SSH masters; None: each run its own
 
     def only(self, hosts: Sequence[str]) -> Targets:
         """These targets limited to HOSTS."""
@@ -93,9 +95,10 @@ def select_playbooks(config: Config, tree: Path, names: list[str]) -> tuple[str,
 
 
 def select_targets(config: Config, source: Source, state: StateDir,
-                   cancel: Callable[[], bool] | None = None) -> Targets:
+                   cancel: Callable[[], bool] | None = None,
+                   masters: Masters | None = None) -> Targets:
     """Resolve playbooks, inventory and the hosts the limit selects (RepoError if any is bad);
-    CANCEL stops ansible-inventory."""
+    CANCEL stops ansible-inventory. The runs use MASTERS, the daemon's kept SSH masters."""
     names = this_host_names()
     playbooks = select_playbooks(config, source.tree, names)
     if config.inventory:
@@ -107,7 +110,7 @@ def select_targets(config: Config, source: Source, state: StateDir,
     limit, listing = select_hosts(config, source.tree, inventory, source.env, names, cancel,
                                   kept)
     return Targets(playbooks, inventory, tuple(listing.groups), limit, listing.groups,
-                   choose_accelerator(config.ansible.accelerator))
+                   choose_accelerator(config.ansible.accelerator), masters)
 
 
 @dataclass(frozen=True)
@@ -283,4 +286,4 @@ def playbook_run(config: Config, source: Source, targets: Targets, playbook: str
         check=check, ident=ident, tags=config.tags, skip_tags=config.skip_tags,
         extra_vars=config.extra_vars, vault_password_file=config.vault_password_file,
         timeout=a.timeout, forks=a.forks, private_key_file=a.private_key_file,
-        known_hosts_file=a.known_hosts_file, env=source.env)
+        known_hosts_file=a.known_hosts_file, env=source.env, masters=targets.masters)

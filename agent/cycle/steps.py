@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.adapters.galaxy import install_requirements
 from agent.adapters.gitrepo import Mirror
+from agent.adapters.masters import close_departed, daemon_folder
 from agent.adapters.process import stop_strays
 from agent.adapters.runner import Watcher
 from agent.adapters.snapshots import prune_snapshots, read_holds
@@ -35,6 +36,7 @@ from agent.adapters.state import (
 from agent.config import Config
 from agent.core.drift import CLEAN, DRIFTED, HostReport
 from agent.core.redact import redact_text
+from agent.core.ssh_masters import Masters
 from agent.cycle.apply import (
     FAILED_APPLY,
     INTERRUPTED,
@@ -117,6 +119,7 @@ class Cycle:
     unrecorded: frozenset[str] = frozenset()
     refused: Refusal | None = None  # a second pass: the head's content was refused, and why
     began: float = field(default_factory=time.monotonic)
+    masters: Masters | None = None  # the daemon's kept SSH masters; None: each run its own
 
     def advance(self, stage: Stage) -> None:
         if stage < self.stage:
@@ -171,14 +174,16 @@ def fetch_step(c: Cycle) -> None:
 
 def target_step(c: Cycle) -> None:
     assert c.source is not None
-    c.targets = select_targets(c.config, c.source, c.state, c.cancel)
+    c.targets = select_targets(c.config, c.source, c.state, c.cancel, c.masters)
+    if c.masters is not None:  # the daemon's: a host no longer targeted loses its master
+        close_departed(c.masters, c.targets.hosts)
     c.advance(Stage.TARGETED)
 
 
 def recover_step(c: Cycle) -> None:
     """Applies a crash cut short are recorded as interrupted, never resumed; what their
     Ansible left running is stopped first."""
-    stop_strays(c.state.trees)
+    stop_strays(c.state.trees, spare=daemon_folder(c.state.root)[0])
     for result in recover_interrupted(c.state, c.clock()):
         c.applies.append(result)
         c.pending.append(apply_record(result))
@@ -312,7 +317,8 @@ Finish = Callable[[Cycle, BaseException | None], None]
 def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: float = 0.0,
               now: datetime | None = None, only_plan: str | None = None,
               cancel: Callable[[], bool] | None = None, finish: Finish | None = None,
-              watch: Watcher | None = None, trigger: str | None = None) -> Cycle:
+              watch: Watcher | None = None, trigger: str | None = None,
+              masters: Masters | None = None) -> Cycle:
     """Run STEPS under the state directory's lock; return the cycle's record. With NOW, the
     clock is frozen there (tests control time); WATCH sees each Ansible event. FINISH runs
     last, under the lock, also after a step failed (with the error), and must not raise:
@@ -327,7 +333,7 @@ def run_cycle(config: Config, steps: tuple[Step, ...], command: str, *, wait: fl
     started = now or _now()
     cycle = Cycle(config, state, new_run_id(started), started, only_plan=only_plan,
                   cancel=cancel, watch=watch, clock=(lambda: now) if now else _now,
-                  command=command, trigger=trigger)
+                  command=command, trigger=trigger, masters=masters)
     with cycle_lock(state, f"petkeeper {command}, run {cycle.run_id}", wait):
         note_cycle(state, cycle.run_id, f"petkeeper {command}")
         error: BaseException | None = None

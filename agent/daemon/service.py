@@ -26,9 +26,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.adapters.masters import close_masters, open_masters, remove_folder
 from agent.adapters.state import StateDir, cycle_lock, read_pause, running_daemon
 from agent.config import Config, load_config
 from agent.core.schema import printable_key as printable
+from agent.core.ssh_masters import Masters, persist_seconds
 from agent.cycle.decide import APPLY
 from agent.cycle.source import fetch_source, open_mirror
 from agent.cycle.steps import (
@@ -105,8 +107,10 @@ def until_cancelled(steps: tuple[Step, ...], cancel: Callable[[], bool],
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config, env: dict[str, str] | None = None):
+    def __init__(self, config_path: Path, config: Config, env: dict[str, str] | None = None,
+                 masters: Path | None = None):
         self.config_path, self.config = config_path, config
+        self.masters_folder = masters  # where cycles keep SSH masters (None: they do not)
         self.state = StateDir(config.state_dir)
         self.env = dict(os.environ if env is None else env)
         self.wake = Wake()
@@ -277,12 +281,14 @@ class Daemon:
     def _run_watched(self, config: Config, trigger: str | None, hold: bool) -> dict[str, Any]:
         """Run a daemon cycle; the file watch knows when it ran and when it applied."""
         if self.triggers is None:
-            return run_isolated(daemon_cycle, (config, trigger, hold), self.cancelled)
+            return run_isolated(daemon_cycle, (config, trigger, hold, self.masters(config)),
+                                self.cancelled)
         self.triggers.cycle_started()
         windows: list[Window] | None = None
         held = False
         try:
-            result = run_isolated(daemon_cycle, (config, trigger, hold), self.cancelled)
+            result = run_isolated(daemon_cycle, (config, trigger, hold, self.masters(config)),
+                                  self.cancelled)
             windows = [(a, b) for a, b in result.get("applied", [])]
             held = bool(result.get("held"))
         finally:
@@ -292,6 +298,14 @@ class Daemon:
             log.info("a correction waits daemon.watch_grace (%gs), then is checked again "
                      "before it applies", config.daemon.watch_grace)
         return result
+
+    def masters(self, config: Config) -> Masters | None:
+        """The SSH masters a cycle keeps, an idle one living a little over CONFIG's check
+        interval."""
+        if self.masters_folder is None:
+            return None
+        d = config.daemon
+        return Masters(self.masters_folder, persist_seconds(d.check_interval, d.fetch_interval))
 
     def _peek(self, config: Config) -> str | None:
         """The cheap fetch: the source branch's head, without a cycle."""
@@ -345,10 +359,11 @@ class Daemon:
 
 
 def daemon_cycle(cancelled: Callable[[], bool], config: Config, trigger: str | None = None,
-                 hold: bool = False) -> dict[str, Any]:
+                 hold: bool = False, masters: Masters | None = None) -> dict[str, Any]:
     """One daemon cycle, in its own process (agent.daemon.isolate): return its status line,
     fetch error, when it applied (monotonic, for the file watch) and whether it HOLD-s a
-    correction (a check TRIGGER-ed by the file watch applies nothing: its grace runs)."""
+    correction (a check TRIGGER-ed by the file watch applies nothing: its grace runs). Its
+    SSH connections stay open for the next cycle in MASTERS."""
     applied: list[tuple[float, float]] = []
 
     def timed_apply(c: Cycle) -> None:
@@ -362,7 +377,7 @@ def daemon_cycle(cancelled: Callable[[], bool], config: Config, trigger: str | N
     steps = tuple(timed_apply if s is apply_step else s for s in RUN_STEPS
                   if not (hold and s is apply_step))
     cycle = run_cycle(config, until_cancelled(steps, cancelled), "daemon run",
-                      cancel=cancelled, finish=tell_after, trigger=trigger)
+                      cancel=cancelled, finish=tell_after, trigger=trigger, masters=masters)
     return {"status": describe(cycle),
             "fetch_error": cycle.source.fetch_error if cycle.source else None,
             "applied": applied,
@@ -433,7 +448,15 @@ def run_daemon(config_path: Path, env: dict[str, str] | None = None) -> int:
     state = StateDir(config.state_dir)
     state.ensure()
     with daemon_pid(state):
-        return Daemon(config_path, config, env).run()
+        masters = open_masters(state.root)
+        try:
+            return Daemon(config_path, config, env, masters).run()
+        finally:
+            # Stop means stop: the SSH masters (they left our process group) end with us.
+            if masters is not None:
+                closed = close_masters(masters)
+                remove_folder(masters)
+                log.info("closed %d kept SSH connection(s)", len(closed))
 
 
 @contextlib.contextmanager

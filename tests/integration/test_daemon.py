@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.adapters.masters import daemon_folder
+from agent.core.ssh_masters import host_folder_name
 from tests.conftest import (
     PLAYBOOK,
     GitRemote,
@@ -159,10 +161,12 @@ def pets(host_pool, remote: GitRemote, tmp_path: Path) -> Path:
 def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reloads_and_stops(
         host_pool, remote, tmp_path, start_daemon, cli: Run):  # noqa: F811
     state = tmp_path / "state"
-    settle(host_pool, "alpha")  # converged: the first cycle finds it clean
+    settle(host_pool, "alpha", "beta")  # converged: the first cycle finds them clean
     remote.commit({"README.md": "not yet\n"}, branch="other")  # no main branch yet
     pets = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
-                              limit="alpha", daemon=FAST)
+                              daemon=FAST)  # limit: pets, the inventory's group
+    # tmp_path is too deep for SSH sockets under state/ssh: the fallback folder in /tmp.
+    masters = daemon_folder(state)[0]
     c = ("--config", str(pets))
     daemon = start_daemon(pets, WATCHDOG_USEC="1000000")
     wait_for("READY=1", lambda: "READY=1\nSTATUS=waiting for the first cycle"
@@ -178,26 +182,37 @@ def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reload
     assert any(m.startswith("STATUS=stalled: ") for m in daemon.notified())
     assert not (state / "status.json").exists()
 
-    # Retried when the source changes: the first cycle, of the fixed source; the policy would
-    # apply anything (default: auto).
-    files = pets_repo_files(pet_hosts(host_pool, "alpha"))
+    # Retried when the source changes: the first cycle, of the fixed source (alpha and beta);
+    # the policy would apply anything (default: auto).
+    files = pets_repo_files(pet_hosts(host_pool, "alpha", "beta"))
     fixed = remote.commit({**files, "petkeeper/policy.yml": yaml.safe_dump({"default": "auto"})})
     first = wait_for("the first cycle, of the fixed source",
                      new_cycle(state, None, source_sha=fixed), daemon)
     assert first["exit_code"] == 0
-    assert remote.log()[0] == "alpha: clean (0 changes, 1 check-blind)"
+    assert remote.log("alpha")[0] == "alpha: clean (0 changes, 1 check-blind)"
     wait_for("STATUS after the cycle", lambda: any(
-        m.startswith(f"STATUS=run {first['run_id']}: exit 0, 1 clean") for m in
+        m.startswith(f"STATUS=run {first['run_id']}: exit 0, 2 clean") for m in
         daemon.notified()), daemon, timeout=60)
+    # Each host's SSH connection stays open for the next cycle: one master each, in the
+    # private folder, said once in the log.
+    assert daemon.text().count("too long for SSH control sockets") == 1
+    assert masters.stat().st_mode & 0o777 == 0o700
+    [alpha_master] = master_pids(masters, "alpha")
+    [beta_master] = master_pids(masters, "beta")
+    assert alive_master(alpha_master) and alive_master(beta_master)
 
     # A hand edit, a pause, then a commit: a cycle of the new commit (usually the only one
     # after the pause; the fetch every second may see the pause alone first), paused.
     host_pool.run("alpha", "echo 'edited by hand' >> /etc/motd")
     code, out, err = cli(*c, "pause", "--reason", "swapping disks")
     assert code == 0 and "paused applies" in out, err
-    sha = remote.commit({"README.md": "pets\n"}, "Describe the pets")
+    # The commit also takes beta out of the inventory: its master is closed, alpha's kept.
+    sha = remote.commit({"README.md": "pets\n", "inventory/hosts.yml": pets_repo_files(
+        pet_hosts(host_pool, "alpha"))["inventory/hosts.yml"]}, "Describe the pets, not beta")
     paused = wait_for("a paused cycle of the new commit", new_cycle(
         state, first["run_id"], source_sha=sha), daemon, timeout=240)
+    assert master_pids(masters, "alpha") == [alpha_master]
+    assert not alive_master(beta_master) and not (masters / host_folder_name("beta")).exists()
     assert paused["hosts"]["alpha"]["status"] == "drifted" and paused["applies"] == []
     plan = paused["hosts"]["alpha"]["plan"]
     assert plan["action"] == "wait" and plan["mode"] == "auto"  # auto would apply it
@@ -213,7 +228,7 @@ def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reload
     reported = yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
     assert reported["paused"]["reason"] == "swapping disks" and reported["run_id"] == \
         paused["run_id"]
-    assert "Petkeeper-Paused: swapping disks" in remote.log(fmt="%B%x00")[0]
+    assert "Petkeeper-Paused: swapping disks" in remote.log("alpha", fmt="%B%x00")[0]
 
     # run --now, while paused: the daemon's cycle runs at once and applies nothing either
     # (a CLI `run` of its own while paused: test_pause)
@@ -231,6 +246,8 @@ def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reload
     assert resumed["applies"][0]["approved_by"] == "policy: auto (default)"
     assert "edited by hand" not in host_pool.run("alpha", MOTD).stdout
     assert "paused" not in yaml.safe_load(remote.show("petkeeper/hosts/alpha", "hosts/alpha.yml"))
+    # The check, the apply and the re-check of these cycles all went over the same master.
+    assert master_pids(masters, "alpha") == [alpha_master]
 
     good = pets.read_text()
     pets.write_text(good + "daemon: {fetch_interval: soon}\n")
@@ -246,6 +263,12 @@ def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reload
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(30) == 0
     assert "STOPPING=1\nSTATUS=stopping" in daemon.notified()
+    # Stop means stop: the master (it left the daemon's process group) is gone, its SSH
+    # session on alpha ends, no process names the folder, and the folder is removed.
+    assert not alive_master(alpha_master) and not masters.exists()
+    assert "closed 1 kept SSH connection(s)" in daemon.text()
+    assert [p for p in _pids() if f"ssh: {masters}".encode() in proc_file(p, "cmdline")] == []
+    wait_for_gone("alpha's SSH session", lambda: host_sessions(host_pool, "alpha"))
     code, _, err = cli(*c, "run", "--now")
     assert code == 1 and "no daemon is running" in err
 
@@ -271,6 +294,36 @@ def test_sigterm_mid_apply_exits_promptly_and_leaves_no_ansible_behind(
         for pid in sleeping():  # the remote command this test started outlives its SSH session
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def master_pids(folder: Path, host: str) -> list[int]:
+    """The PIDs of the SSH masters kept in FOLDER for HOST, as `ssh -O check` tells them."""
+    pids = []
+    for sock in sorted((folder / host_folder_name(host)).glob("*")):
+        answer = subprocess.run(["ssh", "-O", "check", "-o", f"ControlPath={sock}", "x"],
+                                capture_output=True, text=True, timeout=30).stderr
+        if m := re.search(r"Master running \(pid=(\d+)\)", answer):
+            pids.append(int(m.group(1)))
+    return pids
+
+
+def alive_master(pid: int) -> bool:
+    """Whether PID is a running SSH master (not gone, not a zombie, not a reused PID)."""
+    return proc_file(pid, "cmdline").startswith(b"ssh: ")
+
+
+def host_sessions(pool, name: str) -> list[int]:
+    """The processes a test host's sshd runs for open connections (its children)."""
+    pid = pool.hosts[name].pid
+    return [int(c) for c in proc_file(pid, f"task/{pid}/children").split()]
+
+
+def wait_for_gone(what: str, found: Callable[[], list[int]], timeout: float = 30) -> None:
+    """Poll until FOUND() is empty (the far end of a closed connection ends on its own)."""
+    deadline = time.monotonic() + timeout
+    while (left := found()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"{what} still there: {left}"
 
 
 def sleeping() -> list[int]:

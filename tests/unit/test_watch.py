@@ -360,7 +360,7 @@ def test_a_triggered_cycle_holds_the_correction_and_the_grace_cycle_applies(
     ran: list[tuple[Any, ...]] = []
 
     def run_isolated(work: Any, args: tuple[Any, ...], stop: Any) -> dict[str, Any]:
-        ran.append(args[1:])
+        ran.append(args[1:3])  # trigger, hold (then the kept SSH masters)
         return {"status": "ok", "fetch_error": None, "applied": [], "held": args[2]}
 
     monkeypatch.setattr(service, "run_isolated", run_isolated)
