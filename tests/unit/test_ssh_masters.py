@@ -128,3 +128,19 @@ def test_closing_a_folder_with_no_master_removes_stale_sockets_and_departed_fold
     assert close_masters(masters.folder) == []
     assert list(masters.host_folder("kept").iterdir()) == []
     assert close_masters(tmp_path / "nothing") == []
+
+
+def test_each_daemon_cycle_gets_the_kept_folder_with_its_configs_persist(tmp_path):
+    import yaml
+
+    from agent.config import load_config
+    from agent.daemon.service import Daemon
+
+    path = tmp_path / "agent.yml"
+    path.write_text(yaml.safe_dump({
+        "repo": {"url": "file:///srv/git/pets.git"}, "state_dir": str(tmp_path / "state"),
+        "daemon": {"check_interval": "15m", "fetch_interval": "1m"}}))
+    config = load_config(path)
+    assert Daemon(path, config, env={}).masters(config) is None  # none kept: each run its own
+    daemon = Daemon(path, config, env={}, masters=tmp_path / "ssh")
+    assert daemon.masters(config) == Masters(tmp_path / "ssh", 900 + 60 + 120)
