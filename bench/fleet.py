@@ -42,8 +42,9 @@ Faults (--fault, at --fault-at simulated seconds, for --fault-for):
   outage  git daemon killed (its process group), restarted after --fault-for
   refuse  a pre-receive hook exits 1 while a flag file exists (--fault-for)
   kill    SIGKILL of a worker process and every git it runs, while one of its agents
-          pushes; the worker restarts after 30 s (the unit's RestartSec) and its agents' queued
-          reports must land
+          pushes (the push held in a pre-receive hook until the kill, then refused: cut
+          before the server took it); the worker restarts after 30 s (the unit's
+          RestartSec) and its agents' queued reports must land
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ POST_RECEIVE = """#!/bin/bash
 while read -r old new ref; do
   printf '%s %s %s %s %s\\n' "$EPOCHREALTIME" "$$" "$old" "$new" "$ref"
 done >> {log}
+"""
+HOLD_ONE_PUSH = """#!/bin/sh
+# fleet.py --fault kill: the first push once the hold flag exists waits here until fleet.py
+# has killed the agent that made it, then is refused: a push cut before the server took it
+if [ -e {flag} ] && mkdir {held} 2>/dev/null; then
+  read -r old new ref
+  printf '%s\\n' "$ref" > {held}/ref.tmp && mv {held}/ref.tmp {held}/ref
+  while [ -e {flag} ]; do sleep 0.02; done
+  echo "push cut by fault injection: its agent was killed" >&2
+  exit 1
+fi
 """
 PRE_RECEIVE = """#!/bin/sh
 # fleet.py --fault refuse: every push is refused while the flag file exists
@@ -204,6 +216,10 @@ def set_up_remote(workdir: Path, args: argparse.Namespace) -> Path:
     if args.fault == "refuse":
         (hooks / "pre-receive").write_text(PRE_RECEIVE.format(flag=workdir / "refuse"))
         (hooks / "pre-receive").chmod(0o755)
+    elif args.fault == "kill":
+        (hooks / "pre-receive").write_text(HOLD_ONE_PUSH.format(flag=workdir / "hold",
+                                                                held=workdir / "held"))
+        (hooks / "pre-receive").chmod(0o755)
     # The ref history the checks below read besides the hook's log: every update, with its
     # old and new value (a forced push would show as a new value that does not descend).
     git_out("--git-dir", str(remote), "config", "core.logAllRefUpdates", "always")
@@ -278,13 +294,12 @@ class Workers:
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
-    def pushing(self) -> tuple[int, int] | None:
-        """(worker index, pid of a `git push`) if one of the workers is pushing now."""
-        for i, proc in enumerate(self.procs):
-            for pid in descendants(proc.pid):
-                argv = cmdline(pid)
-                if len(argv) > 1 and argv[0].endswith("git") and "push" in argv[1:3]:
-                    return i, pid
+    def pushing(self, index: int) -> int | None:
+        """The pid of a `git push` worker INDEX runs now, if any."""
+        for pid in descendants(self.procs[index].pid):
+            argv = cmdline(pid)
+            if len(argv) > 1 and argv[0].endswith("git") and "push" in argv[1:3]:
+                return pid
         return None
 
     def kill(self, index: int) -> None:
@@ -369,25 +384,37 @@ class Run:
             self.kill_mid_push()
 
     def kill_mid_push(self) -> None:
-        deadline = self.args.fault_at + self.args.fault_for
-        while self.sim() < deadline:
-            found = self.workers.pushing()
-            if found:
-                index, pid = found
-                self.workers.kill(index)
-                at = self.sim()
-                self.killed = {"agents": [a["name"] for a in self.workers.specs[index]["agents"]],
-                               "at": time.time()}
-                self.faults.append(f"worker {index} (pid {self.workers.procs[index].pid}, "
-                                   f"{len(self.workers.specs[index]['agents'])} agents) killed "
-                                   f"at {at:.1f}s while pid {pid} pushed")
-                self.sleep_until(at + RESTART_SEC)
-                self.workers.restart(index, self.t0, self.sha, self.base, self.sim())
-                self.killed["restart"] = time.time()
-                self.faults.append(f"worker {index} restarted at {self.sim():.1f}s")
-                return
-            time.sleep(0.005)
-        raise SystemExit("fleet: --fault kill found no push to interrupt")
+        """Hold the first push from --fault-at in the remote's pre-receive hook, SIGKILL the
+        worker whose agent made it (with every git it runs), then let the hook refuse it: a
+        push cut before the server took it, whose report must land on the agent's next start.
+        (A push killed at a random moment on loopback has mostly sent its pack already, and
+        the server takes it all the same: the case where nothing is lost anyway.)"""
+        flag, held = self.workdir / "hold", self.workdir / "held"
+        self.sleep_until(self.args.fault_at)
+        flag.touch()
+        deadline = time.time() + self.args.fault_for * self.args.time_scale
+        while not (held / "ref").exists():
+            if time.time() > deadline or not self.workers.running():
+                flag.unlink()
+                raise SystemExit("fleet: --fault kill: no push came to interrupt")
+            time.sleep(0.01)
+        host = (held / "ref").read_text().strip().rsplit("/", 1)[-1]
+        index = next(i for i, spec in enumerate(self.workers.specs)
+                     if host in {a["name"] for a in spec["agents"]})
+        push = self.workers.pushing(index)
+        self.workers.kill(index)
+        flag.unlink()  # the hook refuses the held push: its client is gone
+        at = self.sim()
+        self.killed = {"agents": [a["name"] for a in self.workers.specs[index]["agents"]],
+                       "at": time.time()}
+        self.faults.append(f"worker {index} (pid {self.workers.procs[index].pid}, "
+                           f"{len(self.workers.specs[index]['agents'])} agents) killed at "
+                           f"{at:.1f}s while {host}'s push (pid {push}) waited in the "
+                           "server's pre-receive hook")
+        self.sleep_until(at + RESTART_SEC)
+        self.workers.restart(index, self.t0, self.sha, self.base, self.sim())
+        self.killed["restart"] = time.time()
+        self.faults.append(f"worker {index} restarted at {self.sim():.1f}s")
 
 
 def simulate(args: argparse.Namespace, workdir: Path) -> Figures:
