@@ -762,10 +762,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "cProfile: its stats go to PROFILE, the top entries are printed")
     parser.add_argument("--profile-tool", choices=PETKEEPERS, default="petkeeper",
                         help="whose check --profile runs (default petkeeper)")
+    parser.add_argument("--settle", action="store_true",
+                        help="--playbook light only: the hosts settled by one shell command "
+                        "each, the files its converge writes, instead of converged by Ansible "
+                        "(setup in seconds, not minutes)")
     parser.add_argument("--memory-only", action="store_true",
-                        help="--playbook light only: the hosts settled by shell instead of "
-                        "converged, then one petkeeper check of the largest host count, its "
-                        "time and peak RSS (the agent's memory at that size); no other tool")
+                        help="with --settle: one petkeeper check of the largest host count, "
+                        "its time and peak RSS (the agent's memory at that size); no other "
+                        "tool")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.scale.split(",")}) if args.scale else [args.hosts]
@@ -777,8 +781,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--tools: petkeeper and ansible-playbook, and optionally petkeeper-plain "
                      f"and ansible-pull; got {args.tools!r}")
     args.tools = tuple(t for t in TOOLS if t in wanted)
-    if args.memory_only and args.playbook != "light":
-        parser.error("--memory-only: only with --playbook light (its settle is a shell command)")
+    args.settle = args.settle or args.memory_only
+    if args.settle and args.playbook != "light":
+        parser.error("--settle, --memory-only: only with --playbook light (its settle is a "
+                     "shell command)")
     args.playbook = PLAYBOOKS[args.playbook]
     if args.forks < 1:
         parser.error("--forks must be >= 1")
@@ -808,16 +814,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             t = time.monotonic()
             bench = Bench(workdir, remote, pool, names, base_env, args.playbook, args.tools,
                           args.forks)
-            if args.memory_only:
+            if args.settle:
                 settle_light(pool, names)
-                say(f"{len(names)} host(s) on {address(1)}.. settled by shell in "
-                    f"{time.monotonic() - t:.1f}s (setup, not measured)")
+            else:
+                converge(load_config(bench.config(names, "state")), remote, workdir, names)
+            say(f"{len(names)} host(s) on {address(1)}.. "
+                f"{'settled by shell' if args.settle else 'converged'} in "
+                f"{time.monotonic() - t:.1f}s (setup, not measured)")
+            if args.memory_only:
                 measure_memory(bench)
                 say(f"total {time.monotonic() - began:.0f}s")
                 return 0
-            converge(load_config(bench.config(names, "state")), remote, workdir, names)
-            say(f"{len(names)} host(s) on {address(1)}.. converged in "
-                f"{time.monotonic() - t:.1f}s (setup, not measured)")
             bench.warm_up()
             # Most hosts first: each smaller set is a subset whose SSH sockets stay warm.
             for count in sorted(args.counts, reverse=True):
