@@ -20,6 +20,10 @@ MITOGEN_FOR = {(2, 19): (0, 3, 44), (2, 20): (0, 3, 44), (2, 21): (0, 3, 50)}
 STRATEGY = "mitogen_linear"  # plays that name another strategy (free, host_pinned) keep it
 # Mitogen's words for an SSH connection that failed: ssh's own last lines after this.
 MITOGEN_EOF = re.compile(r"EOF on stream; last \d+ lines received:\s*\n(.*)", re.S)
+# Mitogen's words for a connection lost while a task ran (the host went away mid-run); they ask
+# for a bug report, which is not what a pet that went down needs.
+MITOGEN_LOST = re.compile(r"Mitogen was disconnected from the remote environment while a call "
+                          r"was in-progress\..*?Original error was: (.*)", re.S)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,12 @@ def _numbers(text: str) -> tuple[int, ...]:
 def plain_words(msg: str) -> str:
     """An unreachable host's MSG as the plain strategy words it: Mitogen's "EOF on stream;
     last 100 lines received: <ssh's lines>" becomes "Failed to connect to the host via ssh:
-    <ssh's last line>", so reports read the same with and without the accelerator."""
+    <ssh's last line>", so reports read the same with and without the accelerator; a
+    connection Mitogen lost mid-task is said as such, without its request for a bug report."""
+    lost = MITOGEN_LOST.search(msg)
+    if lost is not None:
+        return (msg[:lost.start()] + "the connection to the host was lost during the task "
+                f"(Mitogen: {lost.group(1).strip()})")
     found = MITOGEN_EOF.search(msg)
     if found is None:
         return msg

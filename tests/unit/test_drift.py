@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.core.accelerator import plain_words
 from agent.core.drift import (
     CLEAN,
     DRIFTED,
@@ -311,6 +312,16 @@ def test_a_refused_connection_reads_the_same_under_mitogen(case: str):
     assert mitogen["ghost"].message == ("Task failed: Failed to connect to the host via ssh: ssh: "
                                         "connect to host 127.0.97.99 port 2222: Connection "
                                         "refused")
+
+
+def test_a_connection_mitogen_lost_mid_task_says_so_without_asking_for_a_bug_report():
+    msg = ("Task failed: Mitogen was disconnected from the remote environment while a call was "
+           "in-progress. If you feel this is in error, please file a bug. Original error was: "
+           "the respondent Context has disconnected")
+
+    assert plain_words(msg) == ("Task failed: the connection to the host was lost during the "
+                                "task (Mitogen: the respondent Context has disconnected)")
+    assert plain_words("Task failed: something else") == "Task failed: something else"
 
 
 def test_changed_host_key_without_its_fingerprint_still_names_the_host_and_the_fix():
