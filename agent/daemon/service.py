@@ -280,15 +280,14 @@ class Daemon:
 
     def _run_watched(self, config: Config, trigger: str | None, hold: bool) -> dict[str, Any]:
         """Run a daemon cycle; the file watch knows when it ran and when it applied."""
+        args = (config, trigger, hold, self.masters(config))
         if self.triggers is None:
-            return run_isolated(daemon_cycle, (config, trigger, hold, self.masters(config)),
-                                self.cancelled)
+            return run_isolated(daemon_cycle, args, self.cancelled)
         self.triggers.cycle_started()
         windows: list[Window] | None = None
         held = False
         try:
-            result = run_isolated(daemon_cycle, (config, trigger, hold, self.masters(config)),
-                                  self.cancelled)
+            result = run_isolated(daemon_cycle, args, self.cancelled)
             windows = [(a, b) for a, b in result.get("applied", [])]
             held = bool(result.get("held"))
         finally:
