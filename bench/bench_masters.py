@@ -15,9 +15,10 @@ times per variant, interleaved:
                  daemon cycle before this change, and every ad hoc CLI run still
   kept           the daemon's folder (agent.core.ssh_masters.Masters): the master opened by
                  the warm-up serves every run
-  mitogen        Mitogen's strategy as ansible.accelerator auto runs it (its own ssh per run)
-  mitogen-kept   Mitogen's strategy with a ControlPath in ssh_args, so its ssh could ride on a
-                 kept master: does a kept master help Mitogen?
+  mitogen        Mitogen's strategy as ansible.accelerator auto runs it in ad hoc commands (its
+                 own ssh per run)
+  mitogen-kept   Mitogen's strategy as the daemon runs it: its ssh rides a kept master (the
+                 shared ControlPath the daemon gives it in ssh_args)
 
 Each run: wall time; CPU on the agent (every process the run started, the SSH master
 included: this process is a child subreaper, so a master that daemonized is still reaped and
@@ -123,13 +124,12 @@ def variants(base: PlaybookRun, kept: Path, mitogen_kept: Path) -> dict[str, Pla
     plugins = mitogen_plugins()
     if plugins is None:
         raise SystemExit("bench: Mitogen is not installed (pip install -e '.[fast]')")
-    mitogen = {"ANSIBLE_STRATEGY": STRATEGY, "ANSIBLE_STRATEGY_PLUGINS": str(plugins)}
-    ride = (f"-C -o ControlMaster=auto -o ControlPersist=600s "
-            f"-o ControlPath={mitogen_kept}/%C")
+    mitogen = replace(base, env={**base.env, "ANSIBLE_STRATEGY": STRATEGY,
+                                 "ANSIBLE_STRATEGY_PLUGINS": str(plugins)})
     return {"fresh": base,
             "kept": replace(base, masters=Masters(kept, 600)),
-            "mitogen": replace(base, env={**base.env, **mitogen}),
-            "mitogen-kept": replace(base, env={**base.env, **mitogen, "ANSIBLE_SSH_ARGS": ride})}
+            "mitogen": mitogen,
+            "mitogen-kept": replace(mitogen, masters=Masters(mitogen_kept, 600))}
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[Sample]]:

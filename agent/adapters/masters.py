@@ -42,13 +42,14 @@ def open_folder(folder: Path) -> None:
         os.chmod(folder, 0o700)  # ours: made private again (an umask or a hand's chmod)
 
 
-def close_masters(folder: Path) -> list[int]:
-    """Ask every SSH master with a socket in FOLDER (or a host folder in it) to exit, remove
-    sockets no master answers on, and wait until the masters are gone; return their PIDs."""
+def close_masters(folder: Path, shared_only: bool = False) -> list[int]:
+    """Ask every SSH master with a socket in FOLDER (or a host folder in it; SHARED_ONLY: in
+    FOLDER itself, Mitogen's) to exit, remove sockets no master answers on, and wait until the
+    masters are gone; return their PIDs."""
     if not folder.is_dir():
         return []
     pids = []
-    for sock in sorted(_sockets(folder)):
+    for sock in sorted(_sockets(folder, shared_only)):
         pid = master_pid(sock)
         _ssh_control(sock, "exit")
         if pid is None:
@@ -72,15 +73,24 @@ def remove_folder(folder: Path) -> None:
 
 
 def close_departed(masters: Masters, hosts: tuple[str, ...] | list[str]) -> list[int]:
-    """Close the masters of hosts that are no longer among HOSTS, and their folders."""
+    """Close the masters of hosts that are no longer among HOSTS, and their folders; when any
+    host left, Mitogen's shared masters too (which is whose is not known: the hosts still
+    targeted open new ones). Then make a folder for each of HOSTS, which tells the next cycle
+    who was there, whichever strategy ran."""
     if not masters.folder.is_dir():
         return []
     names = [p.name for p in masters.folder.iterdir() if p.is_dir() and not p.is_symlink()]
     pids = []
-    for name in departed(names, hosts):
+    gone = departed(names, hosts)
+    for name in gone:
         pids += close_masters(masters.folder / name)
         with contextlib.suppress(OSError):
             (masters.folder / name).rmdir()
+    if gone:
+        pids += close_masters(masters.folder, shared_only=True)
+    for host in hosts:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(masters.host_folder(host), 0o700)
     return pids
 
 
@@ -101,12 +111,12 @@ def _ssh_control(sock: Path, command: str) -> str:
     return done.stderr + done.stdout
 
 
-def _sockets(folder: Path) -> list[Path]:
+def _sockets(folder: Path, shared_only: bool = False) -> list[Path]:
     found = []
     for entry in folder.iterdir():
         if entry.is_socket():
             found.append(entry)
-        elif entry.is_dir() and not entry.is_symlink():
+        elif entry.is_dir() and not entry.is_symlink() and not shared_only:
             found += [e for e in entry.iterdir() if e.is_socket()]
     return found
 

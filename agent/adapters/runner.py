@@ -26,6 +26,7 @@ from agent.adapters.masters import close_masters
 from agent.adapters.process import parents, read_proc, stop_process_tree
 from agent.adapters.state import DISK_FULL, disk_full_error
 from agent.config import parse_extra_var
+from agent.core.accelerator import STRATEGY
 from agent.core.ssh_masters import Masters
 from agent.core.versions import untested_ansible
 
@@ -159,7 +160,8 @@ def run_playbook(run: PlaybookRun, work_dir: Path, keep_artifacts: int = 5,
                 r = ansible_runner.run(
                     private_data_dir=str(work_dir), project_dir=str(run.tree),
                     **runner_targets(run, cmdline),
-                    envvars={**build_env(run), **ssh_control_env(run.masters, control_dir),
+                    envvars={**build_env(run),
+                             **ssh_control_env(run.masters, control_dir, mitogen(run)),
                              "PETKEEPER_FACTS_FILE": str(facts_file)},
                     ident=run.ident, quiet=True, timeout=int(run.timeout) + BACKSTOP,
                     settings={"pexpect_timeout": 1}, rotate_artifacts=keep_artifacts,
@@ -199,13 +201,20 @@ def control_folder(masters: Masters | None) -> Iterator[Path]:
             close_masters(Path(folder))
 
 
-def ssh_control_env(masters: Masters | None, folder: Path) -> dict[str, str]:
+def ssh_control_env(masters: Masters | None, folder: Path,
+                    shared: bool = False) -> dict[str, str]:
     """Where Ansible's SSH connections keep their control sockets, and for the daemon's kept
-    masters, how long an idle one lives."""
+    masters, how long an idle one lives (SHARED: and where Mitogen's go, which it would not
+    keep otherwise)."""
     env = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(folder)}
     if masters is not None:
-        env["ANSIBLE_SSH_ARGS"] = masters.ssh_args()
+        env["ANSIBLE_SSH_ARGS"] = masters.ssh_args(shared)
     return env
+
+
+def mitogen(run: PlaybookRun) -> bool:
+    """Whether RUN runs Mitogen's strategy (agent.adapters.accelerator sets it)."""
+    return run.env.get("ANSIBLE_STRATEGY") == STRATEGY
 
 
 def build_cmdline(run: PlaybookRun, extra_var_args: Sequence[str]) -> list[str]:

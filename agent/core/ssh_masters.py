@@ -3,15 +3,20 @@ lives, and which host owns which socket folder. Pure functions.
 
 Between the daemon's cycles each host keeps one OpenSSH ControlPersist master, so a cycle does
 not pay a new handshake. Each inventory host gets a folder of its own, FOLDER/<hash of its
-inventory name>, which Ansible fills with its usual socket (a hash of address, port and user):
-a host that leaves the targets is then known by its folder alone, whatever address, port or
-user its connection used. Ad hoc CLI runs keep a fresh folder per run, closed at its end.
+inventory name>, which Ansible's plain strategy fills with its usual socket (a hash of address,
+port and user): a host that leaves the targets is then known by its folder alone, whatever
+address, port or user its connection used. Mitogen's strategy takes its ControlPath from
+ssh_args, one pattern for every host: its sockets are FOLDER/<ssh's %C, a hash of local host,
+address, port, user and jump host>, shared by all hosts, and every one of them is closed when
+any host leaves (the host folders, made for every target, still tell which hosts were there).
+Ad hoc CLI runs keep a fresh folder per run, closed at its end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from pathlib import Path
 SOCKET_PATH_MAX = 107
 SSH_TEMP_SUFFIX = 17
 NAME_LEN = 10  # Ansible's socket names (a SHA-1 prefix of host-port-user) and ours alike
+SHARED_NAME_LEN = 40  # ssh's %C: a whole SHA-1 in hex (Mitogen's sockets)
 SUBFOLDER = "ssh"  # under the state directory
 # An idle master outlives the check interval by this much: the next cycle finds it alive.
 MARGIN = 120
@@ -32,9 +38,14 @@ class Masters:
     folder: Path
     persist: int  # seconds: ssh's ControlPersist
 
-    def ssh_args(self) -> str:
-        """Ansible's default ssh_args, with this ControlPersist instead of its 60 s."""
-        return f"-C -o ControlMaster=auto -o ControlPersist={self.persist}s"
+    def ssh_args(self, shared: bool = False) -> str:
+        """Ansible's default ssh_args, with this ControlPersist instead of its 60 s; SHARED:
+        with the ControlPath of Mitogen's sockets too (Mitogen adds none of its own)."""
+        args = f"-C -o ControlMaster=auto -o ControlPersist={self.persist}s"
+        if not shared:
+            return args
+        path = str(self.folder).replace("%", "%%")  # ssh expands %-tokens in a ControlPath
+        return f"{args} -o {shlex.quote(f'ControlPath={path}/%C')}"
 
     def control_path_dir(self) -> str:
         """ansible_control_path_dir as an extra var: Ansible renders it per host, so each
@@ -52,8 +63,10 @@ def host_folder_name(host: str) -> str:
 
 
 def socket_path_len(folder: Path) -> int:
-    """The longest path ssh binds under FOLDER: host folder, socket name, temporary suffix."""
-    return len(str(folder).encode()) + 1 + NAME_LEN + 1 + NAME_LEN + SSH_TEMP_SUFFIX
+    """The longest path ssh binds under FOLDER: a host folder and Ansible's socket name in it,
+    or Mitogen's longer shared one; with ssh's temporary suffix."""
+    name = max(NAME_LEN + 1 + NAME_LEN, SHARED_NAME_LEN)
+    return len(str(folder).encode()) + 1 + name + SSH_TEMP_SUFFIX
 
 
 def choose_folder(state_root: Path, tmp: Path, uid: int) -> tuple[Path, str]:

@@ -393,7 +393,7 @@ def _on_last_good(c: Cycle, error: RepoError) -> Cycle | None:
     c.mirror = None
     again = Cycle(c.config, c.state, new_run_id(c.clock()), c.started, cancel=c.cancel,
                   watch=c.watch, clock=c.clock, command=c.command, trigger=c.trigger,
-                  refused=Refusal(c.source.sha, error, c.source.fetch_error))
+                  masters=c.masters, refused=Refusal(c.source.sha, error, c.source.fetch_error))
     note_cycle(c.state, again.run_id, f"petkeeper {c.command}")
     log.info("cycle %s: the head's content was refused; cycle %s checks the last good commit",
              c.run_id, again.run_id)

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,15 @@ import yaml
 from agent.adapters import inventory_cache
 from agent.adapters.accelerator import Accelerator
 from agent.adapters.inventory import Listing
+from agent.adapters.masters import close_masters, master_pid, remove_folder
 from agent.adapters.state import StateDir
 from agent.config import load_config
 from agent.core.accelerator import choose_strategy
 from agent.core.drift import CLEAN, UNKNOWN
+from agent.core.ssh_masters import Masters
 from agent.cycle.detect import Targets, check_drift
 from agent.cycle.source import Source
-from agent.cycle.steps import RUN_STEPS, Cycle, run_check, run_cycle
+from agent.cycle.steps import CHECK_STEPS, RUN_STEPS, Cycle, run_check, run_cycle
 from agent.operate.output import render_check
 from agent.testhosts import TestHostPool
 from tests.conftest import (
@@ -186,6 +189,53 @@ def test_a_no_change_cycle_runs_no_ansible_inventory_and_writes_no_facts(
                                                              "web2": ("pets",)}
     artifacts = tmp_path / "state" / "runner" / "artifacts"
     assert not list(artifacts.glob("*/fact_cache")), "facts must stay in memory"
+
+
+def test_the_daemons_kept_masters_carry_mitogens_ssh_between_cycles_until_a_host_leaves(
+        pets, tmp_path: Path):
+    pool, remote, _ = pets
+    # A short folder, as the daemon's (agent.core.ssh_masters.choose_folder): a socket's path
+    # is 107 bytes at most. The default accelerator: Mitogen's strategy.
+    folder = Path(tempfile.mkdtemp(prefix="pk-ms-"))
+    masters = Masters(folder, 600)
+    both = load_config(write_agent_config(tmp_path / "both.yml", remote.url,
+                                          tmp_path / "state", pool))
+    try:
+        first = run_cycle(both, CHECK_STEPS, "check", masters=masters)
+        assert first.as_json()["accelerator"]["strategy"] == "mitogen"
+        kept = shared_masters(folder)
+        assert len(kept) == 2 and all(map(alive_master, kept.values()))  # web1's, web2's
+        second = run_cycle(both, CHECK_STEPS, "check", masters=masters)
+        assert shared_masters(folder) == kept  # the next cycle rode them: same masters
+        assert hosts_of(second.as_json()) == hosts_of(first.as_json())
+
+        # web2 leaves the targets: which shared master was its is not known, so both close,
+        # and web1's next run opens its own again.
+        web1 = load_config(write_agent_config(tmp_path / "web1.yml", remote.url,
+                                              tmp_path / "state", pool, limit="web1"))
+        third = run_cycle(web1, CHECK_STEPS, "check", masters=masters)
+        assert list(third.hosts) == ["web1"]
+        assert not any(map(alive_master, kept.values()))
+        [new] = shared_masters(folder).values()
+        assert new not in kept.values() and alive_master(new)
+        assert masters.host_folder("web1").is_dir() and not masters.host_folder("web2").exists()
+    finally:
+        close_masters(folder)
+        remove_folder(folder)
+    assert not folder.exists() and not alive_master(new)
+
+
+def shared_masters(folder: Path) -> dict[str, int | None]:
+    """Mitogen's kept masters in FOLDER: socket name -> the PID `ssh -O check` tells."""
+    return {sock.name: master_pid(sock) for sock in folder.iterdir() if sock.is_socket()}
+
+
+def alive_master(pid: int | None) -> bool:
+    """Whether PID is a running SSH master (not gone, not a reused PID)."""
+    try:
+        return pid is not None and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ssh: ")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -165,8 +165,8 @@ def test_daemon_stalls_on_bad_input_then_cycles_on_commits_pauses_resumes_reload
     remote.commit({"README.md": "not yet\n"}, branch="other")  # no main branch yet
     pets = write_agent_config(tmp_path / "agent.yml", remote.url, state, host_pool,
                               daemon=FAST)  # limit: pets, the inventory's group
-    # Kept SSH masters are the plain strategy's: Mitogen's ssh opens its own connection per
-    # run (docs/accelerator.md, "SSH connections").
+    # The plain strategy's kept SSH masters, one folder per host (Mitogen's shared ones:
+    # test_accelerator; docs/daemon.md, "Kept SSH connections").
     agent_yml = yaml.safe_load(pets.read_text())
     pets.write_text(yaml.safe_dump({**agent_yml, "ansible": {**agent_yml["ansible"],
                                                               "accelerator": "off"}}))

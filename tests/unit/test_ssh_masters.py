@@ -6,12 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.adapters.masters import close_departed, close_masters, open_folder
-from agent.adapters.runner import PlaybookRun, _masters_var_file, control_folder, ssh_control_env
+from agent.adapters.runner import (
+    PlaybookRun,
+    _masters_var_file,
+    control_folder,
+    mitogen,
+    ssh_control_env,
+)
+from agent.core.accelerator import STRATEGY
 from agent.core.ssh_masters import (
     SOCKET_PATH_MAX,
     Masters,
@@ -35,9 +44,11 @@ def test_a_state_dir_too_long_for_a_socket_falls_back_to_a_private_tmp_folder_sa
     digest = hashlib.sha1(str(deep).encode()).hexdigest()[:10]
     assert folder == Path(f"/tmp/petkeeper-ssh-1000-{digest}")
     assert str(deep / "ssh") in why and str(folder) in why and "too long" in why
-    # the longest path ssh binds there fits: host folder, socket, ssh's temporary suffix
+    # the longest path ssh binds there fits: Mitogen's shared socket (ssh's %C, longer than a
+    # host folder and Ansible's socket in it), ssh's temporary suffix
     assert socket_path_len(folder) <= SOCKET_PATH_MAX
-    assert len(f"{folder}/{'a' * 10}/{'b' * 10}.{'c' * 16}") == socket_path_len(folder)
+    assert len(f"{folder}/{'a' * 10}/{'b' * 10}.{'c' * 16}") < socket_path_len(folder)
+    assert len(f"{folder}/{'a' * 40}.{'c' * 16}") == socket_path_len(folder)
 
 
 def test_the_limit_is_exact_at_the_boundary():
@@ -57,6 +68,13 @@ def test_an_idle_master_lives_a_little_longer_than_the_longest_quiet_gap():
     assert persist_seconds(3600.5, 1) == 3602 + 120
     assert Masters(Path("/s/ssh"), 1080).ssh_args() == \
         "-C -o ControlMaster=auto -o ControlPersist=1080s"
+
+
+def test_mitogens_ssh_args_name_its_shared_sockets_with_the_folder_quoted_and_escaped():
+    assert Masters(Path("/s/ssh"), 60).ssh_args(shared=True) == \
+        "-C -o ControlMaster=auto -o ControlPersist=60s -o ControlPath=/s/ssh/%C"
+    odd = Masters(Path("/s/100% pets/ssh"), 60).ssh_args(shared=True)
+    assert shlex.split(odd)[-1] == "ControlPath=/s/100%% pets/ssh/%C"
 
 
 def test_each_inventory_host_gets_its_own_folder_and_departed_hosts_are_known_by_it():
@@ -85,6 +103,19 @@ def test_the_daemon_runs_get_the_kept_folder_its_persist_and_the_per_host_var(tm
     assert json.loads(written.read_text()) == {"ansible_control_path_dir":
                                                masters.control_path_dir()}
     assert written.stat().st_mode & 0o777 == 0o600
+
+
+def test_mitogen_runs_of_the_daemon_name_the_shared_sockets_and_plain_ones_do_not(tmp_path):
+    masters = Masters(tmp_path / "ssh", 1080)
+    run = PlaybookRun(tree=tmp_path, playbook="p.yml", inventory=tmp_path, limit="",
+                      check=True, ident="x", masters=masters)
+    assert not mitogen(run)
+    fast = replace(run, env={"ANSIBLE_STRATEGY": STRATEGY})
+    assert mitogen(fast)
+    assert ssh_control_env(masters, masters.folder, mitogen(fast))["ANSIBLE_SSH_ARGS"] == \
+        masters.ssh_args(shared=True)
+    assert ssh_control_env(None, tmp_path, True) == {"ANSIBLE_SSH_CONTROL_PATH_DIR":
+                                                     str(tmp_path)}
 
 
 def test_ad_hoc_runs_keep_a_fresh_folder_and_ansibles_own_ssh_args(tmp_path):
@@ -122,9 +153,18 @@ def test_closing_a_folder_with_no_master_removes_stale_sockets_and_departed_fold
         masters.host_folder(host).mkdir()
         with socket.socket(socket.AF_UNIX) as s:  # a socket whose master died: nobody listens
             s.bind(str(masters.host_folder(host) / "0123456789"))
-    assert close_departed(masters, ["kept"]) == []
+    shared = masters.folder / ("c" * 40)  # Mitogen's, whose host is not known
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(shared))
+    assert close_departed(masters, ["kept", "gone"]) == []  # nobody left: nothing closed
+    assert shared.is_socket()
+    assert close_departed(masters, ["kept", "new"]) == []
     assert not masters.host_folder("gone").exists()
     assert (masters.host_folder("kept") / "0123456789").is_socket()
+    assert not shared.exists()  # a host left: Mitogen's sockets go with it
+    # every target has its folder, so the next cycle knows who was there
+    assert masters.host_folder("new").is_dir()
+    assert masters.host_folder("new").stat().st_mode & 0o777 == 0o700
     assert close_masters(masters.folder) == []
     assert list(masters.host_folder("kept").iterdir()) == []
     assert close_masters(tmp_path / "nothing") == []
