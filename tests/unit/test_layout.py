@@ -23,6 +23,7 @@ ALLOWED = {
 # module(s); PyYAML and the standard library are plain data and may be used anywhere.
 OWNERS = {
     "ansible_runner": {"agent.adapters.runner"},
+    "ptyprocess": {"agent.adapters.runner"},  # ansible-runner's pty, closed there
     "git": {"agent.adapters.gitrepo"},
     "apscheduler": {"agent.core.cron", "agent.daemon.ticker"},
     "ansible": {"agent.adapters.vault", "agent.plugins.petkeeper_facts"},
