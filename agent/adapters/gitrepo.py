@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import string
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,10 +162,28 @@ class Mirror:
         """Move REF from OLD (None: REF must not exist) to NEW, atomically (compare-and-swap)."""
         self._git("update-ref", ref, new, old or "0" * 40)
 
-    def refs_under(self, prefix: str) -> dict[str, tuple[str, str]]:
-        """Every ref under PREFIX: name -> (commit, its committer date, ISO 8601)."""
+    def revs(self, refs: Sequence[str]) -> dict[str, str | None]:
+        """What rev says of each of REFS (full ref names, refs/...), read in one `git
+        for-each-ref`: a ref naming no commit itself (a tag, say) is left to rev."""
+        if not refs:
+            return {}
+        out = self._git("for-each-ref", "--format=%(refname)%00%(objectname)%00%(objecttype)",
+                        "--", *refs)
+        found = {name: (sha, kind) for name, sha, kind in
+                 (line.split("\0") for line in out.splitlines() if line.count("\0") == 2)}
+        commits: dict[str, str | None] = {}
+        for ref in refs:
+            sha, kind = found.get(ref, (None, None))
+            if kind == "commit" or (sha is None and ref.startswith("refs/")):
+                commits[ref] = sha
+            else:  # peeled, or a name rev-parse may find elsewhere (refs/heads/NAME)
+                commits[ref] = self._rev(ref)
+        return commits
+
+    def refs_under(self, *prefixes: str) -> dict[str, tuple[str, str]]:
+        """Every ref under PREFIXES: name -> (commit, its committer date, ISO 8601)."""
         out = self._git("for-each-ref", "--format=%(refname)%00%(objectname)%00"
-                        "%(committerdate:iso-strict)", "--", prefix)
+                        "%(committerdate:iso-strict)", "--", *prefixes)
         return {name: (sha, date) for name, sha, date in
                 (line.split("\0") for line in out.splitlines() if line.count("\0") == 2)}
 
@@ -366,9 +385,7 @@ class Mirror:
     def tidy(self, loose_limit: int = LOOSE_LIMIT) -> bool:
         """Pack the mirror once LOOSE_LIMIT loose objects piled up (a report commit adds about
         four); return whether it did. Unreachable objects go after git's two weeks."""
-        counts = dict(line.split(": ", 1) for line in
-                      self._git("count-objects", "-v").splitlines() if ": " in line)
-        if int(counts.get("count", 0)) < loose_limit:
+        if self._loose_objects() < loose_limit:
             return False
         self._git("gc", "--quiet")
         return True
@@ -495,6 +512,20 @@ class Mirror:
             return self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip()
         except RepoError:
             return None
+
+    def _loose_objects(self) -> int:
+        """The loose objects in the mirror, as `git count-objects` counts them (a file named
+        by the rest of its id in objects/<first two hex digits>/), without a process."""
+        objects = self.path / "objects"
+        try:
+            folders = [d for d in os.scandir(objects)
+                       if len(d.name) == 2 and _hex(d.name) and d.is_dir()]
+            return sum(1 for d in folders for f in os.scandir(d.path)
+                       if len(f.name) in (38, 62) and _hex(f.name))  # SHA-1, SHA-256
+        except FileNotFoundError:  # a folder gone meanwhile (a gc): ask git
+            counts = dict(line.split(": ", 1) for line in
+                          self._git("count-objects", "-v").splitlines() if ": " in line)
+            return int(counts.get("count", 0))
 
     def _hash_blob(self, content: bytes) -> str:
         with tempfile.NamedTemporaryFile(prefix="petkeeper-blob-") as f:
@@ -678,6 +709,10 @@ def _answer(stderr: str) -> str:
     for prefix in ("fatal:", "error:", "ssh:", "remote:"):
         cause = cause.removeprefix(prefix).strip()
     return cause.rstrip(".")
+
+
+def _hex(name: str) -> bool:
+    return all(ch in string.hexdigits for ch in name)
 
 
 def _last_line(text: str) -> str:

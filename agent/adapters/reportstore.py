@@ -125,12 +125,17 @@ class HostQueues:
     def __init__(self, mirror: Mirror, url: str, layout: Layout, author: Author) -> None:
         self.mirror, self.url, self.layout, self.author = mirror, url, layout, author
         self.error: str | None = None
+        # The synced hosts' queue and tracking refs: read in one go by sync, then kept as this
+        # object moves them (one HostQueues per publish; each move is a compare-and-swap, so
+        # a ref moved by someone else meanwhile is an error, never overwritten).
+        self._refs: dict[str, str | None] = {}
 
     def sync(self, hosts: Iterable[str]) -> None:
         """Fetch HOSTS' branches (nothing else, unless a host moves from the shared branch),
         then bring each host's queue onto its branch: fast-forward, or our commits rebased.
         Nothing queued is ever dropped; a failed fetch leaves the queues as they were."""
         hosts = sorted(set(hosts))
+        self._read_refs(hosts)
         try:
             self._fetch(hosts)
         except FetchError as e:
@@ -141,20 +146,25 @@ class HostQueues:
 
     def base(self, host: str) -> str | None:
         """The commit HOST's next record goes on."""
-        return self.mirror.rev(self.layout.queue(host))
+        return self._rev(self.layout.queue(host))
 
     def commit(self, host: str, path: str, content: bytes, message: str, when: str) -> str:
         """Commit CONTENT as PATH onto HOST's queue; return the commit."""
         base = self.base(host)
         new = self.mirror.commit_files(base, {path: content}, message, self.author, when)
-        self.mirror.update_ref(self.layout.queue(host), new, base)
+        self._update_ref(self.layout.queue(host), new, base)
         return new
 
     def push(self, push: bool = True) -> Pushed:
         """Push every queue the remote lacks commits of, all in one push, never forced."""
         m, waiting, counts = self.mirror, {}, {}
-        for queue, (tip, _) in m.refs_under(f"{QUEUES}{self.layout.host_branches}/").items():
+        prefix = f"{QUEUES}{self.layout.host_branches}/"
+        refs = m.refs_under(prefix, self.layout.tracking_prefix)
+        for queue, (tip, _) in refs.items():
             branch = queue.removeprefix(QUEUES)
+            if not queue.startswith(prefix) or \
+                    refs.get(f"refs/remotes/origin/{branch}", ("",))[0] == tip:
+                continue  # a tracking ref, or a queue the remote has all of
             if count := len(m.unpushed(tip)):
                 waiting[queue], counts[f"refs/heads/{branch}"] = f"refs/heads/{branch}", count
         queued = sum(counts.values())
@@ -168,7 +178,7 @@ class HostQueues:
         for queue, remote in waiting.items():
             if taken[remote]:
                 tracking = f"refs/remotes/origin/{remote.removeprefix('refs/heads/')}"
-                m.update_ref(tracking, m.rev(queue) or "", m.rev(tracking))
+                self._update_ref(tracking, m.rev(queue) or "", m.rev(tracking))
         left = sum(n for remote, n in counts.items() if not taken[remote])
         if left:
             refused = sorted(r.removeprefix("refs/heads/") for r in counts if not taken[r])
@@ -179,36 +189,52 @@ class HostQueues:
         log.info("pushed %d report commit(s) to %d branch(es)", queued, len(waiting))
         return Pushed(0, True, self.error, PUSHED)
 
+    def _read_refs(self, hosts: Sequence[str]) -> None:
+        lay = self.layout
+        self._refs.update(self.mirror.revs([ref for h in hosts
+                                            for ref in (lay.tracking(h), lay.queue(h))]))
+
+    def _rev(self, ref: str) -> str | None:
+        return self._refs[ref] if ref in self._refs else self.mirror.rev(ref)
+
+    def _update_ref(self, ref: str, new: str, old: str | None) -> None:
+        self.mirror.update_ref(ref, new, old)
+        self._refs[ref] = new
+
     def _fetch(self, hosts: Sequence[str]) -> None:
         m, lay = self.mirror, self.layout
         local = {lay.remote(h): lay.tracking(h) for h in hosts}
-        new = [h for h in hosts if m.rev(lay.tracking(h)) is None and m.rev(lay.queue(h)) is None]
+        new = [h for h in hosts if self._rev(lay.tracking(h)) is None and
+               self._rev(lay.queue(h)) is None]
         tips = m.ls_remote(self.url, [*local, *([lay.shared_remote] if new else [])])
         if any(lay.remote(h) not in tips for h in new):  # a host may move from the shared branch
             local[lay.shared_remote] = lay.shared_tracking
         specs = [f"+{ref}:{local[ref]}" for ref, sha in tips.items()
-                 if ref in local and m.rev(local[ref]) != sha]
+                 if ref in local and self._rev(local[ref]) != sha]
         if specs:
-            m.fetch_refs(self.url, specs)
+            try:
+                m.fetch_refs(self.url, specs)
+            finally:  # a fetch cut short may have moved some of them
+                self._read_refs(hosts)
 
     def _sync(self, host: str) -> None:
         m, lay = self.mirror, self.layout
-        remote, local = m.rev(lay.tracking(host)), m.rev(lay.queue(host))
+        remote, local = self._rev(lay.tracking(host)), self._rev(lay.queue(host))
         if local is None:
             start = remote or self._move(host)
             if start:
-                m.update_ref(lay.queue(host), start, None)
+                self._update_ref(lay.queue(host), start, None)
             return
         if remote is None or remote == local or m.is_ancestor(remote, local):
             return  # the remote has none yet, or we are ahead: our commits wait to be pushed
         if m.is_ancestor(local, remote):
-            m.update_ref(lay.queue(host), remote, local)
+            self._update_ref(lay.queue(host), remote, local)
             return
         base = remote
         for commit in m.unpushed(local):
             message, when = m.commit_message(commit)
             base = m.commit_files(base, m.commit_changes(commit), message, self.author, when)
-        m.update_ref(lay.queue(host), base, local)
+        self._update_ref(lay.queue(host), base, local)
         log.info("%s: rebased queued report commits onto the remote's %s", host, remote[:12])
 
     def _move(self, host: str) -> str | None:

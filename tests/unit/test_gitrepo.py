@@ -261,3 +261,53 @@ def test_only_the_reports_remote_gets_the_reports_deploy_key(tmp_path: Path):
     assert "IdentityFile=/etc/reports_key" in mirror.ssh_env(reports)["GIT_SSH_COMMAND"]
     assert mirror.ssh_env(source) == {} and mirror.ssh_env(None) == {}  # the source's own
     assert "IdentityFile=/etc/src_key" in mirror.repo.git.environment()["GIT_SSH_COMMAND"]
+
+
+def spy_commands(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The git commands MIRROR runs from now on, in order (each one process)."""
+    commands: list[str] = []
+    run = mirror._run
+
+    def counted(args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        commands.append(args[0])
+        return run(args, *rest, **kwargs)
+
+    monkeypatch.setattr(mirror, "_run", counted)
+    return commands
+
+
+def test_revs_reads_many_refs_in_one_git_and_says_of_each_what_rev_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    mirror = Mirror(tmp_path / "mirror.git", "file:///nowhere.git", 10)
+    author = Author("petkeeper", "petkeeper@localhost")
+    one = mirror.commit_files(None, {"a": b"1\n"}, "one", author, "2026-12-02T00:00:00Z")
+    two = mirror.commit_files(one, {"a": b"2\n"}, "two", author, "2026-12-02T00:01:00Z")
+    mirror.update_ref("refs/petkeeper/queue/a", one, None)
+    mirror.update_ref("refs/remotes/origin/a", two, None)
+    subprocess.run(["git", "--git-dir", str(tmp_path / "mirror.git"), "tag", "-a", "-m", "t",
+                    "t", two], check=True, capture_output=True, timeout=30)
+    plain = ["refs/petkeeper/queue/a", "refs/remotes/origin/a", "refs/petkeeper/queue/none"]
+    commands = spy_commands(mirror, monkeypatch)
+
+    assert mirror.revs(plain) == {plain[0]: one, plain[1]: two, plain[2]: None}
+    assert commands == ["for-each-ref"]
+    odd = ["refs/tags/t", one, "refs/petkeeper/queue"]  # a tag (peeled), an id, a ref's prefix
+    assert mirror.revs(odd) == {ref: mirror.rev(ref) for ref in odd} == {
+        "refs/tags/t": two, one: one, "refs/petkeeper/queue": None}
+    assert mirror.revs([]) == {}
+
+
+def test_the_loose_objects_counted_are_those_git_count_objects_counts(tmp_path: Path):
+    mirror = Mirror(tmp_path / "mirror.git", "file:///nowhere.git", 10)
+    mirror.commit_files(None, {"a": b"1\n", "b": b"2\n"}, "one",
+                        Author("petkeeper", "petkeeper@localhost"), "2026-12-02T00:00:00Z")
+    objects = tmp_path / "mirror.git" / "objects"
+    (objects / "ab").mkdir(exist_ok=True)
+    (objects / "ab" / "tmp_obj_Xy12").write_bytes(b"")  # a write cut short: garbage, not an object
+    (objects / "zz").mkdir()
+    (objects / "zz" / ("0" * 38)).write_bytes(b"")  # not an object folder
+    out = subprocess.run(["git", "--git-dir", str(objects.parent), "count-objects", "-v"],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    counted = int(dict(line.split(": ") for line in out.splitlines())["count"])
+
+    assert counted == 4 and mirror._loose_objects() == counted  # two blobs, a tree, a commit

@@ -24,6 +24,7 @@ from agent.config import Config, Overrides, parse_config
 from agent.core.drift import CLEAN, DRIFTED, Change, HostReport, fingerprint
 from agent.cycle.record import PublishResult, RunInfo, drift_records, publish, render_report
 from agent.errors import RepoError
+from tests.unit.test_gitrepo import spy_commands
 
 SOURCE = "8f14e45fceea167a5a36dedd4bea2543b2c1e7c8"
 WHEN = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
@@ -127,6 +128,20 @@ def test_an_unchanged_report_is_not_committed_and_nothing_is_pushed(tmp_path, re
     assert again == PublishResult((), 0, False, push="nothing to push")
     assert branches(remote)["petkeeper/hosts/web1"] == tip
     assert len(pushes.read_text().splitlines()) == 1
+
+
+def test_an_unchanged_cycle_reads_the_refs_once_and_asks_nothing_of_a_queue_the_remote_has(
+        tmp_path, remote, monkeypatch):
+    mirror, config = agent(tmp_path, "a", remote), config_for(remote)
+    reports = {h: host(h) for h in ("db1", "web1")}
+    check(mirror, config, reports)
+    commands = spy_commands(mirror, monkeypatch)
+
+    again = check(mirror, config, reports, WHEN + timedelta(minutes=15))
+
+    assert again == PublishResult((), 0, False, push="nothing to push")
+    # The refs in one go, the remote's tips, each host's last report, the queues to push.
+    assert commands == ["for-each-ref", "ls-remote", "cat-file", "cat-file", "for-each-ref"]
 
 
 def test_a_rejected_push_stays_queued_then_is_rebased_and_pushed_never_forced(tmp_path, remote):
