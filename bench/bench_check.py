@@ -16,7 +16,7 @@ and inventories/ (``agent.demo.seed_repo``) plus a commit adding ``inventories/b
 no-change check. Then, for each host count (most first), the same commit, hosts, inventory,
 playbook (--playbook: playbooks/site.yml; light: four tasks without facts; wide: full facts,
 site.yml's roles and ten more tasks, 32 task results per host) and limit are checked --runs
-times by each of (--tools), interleaved:
+times by each of (--tools), interleaved (each round starts with the next tool):
 
   petkeeper         petkeeper -v --config agent-N.yml check      (the real CLI; exit 0 asserted)
                     with the defaults (ansible.accelerator auto: Mitogen's strategy)
@@ -496,7 +496,9 @@ def measure_point(bench: Bench, names: list[str], runs: int) -> Point:
     point.parts.append(disk_by_part(state.root))
     pids = [bench.pool.hosts[n].pid for n in names]
     for i in range(runs):
-        for tool in bench.tools:
+        # Each round starts with the next tool: none always runs right after the same one
+        # (the machine's caches and the hosts' state favour whichever follows which).
+        for tool in bench.tools[i % len(bench.tools):] + bench.tools[:i % len(bench.tools)]:
             before = sum(map(tree_cpu, pids))
             sample = expect(run_tool(tool, *cmd[tool]), tool)
             point.host_cpu[tool].append(sum(map(tree_cpu, pids)) - before)
