@@ -153,7 +153,7 @@ def test_closing_a_folder_with_no_master_removes_stale_sockets_and_departed_fold
         masters.host_folder(host).mkdir()
         with socket.socket(socket.AF_UNIX) as s:  # a socket whose master died: nobody listens
             s.bind(str(masters.host_folder(host) / "0123456789"))
-    shared = masters.folder / ("c" * 40)  # Mitogen's, whose host is not known
+    shared = masters.folder / "c0ffee"  # Mitogen's (named by %C), whose host is not known
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(shared))
     assert close_departed(masters, ["kept", "gone"]) == []  # nobody left: nothing closed
