@@ -160,13 +160,16 @@ class HostQueues:
         m, waiting, counts = self.mirror, {}, {}
         prefix = f"{QUEUES}{self.layout.host_branches}/"
         refs = m.refs_under(prefix, self.layout.tracking_prefix)
+        moves: dict[str, tuple[str, str, str | None]] = {}  # queue -> its tracking ref: new, old
         for queue, (tip, _) in refs.items():
             branch = queue.removeprefix(QUEUES)
-            if not queue.startswith(prefix) or \
-                    refs.get(f"refs/remotes/origin/{branch}", ("",))[0] == tip:
+            tracking = f"refs/remotes/origin/{branch}"
+            tracked = refs[tracking][0] if tracking in refs else None
+            if not queue.startswith(prefix) or tracked == tip:
                 continue  # a tracking ref, or a queue the remote has all of
             if count := len(m.unpushed(tip)):
                 waiting[queue], counts[f"refs/heads/{branch}"] = f"refs/heads/{branch}", count
+                moves[queue] = (tracking, tip, tracked)
         queued = sum(counts.values())
         if not queued or not push:
             return Pushed(queued, False, self.error, PUSH_OFF if queued else NOTHING_TO_PUSH)
@@ -176,9 +179,8 @@ class HostQueues:
             log.warning("%s; %d report commit(s) stay queued for the next cycle", e, queued)
             return Pushed(queued, False, str(e), PUSH_FAILED)
         for queue, remote in waiting.items():
-            if taken[remote]:
-                tracking = f"refs/remotes/origin/{remote.removeprefix('refs/heads/')}"
-                self._update_ref(tracking, m.rev(queue) or "", m.rev(tracking))
+            if taken[remote]:  # the tips read above: what was pushed, what the remote had
+                self._update_ref(*moves[queue])
         left = sum(n for remote, n in counts.items() if not taken[remote])
         if left:
             refused = sorted(r.removeprefix("refs/heads/") for r in counts if not taken[r])
